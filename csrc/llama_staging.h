@@ -1,0 +1,17 @@
+// Declarations of the few functions mtprun uses from llama.cpp's staging MTP API
+// (src/llama-ext.h at llama.cpp 0c1e570, exported by libllama with C++ linkage but not installed
+// with its public headers). Signatures must match that commit exactly; mtprun checks at import
+// that the loaded libllama is the build it was compiled against.
+#pragma once
+
+#include "llama.h"
+
+// output the target hidden states that feed an MTP head ("nextn" embeddings);
+// masked: only for outputs flagged in the batch, else for every token
+LLAMA_API void llama_set_embeddings_nextn(struct llama_context * ctx, bool value, bool masked);
+
+// the nextn embeddings of the i-th token of the last batch
+LLAMA_API float * llama_get_embeddings_nextn_ith(struct llama_context * ctx, int32_t i);
+
+// the context whose memory or weights a drafter context uses (ctx_other at creation)
+LLAMA_API llama_context * llama_get_ctx_other(struct llama_context * ctx);

@@ -1,0 +1,44 @@
+"""Loads the compiled engine and checks it runs against the llama.cpp it was built for.
+
+The extension links the libllama/libggml that ``llama-cpp-python`` installs. If that package was
+upgraded, downgraded or rebuilt after mtprun was built, the staging MTP functions mtprun calls may
+have changed shape, so we refuse to run rather than crash.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from .errors import MtprunError
+
+
+class NativeBuildMismatch(MtprunError, ImportError):
+    """The loaded llama.cpp is not the build the extension was compiled against."""
+
+
+def _load():
+    try:
+        from . import _core
+    except ImportError as exc:  # missing libllama, wrong ABI, not built
+        raise NativeBuildMismatch(
+            f"cannot load mtprun's native engine ({exc}); reinstall with "
+            "`pip install --force-reinstall --no-deps llama-cpp-python==0.3.36` and then "
+            "`pip install --force-reinstall --no-deps --no-cache-dir mtprun`"
+        ) from exc
+    built, loaded = _core.build_commit(), _core.runtime_commit()
+    try:
+        installed = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        installed = "not installed"
+    if built != loaded or installed != _core.build_llama_cpp_python_version():
+        raise NativeBuildMismatch(
+            f"mtprun was built against llama.cpp {built} (llama-cpp-python "
+            f"{_core.build_llama_cpp_python_version()}) but llama.cpp {loaded} (llama-cpp-python "
+            f"{installed}) is loaded; reinstall mtprun so it is rebuilt against the installed "
+            "llama-cpp-python: `pip install --force-reinstall --no-deps --no-cache-dir mtprun` "
+            "(or from a checkout: `pip install --force-reinstall --no-deps .`)"
+        )
+    return _core
+
+
+core = _load()

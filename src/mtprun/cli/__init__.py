@@ -1,0 +1,1 @@
+"""The ``mtprun`` command line (Typer + Rich). Only this package imports Rich."""
