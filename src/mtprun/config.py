@@ -1,0 +1,105 @@
+"""Configuration: frozen dataclasses, validated once when built (the edge), never re-checked.
+
+``ModelConfig`` says what to load and how, ``SamplingConfig`` how to pick tokens,
+``SpecConfig`` how to speculate, ``GenerationConfig`` bundles one generation's settings.
+Defaults follow llama.cpp's ``llama-cli`` where it has one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidInputError
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise InvalidInputError(message)
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What to load: a target GGUF, optionally its MTP drafter sidecar, and runtime options."""
+
+    path: Path
+    draft_path: Path | None = None  # mtp-*.gguf sidecar (Gemma 4 assistant); None: embedded or none
+    n_ctx: int = 4096  # 0: the model's training context
+    n_batch: int = 512
+    n_threads: int | None = None  # None: llama.cpp's default
+    n_gpu_layers: int = -1  # -1: all layers (when llama-cpp-python was built with a GPU backend)
+    flash_attn: bool | None = None  # None: llama.cpp decides
+    mtp: bool = True  # False: plain decoding; MTP layers and drafter are not loaded
+    n_draft_capacity: int = 8  # the largest SpecConfig.n_max any generation may use
+    verbose: bool = False  # let llama.cpp's own log through to stderr
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if self.draft_path is not None:
+            object.__setattr__(self, "draft_path", Path(self.draft_path))
+        _check(isinstance(self.n_ctx, int) and 0 <= self.n_ctx <= 1 << 24, f"context size must be 0 (model default) or positive, got {self.n_ctx}")
+        _check(isinstance(self.n_batch, int) and 1 <= self.n_batch <= 1 << 20, f"batch size must be positive, got {self.n_batch}")
+        _check(self.n_threads is None or (isinstance(self.n_threads, int) and self.n_threads >= 1), f"threads must be at least 1, got {self.n_threads}")
+        _check(isinstance(self.n_gpu_layers, int) and self.n_gpu_layers >= -1, f"GPU layers must be -1 (all) or >= 0, got {self.n_gpu_layers}")
+        _check(isinstance(self.n_draft_capacity, int) and 1 <= self.n_draft_capacity <= 32, f"draft capacity must be within 1..32, got {self.n_draft_capacity}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Token selection. ``temperature <= 0`` is greedy (argmax); the rest apply when sampling.
+
+    Order, as llama.cpp's default chain: penalties, top-k, top-p, min-p, temperature, draw.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40  # <= 0: whole vocabulary
+    top_p: float = 0.95  # 1.0: off
+    min_p: float = 0.05  # 0.0: off
+    repeat_penalty: float = 1.0  # 1.0: off
+    repeat_last_n: int = 64  # how many recent tokens the penalties look at; -1: whole context
+    presence_penalty: float = 0.0  # 0.0: off
+    seed: int | None = None  # None: a fresh random seed per generation
+
+    def __post_init__(self) -> None:
+        _check(_finite(self.temperature) and self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        _check(isinstance(self.top_k, int), f"top-k must be an integer, got {self.top_k}")
+        _check(_finite(self.top_p) and 0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
+        _check(_finite(self.min_p) and 0 <= self.min_p <= 1, f"min-p must be in [0, 1], got {self.min_p}")
+        _check(_finite(self.repeat_penalty) and self.repeat_penalty > 0, f"repeat penalty must be > 0, got {self.repeat_penalty}")
+        _check(isinstance(self.repeat_last_n, int) and self.repeat_last_n >= -1, f"repeat-last-n must be >= -1, got {self.repeat_last_n}")
+        _check(_finite(self.presence_penalty), f"presence penalty must be a finite number, got {self.presence_penalty}")
+        _check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 1 << 64), f"seed must be a non-negative integer, got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    """Speculation: draft up to ``n_max`` tokens with the MTP head per step; ``enabled=False`` decodes plainly."""
+
+    enabled: bool = True
+    n_max: int = 2  # the Unsloth guide's recommended start; try 1..6 per machine
+    p_min: float = 0.0  # stop drafting when the head's top probability falls below this
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.n_max, int) and 1 <= self.n_max <= 32, f"draft length (n_max) must be within 1..32, got {self.n_max}")
+        _check(_finite(self.p_min) and 0 <= self.p_min <= 1, f"draft p-min must be in [0, 1], got {self.p_min}")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """One generation: how many tokens at most, how to sample, how to speculate."""
+
+    max_tokens: int = -1  # -1: until end of generation or a full context
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    spec: SpecConfig = field(default_factory=SpecConfig)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.max_tokens, int) and self.max_tokens >= -1, f"n-predict must be -1 (unlimited) or >= 0, got {self.max_tokens}")

@@ -1,0 +1,109 @@
+"""What a generation yields: typed events, no printing.
+
+``Engine.generate`` yields one :class:`Step` per speculative step (the tokens the target accepted
+in one verification pass, each marked whether it came from an accepted draft) and finally one
+:class:`Result` with the stop reason and the statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+StopReason = Literal["eos", "length", "context", "cancelled"]
+"""eos: an end-of-generation token; length: the token budget; context: the context is full;
+cancelled: ``Engine.cancel()`` was called."""
+
+
+@dataclass(frozen=True)
+class TokenPiece:
+    token: int
+    text: str  # decoded text; may be "" while a multi-byte character is incomplete
+    from_draft: bool  # True when the token was drafted by the MTP head and accepted
+
+
+@dataclass(frozen=True)
+class Step:
+    pieces: tuple[TokenPiece, ...]
+    n_drafted: int  # draft tokens verified in this step
+    n_accepted: int  # of which accepted
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.pieces)
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    n_prompt_tokens: int  # prompt tokens this generation was given
+    n_prompt_reused: int  # of which already in the cache (not processed again)
+    prompt_seconds: float
+    n_generated: int
+    generation_seconds: float
+    n_drafted: int
+    n_accepted: int
+    drafted_by_position: tuple[int, ...]  # drafts verified at draft position 1, 2, ...
+    accepted_by_position: tuple[int, ...]  # of which accepted
+    n_target_passes: int  # target model decode calls while generating (verification passes)
+    draft_seconds: float  # time in the MTP head (drafting and its catch-up)
+    verify_seconds: float  # time in target decode calls
+    sample_seconds: float  # time choosing tokens (sampling, acceptance tests)
+    mtp: bool  # whether MTP speculation was used
+
+    @property
+    def acceptance(self) -> float:
+        return self.n_accepted / self.n_drafted if self.n_drafted else 0.0
+
+    @property
+    def acceptance_by_position(self) -> tuple[float, ...]:
+        return tuple(a / d if d else 0.0 for a, d in zip(self.accepted_by_position, self.drafted_by_position))
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.n_generated / self.n_target_passes if self.n_target_passes else 0.0
+
+    @property
+    def prompt_tps(self) -> float:
+        n = self.n_prompt_tokens - self.n_prompt_reused
+        return n / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        return self.n_generated / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Generation time outside drafting, verifying and sampling (the loop's own cost)."""
+        return max(0.0, self.generation_seconds - self.draft_seconds - self.verify_seconds - self.sample_seconds)
+
+    def as_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.n_prompt_tokens,
+            "prompt_tokens_reused": self.n_prompt_reused,
+            "prompt_seconds": self.prompt_seconds,
+            "prompt_tokens_per_second": self.prompt_tps,
+            "generated_tokens": self.n_generated,
+            "generation_seconds": self.generation_seconds,
+            "generation_tokens_per_second": self.generation_tps,
+            "mtp": self.mtp,
+            "drafted": self.n_drafted,
+            "accepted": self.n_accepted,
+            "acceptance": self.acceptance,
+            "drafted_by_position": list(self.drafted_by_position),
+            "accepted_by_position": list(self.accepted_by_position),
+            "acceptance_by_position": list(self.acceptance_by_position),
+            "target_passes": self.n_target_passes,
+            "tokens_per_target_pass": self.tokens_per_pass,
+            "draft_seconds": self.draft_seconds,
+            "verify_seconds": self.verify_seconds,
+            "sample_seconds": self.sample_seconds,
+            "overhead_seconds": self.overhead_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class Result:
+    text: str
+    tokens: tuple[int, ...]
+    stop_reason: StopReason
+    stats: GenerationStats
