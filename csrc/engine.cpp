@@ -314,9 +314,20 @@ struct mtp_engine {
     std::vector<std::vector<mtp_candidate>> q;  // draft distributions (sampling)
     std::vector<mtp_candidate> p;
     std::vector<float> h_tmp;
+
+    // time accounts (seconds): target decodes, MTP decodes, token choice
+    double t_dec_tgt = 0, t_dec_dft = 0, t_choose = 0;
 };
 
 static int32_t n_past(const mtp_engine * e) { return (int32_t) e->cache.size(); }
+
+// llama_process, timed into `acc` (the engine's decode-time accounts)
+static int32_t process_timed(llama_context * ctx, llama_batch_ext * batch, double & acc) {
+    const auto t0 = clock_type::now();
+    const int32_t rc = llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch);
+    acc += seconds_since(t0);
+    return rc;
+}
 
 static bool use_mtp(const mtp_engine * e) { return e->ctx_dft != nullptr; }
 
@@ -390,7 +401,7 @@ static mtp_status target_decode(mtp_engine * e, const llama_token * tokens, int3
             return MTP_ERR_INVALID;
         }
     }
-    const int32_t rc = llama_process(e->ctx_tgt, LLAMA_PROCESS_TYPE_DECODE, e->batch_tgt);
+    const int32_t rc = process_timed(e->ctx_tgt, e->batch_tgt, e->t_dec_tgt);
     if (rc != 0) {
         const std::string cause = log_last_error();
         err = "target decode failed (llama.cpp code " + std::to_string(rc) + ")" + (cause.empty() ? "" : ": " + cause);
@@ -427,7 +438,7 @@ static mtp_status mtp_feed(mtp_engine * e, int32_t upto, llama_token next, std::
         err = "MTP batch overflow";
         return MTP_ERR_RUNTIME;
     }
-    const int32_t rc = llama_process(e->ctx_dft, LLAMA_PROCESS_TYPE_DECODE, e->batch_dft);
+    const int32_t rc = process_timed(e->ctx_dft, e->batch_dft, e->t_dec_dft);
     if (rc != 0) {
         const std::string cause = log_last_error();
         err = "MTP head decode failed (llama.cpp code " + std::to_string(rc) + ")" + (cause.empty() ? "" : ": " + cause);
@@ -847,7 +858,7 @@ static mtp_status draft_tokens(mtp_engine * e, int32_t n, std::string & err) {
         llama_memory_seq_rm(llama_get_memory(e->ctx_dft), 0, np, -1);
         llama_batch_ext_clear(e->batch_dft);
         batch_add(e->batch_dft, e->id_last, np, h_row(e, np - 1), e->n_embd_h, true);
-        const int32_t rc = llama_process(e->ctx_dft, LLAMA_PROCESS_TYPE_DECODE, e->batch_dft);
+        const int32_t rc = process_timed(e->ctx_dft, e->batch_dft, e->t_dec_dft);
         st = rc == 0 ? MTP_OK : MTP_ERR_RUNTIME;
         if (rc != 0) err = "MTP drafter decode failed (llama.cpp code " + std::to_string(rc) + ")";
     } else {
@@ -868,6 +879,7 @@ static mtp_status draft_tokens(mtp_engine * e, int32_t n, std::string & err) {
             err = "MTP head produced no logits";
             return MTP_ERR_RUNTIME;
         }
+        const auto t_choice = clock_type::now();
         llama_token d;
         if (greedy) {
             float p_top = 1.0f;
@@ -884,6 +896,7 @@ static mtp_status draft_tokens(mtp_engine * e, int32_t n, std::string & err) {
         }
         e->draft.push_back(d);
         mtp_sampler_push(e->smpl, d); // penalties for the next draft position see it
+        e->t_choose += seconds_since(t_choice);
         if (i + 1 == n) {
             break;
         }
@@ -897,7 +910,7 @@ static mtp_status draft_tokens(mtp_engine * e, int32_t n, std::string & err) {
         llama_batch_ext_clear(e->batch_dft);
         const llama_pos pos = e->mem_shared ? np : np + 1 + i;
         batch_add(e->batch_dft, d, pos, e->h_tmp.data(), e->n_embd_h, true);
-        const int32_t rc = llama_process(e->ctx_dft, LLAMA_PROCESS_TYPE_DECODE, e->batch_dft);
+        const int32_t rc = process_timed(e->ctx_dft, e->batch_dft, e->t_dec_dft);
         if (rc != 0) {
             err = "MTP head decode failed (llama.cpp code " + std::to_string(rc) + ")";
             return MTP_ERR_RUNTIME;
@@ -943,19 +956,17 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
     }
 
     // 1. draft
+    const double t_tgt0 = e->t_dec_tgt, t_dft0 = e->t_dec_dft, t_cho0 = e->t_choose;
     const bool spec = e->stats.speculative;
     const int32_t n_draft_max = spec ? std::min({ e->gen.n_max, e->n_ctx - np - 1, left - 1 }) : 0;
-    auto t0 = clock_type::now();
     mtp_status st = spec ? draft_tokens(e, n_draft_max, err) : MTP_OK;
     if (st != MTP_OK) {
         state_clear(e);
         return st;
     }
     const int32_t n_draft = (int32_t) e->draft.size();
-    e->stats.t_draft_s += seconds_since(t0);
 
     // 2. verify [id_last, d1..dn] in one target pass
-    t0 = clock_type::now();
     std::vector<llama_token> & verify = e->verify;
     verify.assign(1, e->id_last);
     verify.insert(verify.end(), e->draft.begin(), e->draft.end());
@@ -965,10 +976,9 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
         return st;
     }
     e->stats.n_target_passes++;
-    e->stats.t_verify_s += seconds_since(t0);
 
     // 3. accept the agreeing prefix, choose the next token
-    t0 = clock_type::now();
+    const auto t0 = clock_type::now();
     const bool greedy = mtp_sampler_greedy(e->smpl);
     int32_t n_acc = 0;
     llama_token next = LLAMA_TOKEN_NULL;
@@ -1007,7 +1017,10 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
     }
     e->stats.n_drafted  += n_draft;
     e->stats.n_accepted += n_acc;
-    e->stats.t_sample_s += seconds_since(t0);
+    e->t_choose += seconds_since(t0);
+    e->stats.t_verify_s += e->t_dec_tgt - t_tgt0;
+    e->stats.t_draft_s  += e->t_dec_dft - t_dft0;
+    e->stats.t_sample_s += e->t_choose - t_cho0;
     out.n_drafted  = n_draft;
     out.n_accepted = n_acc;
 

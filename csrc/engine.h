@@ -107,9 +107,9 @@ struct mtp_stats {
     std::vector<int32_t> drafted_at;  // per draft position
     std::vector<int32_t> accepted_at; // per draft position
     int32_t n_target_passes = 0;
-    double  t_draft_s       = 0; // MTP head decodes (incl. catch-up) and draft token choice
-    double  t_verify_s      = 0; // target decodes while generating
-    double  t_sample_s      = 0; // target-side token choice / acceptance tests
+    double  t_draft_s       = 0; // in llama.cpp decodes of the MTP head (drafts and catch-up)
+    double  t_verify_s      = 0; // in llama.cpp decodes of the target while generating
+    double  t_sample_s      = 0; // choosing tokens: draft choice, acceptance tests, sampling
     bool    speculative     = false;
 };
 
