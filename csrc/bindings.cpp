@@ -175,6 +175,21 @@ public:
         return d;
     }
 
+    std::vector<float> next_logits() {
+        std::vector<float> out;
+        std::string err;
+        mtp_status st;
+        mtp_engine * e = get();
+        {
+            nb::gil_scoped_release release;
+            st = mtp_next_logits(e, out, err);
+        }
+        if (st != MTP_OK) {
+            raise(st, err);
+        }
+        return out;
+    }
+
     void cancel() {
         if (eng_) {
             mtp_cancel(eng_);
@@ -251,6 +266,8 @@ NB_MODULE(_core, m) {
         .def("step", &Engine::step,
              "One speculative step: returns (tokens, from_draft, n_drafted, n_accepted, stop); stop != STOP_NONE ends it.")
         .def("stats", &Engine::stats, "Statistics of the current or last generation.")
+        .def("next_logits", &Engine::next_logits,
+             "The target's logits for the token after the finished conversation (for tests; state is kept).")
         .def("cancel", &Engine::cancel, "Make the running generation stop at the next step (thread-safe).")
         .def("reset", &Engine::reset, "Forget the cached conversation.");
 }

@@ -959,6 +959,7 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
     const double t_tgt0 = e->t_dec_tgt, t_dft0 = e->t_dec_dft, t_cho0 = e->t_choose;
     const bool spec = e->stats.speculative;
     const int32_t n_draft_max = spec ? std::min({ e->gen.n_max, e->n_ctx - np - 1, left - 1 }) : 0;
+    e->draft.clear();
     mtp_status st = spec ? draft_tokens(e, n_draft_max, err) : MTP_OK;
     if (st != MTP_OK) {
         state_clear(e);
@@ -1074,4 +1075,34 @@ void mtp_cancel(mtp_engine * e) {
 
 void mtp_reset(mtp_engine * e) {
     state_clear(e);
+}
+
+mtp_status mtp_next_logits(mtp_engine * e, std::vector<float> & out, std::string & err) {
+    const int32_t np = n_past(e);
+    if (e->active || e->id_last == LLAMA_TOKEN_NULL) {
+        err = "next_logits needs a finished generation";
+        return MTP_ERR_STATE;
+    }
+    if (np >= e->n_ctx) {
+        err = "the context is full";
+        return MTP_ERR_CONTEXT;
+    }
+    const llama_token t = e->id_last;
+    mtp_status st = target_decode(e, &t, 1, true, err);
+    if (st != MTP_OK) {
+        state_clear(e);
+        return st;
+    }
+    const float * logits = llama_get_logits_ith(e->ctx_tgt, 0);
+    out.assign(logits, logits + e->n_vocab);
+    // undo where the memory can step back; otherwise the token simply stays in the cache
+    if (llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, np, -1)) {
+        e->cache.resize(np);
+        if (e->mtp_valid) {
+            h_trim_back(e, np);
+        }
+    } else {
+        e->id_last = LLAMA_TOKEN_NULL;
+    }
+    return MTP_OK;
 }

@@ -139,6 +139,10 @@ void mtp_cancel(mtp_engine * eng);
 // forget the cached conversation
 void mtp_reset(mtp_engine * eng);
 
+// the target's logits for the token after the conversation (cache + id_last), for checking the
+// engine's state against a fresh one in tests; the conversation is unchanged
+mtp_status mtp_next_logits(mtp_engine * eng, std::vector<float> & out, std::string & err);
+
 // the llama.cpp build this engine was compiled against, and the one loaded at run time
 std::string mtp_build_commit();
 std::string mtp_runtime_commit();
