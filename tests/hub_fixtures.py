@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,12 +31,18 @@ __all__ = [
     "model_gguf",
     "qwen_mtp_gguf",
     "drafter_gguf",
+    "big_gguf",
     "REPOS",
     "add_standard_repos",
     "fake_hub",
     "hf_env",
     "hub",
+    "cli_env",
+    "start_cli",
+    "run_cli",
 ]
+
+SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,6 +55,7 @@ def make_gguf(
     embd_out: int | None = None,
     split: tuple[int, int] | None = None,
     salt: str = "",
+    extra_floats: int = 0,
 ) -> bytes:
     """A small valid GGUF written with the gguf package (2 blocks, 8-wide, a 32-token vocab)."""
     import gguf
@@ -73,6 +82,8 @@ def make_gguf(
         w.add_tensor("blk.0.attn_norm.weight", np.ones(8, dtype=np.float32))
         if nextn:
             w.add_tensor("blk.2.nextn.eh_proj.weight", np.ones((8, 16), dtype=np.float32))
+        if extra_floats:
+            w.add_tensor("blk.1.ffn_up.weight", np.arange(extra_floats, dtype=np.float32))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -90,6 +101,11 @@ def qwen_mtp_gguf(name: str) -> bytes:
 
 def drafter_gguf(name: str) -> bytes:
     return make_gguf("gemma4-assistant", name=name, embd_out=8)
+
+
+def big_gguf(name: str, mb: int = 24) -> bytes:
+    """A GGUF larger than huggingface_hub's 10 MB transfer chunk, to cut a transfer after a chunk."""
+    return make_gguf("gemma4", name=name, extra_floats=mb * 1024 * 1024 // 4)
 
 
 def _small(text: str) -> bytes:
@@ -214,3 +230,36 @@ def hub(fake_hub: FakeHub, hf_env: Path, monkeypatch: pytest.MonkeyPatch) -> Fak
 
 def cache_dir() -> Path:
     return Path(os.environ["HF_HOME"]) / "hub"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The current (test) environment for a ``python -m mtprun`` subprocess."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["COLUMNS"] = "200"
+    env.update(extra)
+    return env
+
+
+def start_cli(*args: str, preexec_fn=None, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mtprun", *args],
+        env=cli_env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,
+    )
+
+
+def run_cli(*args: str, timeout: float = 60, preexec_fn=None, **extra: str) -> subprocess.CompletedProcess:
+    """Run ``python -m mtprun ARGS`` (huggingface_hub imported fresh, with this test's env)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mtprun", *args],
+        env=cli_env(**extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
+    )

@@ -965,7 +965,8 @@ def _transfer(url: str, partial: Path, final: Path, size: int | None, headers: d
     partial.parent.mkdir(parents=True, exist_ok=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(partial, "ab") as fh:
+        with open(partial, "ab", buffering=0) as raw:  # unbuffered: what arrived is on disk if killed
+            fh = _WriteAll(raw)
             have = fh.tell()
             if size is not None and have > size:  # not ours to trust: start over
                 fh.truncate(0)
@@ -987,6 +988,25 @@ def _transfer(url: str, partial: Path, final: Path, size: int | None, headers: d
     if size is not None and got != size:
         raise HubConnectionError(f"download of {name} stopped at {got} of {size} bytes; run again to resume")
     os.replace(partial, final)
+
+
+class _WriteAll:
+    """An unbuffered file whose ``write`` never stops short (raw writes may; a short write raises)."""
+
+    def __init__(self, raw: object) -> None:
+        self._raw = raw
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            n = self._raw.write(view)  # type: ignore[attr-defined]
+            if not n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            view = view[n:]
+        return len(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._raw, name)
 
 
 def _require_space(where: Path, need: int, what: str) -> None:
