@@ -178,7 +178,8 @@ def _handler(hub: FakeHub, server: str) -> type[BaseHTTPRequestHandler]:
         def _send(self, status: int, headers: dict[str, str], body: bytes = b"", head: bool = False) -> None:
             self.send_response(status)
             for k, v in headers.items():
-                self.send_header(k, v)
+                if k.lower() != "content-length":
+                    self.send_header(k, v)
             self.send_header("Content-Length", headers.get("Content-Length", str(len(body))))
             self.end_headers()
             if not head and body:

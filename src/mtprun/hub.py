@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -81,6 +82,7 @@ _QUANT = re.compile(
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _MAX_TAG = 128
+_MAX_STALLS = 3  # transfer attempts in a row that add no byte before giving up
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -973,8 +975,22 @@ def _transfer(url: str, partial: Path, final: Path, size: int | None, headers: d
                 have = 0
             if size is not None:
                 _require_space(partial.parent, size - have, name)
-            if size is None or have < size:
-                http_get(url, fh, resume_size=have, headers=headers, expected_size=size, displayed_filename=_basename(name))
+            stalls = 0
+            while size is None or have < size:
+                try:
+                    http_get(url, fh, resume_size=have, headers=headers, expected_size=size, displayed_filename=_basename(name))
+                    break
+                except Exception as exc:
+                    # The connection dropped (huggingface_hub < 2 does not retry this itself):
+                    # go on from what is on disk while that keeps growing.
+                    got = os.fstat(raw.fileno()).st_size
+                    if not _is_network_error(exc) or size is None:
+                        raise
+                    stalls = 0 if got > have else stalls + 1
+                    if stalls >= _MAX_STALLS:
+                        raise
+                    have = got  # a valid prefix either way (a server that ignores Range restarts the file)
+                    time.sleep(0.2 * stalls)
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
@@ -1044,7 +1060,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 def _network_error_types() -> tuple[type[BaseException], ...]:
     """Transport errors of whichever HTTP library this huggingface_hub uses (already imported)."""
     found: list[type[BaseException]] = []
-    for module, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)), ("requests", ("ConnectionError", "Timeout"))):
+    for module, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)), ("requests.exceptions", ("ConnectionError", "Timeout", "ChunkedEncodingError"))):
         mod = sys.modules.get(module)
         for n in names:
             t = getattr(mod, n, None) if mod is not None else None
