@@ -45,7 +45,7 @@ __all__ = [
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_gguf(
     arch: str = "gemma4",
     *,
@@ -112,7 +112,7 @@ def _small(text: str) -> bytes:
     return text.encode()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _repos() -> dict[str, dict]:
     g = "gemma-4-12b-it"
     q = "Qwen3.6-27B"

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from hub_fixtures import *  # noqa: F403  (fixtures: hub, hf_env, fake_hub)
-from hub_fixtures import REPOS, model_gguf, run_cli
+from hub_fixtures import REPOS, big_gguf, cli_env, model_gguf, run_cli
 from hub_server import FakeHub, closed_port_endpoint
 from mtprun.cli.app import app
 
@@ -143,3 +150,29 @@ def test_errors_from_the_real_entry_point_are_one_line_without_traceback(hub: Fa
     down = run_cli("download", f"{GEMMA}:Q8_0", HF_ENDPOINT=closed_port_endpoint())
     assert down.returncode == 5 and down.stderr.count("\n") == 1
     assert down.stderr.startswith("error: cannot reach http://127.0.0.1:")
+
+
+def test_a_terminal_sees_a_progress_bar_for_each_transfer(hub: FakeHub) -> None:
+    hub.add_repo("acme/big-GGUF", {"big-Q8_0.gguf": big_gguf("big")})
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtprun", "download", "acme/big-GGUF"],
+        env=cli_env(), stdout=subprocess.PIPE, stderr=follower, text=True,
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        seen += data
+    out, _ = proc.communicate(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 0
+    text = seen.decode(errors="replace")
+    assert "big-Q8_0.gguf: 100%" in text and "25.2M/25.2M" in text
+    assert out.startswith("model\t")  # stdout stays clean for scripts

@@ -241,6 +241,15 @@ def test_local_dir_mirrors_the_repo_layout_like_hf_download(hub: FakeHub, tmp_pa
     assert mhub.fetch(f"{QWEN}:UD-Q8_K_XL", local_dir=target, offline=True).parts == local.parts
 
 
+def test_an_outdated_file_in_local_dir_is_replaced_only_once_the_new_one_is_complete(hub: FakeHub, tmp_path: Path) -> None:
+    target = tmp_path / "dl"
+    old = target / "gemma-4-12b-it-Q8_0.gguf"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"an older, shorter version")
+    local = mhub.fetch(f"{GEMMA}:Q8_0", want_mtp=False, local_dir=target)
+    assert local.model == old and old.read_bytes() == served(GEMMA, "gemma-4-12b-it-Q8_0.gguf")
+
+
 def test_a_cached_file_of_the_wrong_size_is_not_trusted(hub: FakeHub) -> None:
     local = mhub.fetch(f"{GEMMA}:Q8_0", want_mtp=False)
     blob = local.model.resolve()

@@ -34,7 +34,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
@@ -906,8 +906,10 @@ class _Fetcher:
         etag, size = meta.etag, meta.size
         if not etag or unsafe_path_reason(etag) or len(etag) > 128:
             raise HubError(f"the Hub sent no usable ETag for {f.path}; cannot cache it safely")
+        # in the cache a blob named by its etag is complete by construction; a local_dir file of
+        # another size is an older version, replaced once the new one is complete
         final = self._target(f) if self.local_dir is not None else self.storage / "blobs" / etag
-        if not final.exists():
+        if not _complete_file(final, size):
             headers = build_hf_headers(token=self.settings.token, library_name="mtprun", library_version=__version__)
             location = meta.location or url
             if _origin(location) != _origin(url):
@@ -920,7 +922,7 @@ class _Fetcher:
 
             notify("downloading", f)
             with FileLock(str(lock)):
-                if not final.exists():
+                if not _complete_file(final, size):
                     _transfer(location, partial, final, size, headers, f.path)
         return self._register(f)
 
@@ -958,6 +960,13 @@ class _Fetcher:
             os.replace(tmp, ref)
         except OSError:
             pass  # a read-only cache still works online
+
+
+def _complete_file(path: Path, size: int | None) -> bool:
+    try:
+        return path.is_file() and (size is None or path.stat().st_size == size)
+    except OSError:
+        return False
 
 
 def _transfer(url: str, partial: Path, final: Path, size: int | None, headers: dict[str, str], name: str) -> None:
@@ -1075,7 +1084,7 @@ def _is_network_error(exc: BaseException) -> bool:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if (types and isinstance(cur, types)) or type(cur).__name__ in ("OfflineModeIsEnabled", "ConnectionError"):
+        if isinstance(cur, (ConnectionError, TimeoutError)) or (types and isinstance(cur, types)):
             return True
         cur = cur.__cause__ or cur.__context__
     return False

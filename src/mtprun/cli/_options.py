@@ -11,7 +11,7 @@ and passes them to ``mtprun.hub.fetch``/``resolve`` (``offline=offline or None``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,11 +23,11 @@ SPEC_HELP = (
 
 HfSpecArg = Annotated[str, typer.Argument(metavar="OWNER/NAME[:QUANT]", help=SPEC_HELP, show_default=False)]
 HfRepoOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("-hf", "--hf-repo", metavar="OWNER/NAME[:QUANT]", help=SPEC_HELP, rich_help_panel=HUB_PANEL),
 ]
 RevisionOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--revision", help="Branch, tag or commit of the repository (default: main).", rich_help_panel=HUB_PANEL),
 ]
 OfflineOpt = Annotated[
@@ -39,7 +39,7 @@ OfflineOpt = Annotated[
     ),
 ]
 LocalDirOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--local-dir",
         help="Put the files in this folder (like `hf download --local-dir`) instead of the shared Hugging Face cache.",
@@ -56,7 +56,7 @@ MmprojOpt = Annotated[
     typer.Option("--mmproj", help="Also fetch the multimodal projector (mmproj-*.gguf).", rich_help_panel=HUB_PANEL),
 ]
 IncludeOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(
         "--include",
         metavar="PATTERN",
