@@ -94,6 +94,11 @@ def test_a_model_without_any_mtp_gets_a_warning_that_mtp_will_be_off(cli) -> Non
     assert "warning: no MTP drafter for plain-Q4_K_M.gguf" in res.stderr and "MTP will be off" in res.stderr
 
 
+def test_gated_repo_plan_says_access_is_needed(cli) -> None:
+    res = cli("acme/gated-GGUF", "--dry-run")
+    assert res.exit_code == 0 and "acme/gated-GGUF is gated: downloading needs accepted access" in res.stderr
+
+
 def test_offline_flag_uses_the_cache_after_the_hub_is_gone(cli, hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
     first = cli(f"{GEMMA}:UD-Q4_K_XL")
     hub.close()
@@ -176,3 +181,15 @@ def test_a_terminal_sees_a_progress_bar_for_each_transfer(hub: FakeHub) -> None:
     text = seen.decode(errors="replace")
     assert "big-Q8_0.gguf: 100%" in text and "25.2M/25.2M" in text
     assert out.startswith("model\t")  # stdout stays clean for scripts
+
+
+def test_fetch_model_is_the_one_call_run_and_chat_need(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    from mtprun.cli._hub import fetch_model
+    from mtprun.cli.ui import Output
+
+    local = fetch_model(Output(), f"{QWEN}:Q4_K_M", mmproj=True)
+    assert local.model.name == "Qwen3.6-27B-Q4_K_M.gguf" and local.mmproj is not None
+    assert local.mtp is None and local.mtp_source == "embedded"
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing on stdout: that is the command's product
+    assert "downloading Qwen3.6-27B-Q4_K_M.gguf" in captured.err and "MTP: layers inside the model" in captured.err

@@ -250,6 +250,17 @@ def test_an_outdated_file_in_local_dir_is_replaced_only_once_the_new_one_is_comp
     assert local.model == old and old.read_bytes() == served(GEMMA, "gemma-4-12b-it-Q8_0.gguf")
 
 
+def test_a_pinned_revision_downloads_that_commit_and_resolves_offline_by_it(hub: FakeHub) -> None:
+    sha = hub.repos[GEMMA].sha
+    local = mhub.fetch(f"{GEMMA}:Q8_0", revision=sha, want_mtp=False)
+    assert local.plan.commit == sha and local.model.parent.name == sha
+    assert all(f"/resolve/{sha}/" in r.path for r in hub.seen("hub", "HEAD"))
+    assert not (storage(GEMMA) / "refs" / "main").exists()  # a commit is not a branch
+    assert mhub.fetch(f"{GEMMA}:Q8_0", revision=sha, offline=True).model == local.model
+    with pytest.raises(HubNotCachedError):
+        mhub.fetch(f"{GEMMA}:Q8_0", offline=True)  # main was never resolved
+
+
 def test_a_cached_file_of_the_wrong_size_is_not_trusted(hub: FakeHub) -> None:
     local = mhub.fetch(f"{GEMMA}:Q8_0", want_mtp=False)
     blob = local.model.resolve()
