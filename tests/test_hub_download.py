@@ -6,6 +6,7 @@ import hashlib
 import os
 import resource
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -154,6 +155,29 @@ def test_an_interrupted_download_is_never_complete_and_resumes_next_time(hub: Fa
     assert cdn_gets(hub)[-1].headers["range"] == f"bytes={chunk()}-"
     assert local.model.read_bytes() == data
     assert not list(storage(BIG_REPO).glob("blobs/*.incomplete"))
+
+
+def test_two_downloads_of_the_same_file_share_one_transfer(hub: FakeHub) -> None:
+    data = add_big_repo(hub)
+    hub.stall(BIG, after_bytes=chunk() + 1000)
+    proc = start_cli("download", BIG_REPO, "--no-mtp")
+    result: dict[str, mhub.LocalModel] = {}
+    second = threading.Thread(target=lambda: result.setdefault("local", mhub.fetch(BIG_REPO, want_mtp=False)))
+    try:
+        assert hub.stalled.wait(30), "the transfer never started"
+        second.start()
+        time.sleep(0.5)
+        assert second.is_alive()  # waiting on the cache lock the first download holds
+        hub.release()  # the first transfer is dropped, resumes, completes
+        second.join(60)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        hub.release()
+    assert proc.returncode == 0
+    assert result["local"].model.read_bytes() == data
+    gets = cdn_gets(hub)
+    assert len(gets) == 2 and gets[1].headers["range"] == f"bytes={chunk()}-"  # no second full transfer
 
 
 def test_offline_resolves_from_the_cache_with_no_network(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,8 +15,8 @@ reads several settings once at import time; the ones mtprun honours (``HF_ENDPOI
 ``HF_HOME``/``HF_HUB_CACHE``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``) are read here at call time and
 passed explicitly, so they take effect whenever they are set.
 
-Transfers: ``huggingface_hub`` >= 2 writes each download to a process-unique temporary file that
-is deleted on failure, so an interrupted download starts over. mtprun keeps resumability by doing
+Transfers: ``huggingface_hub`` 2.x (2.4 checked) writes each download to a process-unique
+temporary file that is deleted on failure, so an interrupted download starts over. mtprun keeps resumability by doing
 the byte transfer itself with ``huggingface_hub``'s own primitives (``get_hf_file_metadata`` for
 the HEAD, ``http_get`` for the ranged GET with retries and progress bar) into
 ``blobs/<etag>.incomplete`` (the partial-file name older ``huggingface_hub`` releases resume
@@ -918,10 +918,10 @@ class _Fetcher:
             partial = self._partial(f, etag)
             lock = self._lock(f, etag)
             lock.parent.mkdir(parents=True, exist_ok=True)
-            from filelock import FileLock
+            from huggingface_hub.utils import WeakFileLock
 
             notify("downloading", f)
-            with FileLock(str(lock)):
+            with WeakFileLock(lock):  # the lock huggingface_hub itself takes: `hf download` waits for us
                 if not _complete_file(final, size):
                     _transfer(location, partial, final, size, headers, f.path)
         return self._register(f)
