@@ -175,4 +175,4 @@ def test_a_large_vocabulary_is_skipped_quickly(tmp_path: Path) -> None:
     start = time.perf_counter()
     info = read_gguf_info(p)
     assert info.vocab_size == 250_000
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 2.0  # ~20 ms; gguf.GGUFReader takes seconds
