@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
+from . import download
 
 app = typer.Typer(
     name="mtprun",
@@ -25,6 +26,9 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """Run local LLMs with Multi-Token Prediction (MTP) speculative decoding."""
+
+
+app.command("download")(download.download)
 
 
 def main() -> None:

@@ -23,6 +23,18 @@ from rich.text import Text
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+def human_size(n: int | None) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as the Hub shows them); None -> '?'."""
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
 def sanitize(text: str) -> str:
     """Make untrusted text safe to show on a terminal: control characters become visible escapes."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
@@ -42,6 +54,13 @@ class Output:
     def text(self, text: str, *, style: str | None = None, end: str = "") -> None:
         """Write untrusted text (e.g. model output) to stdout literally."""
         self.out.print(Text(sanitize(text), style=style or ""), end=end)
+        self.out.file.flush()
+
+    def tsv(self, rows: list[tuple[str, ...]]) -> None:
+        """Tab-separated lines on stdout (never wrapped, so `cut -f2` works); cells sanitized."""
+        for row in rows:
+            cells = (sanitize(c).replace("\t", "\\t").replace("\n", "\\n") for c in row)
+            self.out.file.write("\t".join(cells) + "\n")
         self.out.file.flush()
 
     def json(self, obj: Any) -> None:
@@ -64,4 +83,21 @@ class Output:
         table.add_column()
         for key, value in rows:
             table.add_row(Text(sanitize(key)), Text(sanitize(value)))
+        (self.out if to_stdout else self.err).print(table)
+
+    def grid(
+        self,
+        title: str | None,
+        columns: list[str],
+        rows: list[list[str]],
+        *,
+        to_stdout: bool = False,
+        right: tuple[int, ...] = (),
+    ) -> None:
+        """A table with a header row; every cell is untrusted text (printed literally)."""
+        table = Table(title=escape(title) if title else None, box=None, pad_edge=False, title_justify="left")
+        for i, name in enumerate(columns):
+            table.add_column(Text(sanitize(name), style="bold"), justify="right" if i in right else "left", overflow="fold")
+        for row in rows:
+            table.add_row(*(Text(sanitize(cell)) for cell in row))
         (self.out if to_stdout else self.err).print(table)

@@ -1,0 +1,5 @@
+"""``python -m mtprun``: the CLI."""
+
+from .cli.app import main
+
+main()
