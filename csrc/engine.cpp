@@ -505,19 +505,6 @@ static std::string backend_description() {
     return gpus.empty() ? "CPU" : gpus + " (+ CPU)";
 }
 
-static std::string meta_str(const llama_model * model, const char * key) {
-    std::vector<char> buf(256);
-    int32_t n = llama_model_meta_val_str(model, key, buf.data(), buf.size());
-    if (n < 0) {
-        return "";
-    }
-    if ((size_t) n >= buf.size()) {
-        buf.resize(n + 1);
-        n = llama_model_meta_val_str(model, key, buf.data(), buf.size());
-    }
-    return std::string(buf.data(), std::max(0, n));
-}
-
 static std::string token_text(const llama_vocab * vocab, llama_token t) {
     if (t == LLAMA_TOKEN_NULL) {
         return "";
