@@ -1,0 +1,1225 @@
+"""Synthetic GGUF models for tests, benchmarks and the demo (nothing is downloaded).
+
+``write_model(spec, out)`` writes a small (or, with the ``bench`` preset, memory-bound) model that
+llama.cpp 0c1e570 (llama-cpp-python 0.3.36) loads exactly like the real thing, with weights chosen
+so that what it generates -- and what its MTP head drafts -- is known in advance.
+
+Architectures and file layout
+-----------------------------
+``qwen35`` -- a Qwen3.5/3.6-style dense hybrid, one file (as converted by ``convert_hf_to_gguf.py``
+from a checkpoint with ``mtp_num_hidden_layers = 1``)::
+
+    token_embd, output_norm, output                       [n_embd, n_vocab] / [n_embd]
+    blk.i  (i < n_layer, (i+1) % full_attention_interval != 0): gated delta net (linear attention)
+        attn_norm, post_attention_norm, attn_qkv, attn_gate, ssm_conv1d, ssm_dt.bias, ssm_a,
+        ssm_alpha, ssm_beta, ssm_norm, ssm_out, ffn_gate, ffn_up, ffn_down
+    blk.i  (every full_attention_interval-th layer): gated full attention
+        attn_norm, post_attention_norm, attn_q (query + gate), attn_k, attn_v, attn_q_norm,
+        attn_k_norm, attn_output, ffn_gate, ffn_up, ffn_down
+    blk.{n_layer}: the MTP block -- a full-attention block plus nextn.eh_proj [2 n_embd, n_embd],
+        nextn.enorm, nextn.hnorm, nextn.shared_head_norm (embeddings and LM head are shared)
+    keys: qwen35.block_count = n_layer + 1, qwen35.nextn_predict_layers = 1,
+        qwen35.full_attention_interval, qwen35.attention.recurrent_layers, qwen35.ssm.*,
+        qwen35.rope.dimension_sections, ...
+
+``gemma4`` -- a Gemma 4-style target (5 sliding-window layers to 1 global layer, the last layer
+global; no per-layer embeddings; global layers use K as V as in the large Gemma 4 models) and,
+next to it, its drafter ``mtp-<name>.gguf`` (arch ``gemma4-assistant``): ``nextn.pre_projection``
+[2 n_embd_target, n_embd], query-only attention layers that read the target's KV cache (its last
+sliding layer n_layer-2 and its last global layer n_layer-1), ``nextn.post_projection``
+[n_embd, n_embd_target] and ``embedding_length_out = n_embd_target``. The target has an untied
+``output`` tensor (real Gemma ties it to ``token_embd``; the oracle needs them to differ).
+
+Tokenizer: a real BPE vocabulary built from the passage in ``CYCLE_TEXT`` (every word of it is one
+token, reachable through merges of its prefixes), all 256 bytes, filler pseudo-words up to
+``n_vocab``, and the chat special tokens. ``qwen35`` uses GPT-2 byte-level BPE (``gpt2`` /
+pre-tokenizer ``qwen35``, ChatML template with ``<think>``); ``gemma4`` uses Gemma 4's own
+SentencePiece-style BPE (``gemma4``: spaces become U+2581, ``<0xNN>`` byte fallback) with the
+``<|turn>`` / ``<|channel>thought`` template. Both templates take ``enable_thinking``.
+
+Weights (``mode``)
+------------------
+``random``: every tensor is seeded Gaussian noise at a standard scale (each sub-block's output is
+about as large as its input), so every layer -- the gated-delta-net recurrences included --
+changes what is generated; the logits have a standard deviation of about ``RANDOM_LOGIT_STD``. The
+MTP head is random too, so drafts are almost never accepted (every step rolls back).
+
+``oracle``: the target is a deterministic next-token machine and the MTP head agrees with it on a
+chosen fraction ``agree`` of the tokens. Construction, with d = n_embd:
+
+1. The cycle ``c_0 .. c_{L-1}`` is the token sequence of ``CYCLE_TEXT`` (distinct words and
+   punctuation), cut to ``L <= d - d//4``. succ(c_k) = c_{k+1 mod L}; every other token (bytes,
+   specials, chat-template text) has successor c_0, so any prompt is answered with the passage.
+2. Each cycle index k owns one *signal* coordinate s_k of the residual stream (a seeded choice of
+   L coordinates); the rest is the *complement*. The embedding of c_k is ``a e_{s_k} + b r_t``
+   (a = 0.8, b = 0.6, r_t a random unit vector in the complement); a token outside the cycle
+   looks like c_{L-1} in the signal part and has its own random complement part.
+3. All sub-blocks (gated delta nets, attention, FFNs) have random weights, but their output
+   projections have zero rows on the signal coordinates: they write only into the complement.
+   Every norm is element-wise, so the signal coordinate of the current token survives all layers
+   untouched and every other signal coordinate stays exactly 0. The layers still compute (their
+   output changes the hidden rows and, through the final RMS norm, the size of the top logit).
+4. The LM head row of succ(c_k) reads s_k with weight w; every other row entry is 0. Hence the
+   target's logits are exactly 0 except for the one token succ(x), whose logit is
+   ``w * a * sqrt(d) / rms-ratio`` (about ``ORACLE_TOP_LOGIT``): greedy decoding follows the
+   cycle, there are no ties, and the top-1 margin equals the top logit (``SynthResult`` reports
+   the nominal value; tests measure it).
+5. MTP head. qwen35: ``eh_proj`` maps the token half ``enorm(embed(t))`` signal s_k -> s_{m(k)}
+   (complement -> complement at random), the hidden half only complement -> complement (so h
+   changes the draft's hidden row but never its argmax); the MTP block writes only into the
+   complement; the shared LM head then predicts succ(c_{m(k)}). gemma4-assistant: the same map in
+   ``nextn.pre_projection`` from the target embedding (x sqrt(n_embd)) into the drafter's own
+   signal coordinates, its tied ``token_embd`` is the LM head for those coordinates.
+   m(k) = k for k in the agree set A (a seeded subset of round(agree * L) cycle indices), so the
+   head predicts succ(t) = the target's true next token after t; otherwise m(k) = k + L//2, a
+   confidently wrong token. The head is fed its own hidden row when drafting further, but that row
+   never moves the argmax, so each drafted position is accepted exactly when the token it follows
+   is in A: per-position acceptance ~ agree, ~1.0 at agree = 1. ``SynthResult.simulate_speculative``
+   replays llama.cpp's greedy draft/verify loop on these rules to give exact expected counts.
+
+Everything is a pure function of the spec: the same spec and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+import gguf
+import numpy as np
+
+from mtprun.errors import InvalidInputError
+
+__all__ = [
+    "ARCHS",
+    "CYCLE_TEXT",
+    "DTYPES",
+    "MODES",
+    "PRESETS",
+    "SpecSimulation",
+    "SynthResult",
+    "SynthSpec",
+    "demo_spec",
+    "draft_path_for",
+    "write_model",
+]
+
+ARCHS = ("qwen35", "gemma4")
+MODES = ("random", "oracle")
+DTYPES = ("f32", "f16", "q8_0")
+
+# The oracle cycle spells this passage (every word and punctuation mark occurs once).
+CYCLE_TEXT = (
+    " Once upon a quiet morning, seven curious foxes wandered through golden meadows toward"
+    " distant hills. Every brave explorer carried bright lanterns and small maps; nobody"
+    " remembered exactly why their journey began! Still they laughed while singing old songs"
+    " beneath tall silver trees: perhaps tomorrow would reveal hidden rivers flowing gently into"
+    " warm sunlit valleys?"
+)
+
+ORACLE_TOP_LOGIT = 20.0  # nominal logit of the one token an oracle model predicts (all others: 0)
+RANDOM_LOGIT_STD = 12.0  # standard deviation of a random model's logits
+_SIGNAL_A = 0.8  # share of an oracle embedding in its signal coordinate (a^2 + b^2 = 1)
+_ORACLE_GAIN = 0.5  # size of the sub-block outputs (complement only) in oracle models
+_MAX_VOCAB = 262144
+_MAX_LAYERS = 128
+
+# Presets: field overrides on top of the SynthSpec defaults (which are the "tiny" preset).
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "tiny": MappingProxyType({}),
+    # >= 300 MB of f16 weights: decoding is bound by memory bandwidth on a CPU.
+    "bench": MappingProxyType({
+        "n_embd": 2048, "n_layer": 8, "n_ff": 3072, "n_vocab": 32768, "dtype": "f16",
+    }),
+})
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What to generate. The defaults are the ``tiny`` preset (a few MB, milliseconds per token).
+
+    ``n_ff`` and ``draft_n_embd`` of 0 are derived from ``n_embd``. ``draft_*`` only apply to
+    gemma4 (its ``gemma4-assistant`` sidecar).
+    """
+
+    arch: str = "qwen35"
+    mode: str = "oracle"
+    agree: float = 1.0
+    seed: int = 0
+    n_embd: int = 256
+    n_layer: int = 4
+    n_vocab: int = 1024
+    n_ctx: int = 4096
+    dtype: str = "f32"
+    n_ff: int = 0
+    draft_n_embd: int = 0
+    draft_n_layer: int = 2
+    name: str = ""
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SynthSpec:
+        """The named preset (``tiny`` or ``bench``) with ``overrides`` applied."""
+        if name not in PRESETS:
+            raise InvalidInputError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InvalidInputError(f"unknown SynthSpec field(s): {', '.join(unknown)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def validate(self) -> None:
+        """Raise ``InvalidInputError`` (one line) unless this spec forms a valid model."""
+        _dims(self)
+
+
+def demo_spec() -> SynthSpec:
+    """The model behind ``mtprun --demo``: qwen35 oracle, readable text, ~80% draft acceptance."""
+    return SynthSpec(arch="qwen35", mode="oracle", agree=0.8, seed=0, name="mtprun-demo")
+
+
+def draft_path_for(model_path: str | os.PathLike[str]) -> Path:
+    """Where the gemma4 drafter sidecar of ``model_path`` goes: ``mtp-<name>`` in the same folder."""
+    p = Path(model_path)
+    return p.with_name(f"mtp-{p.name}")
+
+
+@dataclass(frozen=True)
+class SpecSimulation:
+    """Expected outcome of llama.cpp's greedy draft/verify loop (``llama-speculative-simple``)."""
+
+    n_max: int
+    n_predict: int  # tokens produced (as counted by llama-speculative-simple)
+    n_drafted: int
+    n_accept: int
+    drafted_by_position: tuple[int, ...]  # drafts made at draft position 1..n_max
+    accepted_by_position: tuple[int, ...]  # of those, accepted
+    tokens: tuple[int, ...]  # the generated tokens
+
+    @property
+    def acceptance(self) -> float:
+        """n_accept / n_drafted, the figure llama-speculative-simple prints as ``accept``."""
+        return self.n_accept / self.n_drafted if self.n_drafted else 0.0
+
+    @property
+    def acceptance_by_position(self) -> tuple[float, ...]:
+        """Conditional acceptance at draft position i (given the previous one was accepted)."""
+        out = []
+        for i, (d, a) in enumerate(zip(self.drafted_by_position, self.accepted_by_position)):
+            prev = self.accepted_by_position[i - 1] if i else d
+            out.append(a / prev if prev else 0.0)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """What ``write_model`` wrote, and what an oracle model will do."""
+
+    spec: SynthSpec
+    model_path: Path
+    draft_path: Path | None  # gemma4 drafter sidecar; None for qwen35 (embedded MTP block)
+    model_bytes: int
+    draft_bytes: int  # 0 without a sidecar
+    weight_bytes: int  # tensor data in all files written
+    seconds: float
+    n_vocab: int
+    bos_id: int
+    eos_id: int
+    eog_ids: tuple[int, ...]
+    add_bos: bool
+    # Oracle models only (None for random models):
+    cycle: tuple[int, ...] | None = None  # token ids, in order; succ(cycle[k]) = cycle[k+1 mod L]
+    cycle_text: str | None = None  # what one turn of the cycle detokenizes to
+    successor: Mapping[int, int] | None = None  # target's greedy next token, for every token id
+    mtp_prediction: Mapping[int, int] | None = None  # MTP head's greedy draft after each token id
+    agree_tokens: frozenset[int] | None = None  # cycle tokens after which the MTP head is right
+    expected_acceptance: float | None = None  # per drafted position: len(agree_tokens) / len(cycle)
+    top_logit: float | None = None  # nominal oracle top logit = top-1 margin (all others are 0)
+
+    def summary(self) -> str:
+        """One line describing what was written."""
+        s = self.spec
+        parts = [f"wrote {self.model_path} ({_mb(self.model_bytes)})"]
+        if self.draft_path is not None:
+            parts.append(f"+ drafter {self.draft_path} ({_mb(self.draft_bytes)})")
+        desc = f"{s.arch} {s.mode}"
+        if self.expected_acceptance is not None:
+            desc += f" agree={s.agree:g} (cycle {len(self.cycle or ())} tokens, expected per-position acceptance {self.expected_acceptance:.3f})"
+        parts.append(
+            f"{desc}, n_embd={s.n_embd} n_layer={s.n_layer} n_vocab={self.n_vocab} "
+            f"n_ctx={s.n_ctx} {s.dtype} seed={s.seed}, in {self.seconds:.2f}s"
+        )
+        return " ".join(parts[:-1]) + ": " + parts[-1]
+
+    def greedy_continuation(self, last_token: int, n: int) -> list[int]:
+        """The ``n`` tokens an oracle target generates greedily after a prompt ending in ``last_token``."""
+        succ = self._need(self.successor)
+        out, t = [], last_token
+        for _ in range(n):
+            t = succ[t]
+            out.append(t)
+        return out
+
+    def simulate_speculative(
+        self, last_token: int, n_predict: int, n_max: int, n_ctx_left: int | None = None
+    ) -> SpecSimulation:
+        """Replay llama-speculative-simple's greedy loop (draft-mtp, --temp 0, p_min 0) exactly.
+
+        ``last_token`` is the prompt's last token; ``n_predict`` is its ``-n``; ``n_max`` is
+        ``--spec-draft-n-max``. Counts follow that program's statistics.
+        """
+        succ = self._need(self.successor)
+        mtp = self._need(self.mtp_prediction)
+        if n_max < 0 or n_predict < 0:
+            raise InvalidInputError("n_max and n_predict must be >= 0")
+        id_last, produced, drafted, accepted = last_token, 0, 0, 0
+        by_pos_d, by_pos_a = [0] * n_max, [0] * n_max
+        tokens: list[int] = []
+        while True:
+            room = n_predict - produced - 1
+            if n_ctx_left is not None:
+                room = min(room, n_ctx_left - produced - 2)
+            room = max(room, 0)
+            # common_speculative_draft() only truncates a draft to a positive limit: at 0 the
+            # full n_max draft is verified.
+            draft: list[int] = []
+            t = id_last
+            for _ in range(min(n_max, room) if room > 0 else n_max):
+                t = mtp[t]
+                draft.append(t)
+            ids, cur = [], id_last
+            for i, d in enumerate(draft):
+                by_pos_d[i] += 1
+                if d != succ[cur]:
+                    break
+                by_pos_a[i] += 1
+                ids.append(d)
+                cur = d
+            ids.append(succ[cur])
+            drafted += len(draft)
+            accepted += len(ids) - 1
+            produced += len(ids)
+            tokens.extend(ids)
+            id_last = ids[-1]
+            if produced > n_predict:
+                break
+        return SpecSimulation(n_max, produced, drafted, accepted, tuple(by_pos_d), tuple(by_pos_a), tuple(tokens))
+
+    @staticmethod
+    def _need(v: Any) -> Any:
+        if v is None:
+            raise InvalidInputError("only oracle models have a known continuation")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# dimensions and validation
+
+
+@dataclass(frozen=True)
+class _Dims:
+    d: int
+    n_layer: int
+    n_ff: int
+    n_vocab: int
+    head_dim: int  # qwen35 attention head size; gemma4 sliding-layer head size
+    head_dim_full: int  # gemma4 global-layer head size
+    n_head: int
+    n_head_kv: int  # qwen35; gemma4 sliding layers
+    n_head_kv_full: int  # gemma4 global layers
+    # qwen35 gated delta net
+    ssm_d_state: int
+    ssm_n_group: int
+    ssm_dt_rank: int
+    ssm_conv: int
+    full_attn_interval: int
+    # gemma4
+    n_swa: int
+    draft_d: int
+    draft_n_layer: int
+    draft_n_head: int
+    draft_n_ff: int
+    cycle_len: int  # oracle cycle length (0 for random)
+
+
+def _dims(spec: SynthSpec) -> _Dims:
+    def bad(msg: str) -> InvalidInputError:
+        return InvalidInputError(msg)
+
+    if spec.arch not in ARCHS:
+        raise bad(f"unknown arch {spec.arch!r} (choose from {', '.join(ARCHS)})")
+    if spec.mode not in MODES:
+        raise bad(f"unknown mode {spec.mode!r} (choose from {', '.join(MODES)})")
+    if spec.dtype not in DTYPES:
+        raise bad(f"unknown dtype {spec.dtype!r} (choose from {', '.join(DTYPES)})")
+    if isinstance(spec.agree, bool) or not isinstance(spec.agree, (int, float)) or not (
+        math.isfinite(spec.agree) and 0.0 <= spec.agree <= 1.0
+    ):
+        raise bad(f"agree must be a number in [0, 1], got {spec.agree!r}")
+    for fname in ("seed", "n_embd", "n_layer", "n_vocab", "n_ctx", "n_ff", "draft_n_embd", "draft_n_layer"):
+        v = getattr(spec, fname)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise bad(f"{fname} must be an integer, got {v!r}")
+    if not 0 <= spec.seed < 2**63:
+        raise bad(f"seed must be in [0, 2^63), got {spec.seed}")
+    d = spec.n_embd
+    if d < 64 or d % 64 or d > 16384:
+        raise bad(f"n_embd must be a multiple of 64 in [64, 16384], got {d}")
+    # qwen35: at least one gated-delta-net layer and one full-attention layer (its KV cache);
+    # gemma4: the drafter reads the target's last sliding (n_layer-2) and global (n_layer-1) layers
+    if not 2 <= spec.n_layer <= _MAX_LAYERS:
+        raise bad(f"n_layer must be in [2, {_MAX_LAYERS}], got {spec.n_layer}")
+    if not 64 <= spec.n_ctx <= 1 << 20:
+        raise bad(f"n_ctx must be in [64, 1048576], got {spec.n_ctx}")
+    min_vocab = _Vocab.minimum_size(spec.arch)
+    if not min_vocab <= spec.n_vocab <= _MAX_VOCAB:
+        raise bad(f"n_vocab must be in [{min_vocab}, {_MAX_VOCAB}] for {spec.arch}'s tokenizer, got {spec.n_vocab}")
+    n_ff = spec.n_ff or (3 * d) // 2
+    if n_ff < 32 or n_ff % 32 or n_ff > 65536:
+        raise bad(f"n_ff must be a multiple of 32 in [32, 65536], got {n_ff}")
+    if not isinstance(spec.name, str) or len(spec.name) > 200 or any(ord(c) < 32 for c in spec.name):
+        raise bad("name must be a printable string of at most 200 characters")
+
+    head_dim = 64 if d <= 512 else 128
+    n_head = max(2, d // head_dim)
+    draft_d = draft_n_layer = draft_n_head = draft_n_ff = 0
+    if spec.arch == "qwen35":
+        n_head_kv = max(1, n_head // 4)
+        head_dim_full = head_dim
+        n_head_kv_full = n_head_kv
+        ssm_d_state = 32 if d <= 512 else 128
+        ssm_n_group = max(1, d // (2 * ssm_d_state))
+        ssm_dt_rank = 2 * ssm_n_group
+        n_swa = 0
+    else:
+        head_dim_full = 2 * head_dim
+        n_head = max(2, d // (2 * head_dim))
+        n_head_kv = max(1, n_head // 2)
+        n_head_kv_full = max(1, n_head // 4)
+        ssm_d_state = ssm_n_group = ssm_dt_rank = 0
+        n_swa = min(512, max(32, spec.n_ctx // 8))
+        draft_d = spec.draft_n_embd or max(128, d // 4)
+        if draft_d < 64 or draft_d % 64 or draft_d > 16384:
+            raise bad(f"draft_n_embd must be a multiple of 64 in [64, 16384], got {draft_d}")
+        if draft_d == d:
+            raise bad("draft_n_embd must differ from n_embd (gemma4-assistant needs embedding_length_out != n_embd)")
+        draft_n_layer = spec.draft_n_layer
+        if not 1 <= draft_n_layer <= 16:
+            raise bad(f"draft_n_layer must be in [1, 16], got {draft_n_layer}")
+        draft_n_head = max(2, draft_d // head_dim)
+        draft_n_head -= draft_n_head % max(n_head_kv, n_head_kv_full) if draft_n_head > n_head_kv else 0
+        draft_n_head = max(draft_n_head, n_head_kv, n_head_kv_full)
+        draft_n_ff = 2 * draft_d
+    cycle_len = 0
+    if spec.mode == "oracle":
+        room = min(d, draft_d or d)
+        cycle_len = min(len(_Vocab.cycle_words()), room - room // 4)
+        if cycle_len < 8:
+            raise bad("n_embd too small for an oracle model")
+    return _Dims(
+        d=d, n_layer=spec.n_layer, n_ff=n_ff, n_vocab=spec.n_vocab, head_dim=head_dim,
+        head_dim_full=head_dim_full, n_head=n_head, n_head_kv=n_head_kv, n_head_kv_full=n_head_kv_full,
+        ssm_d_state=ssm_d_state, ssm_n_group=ssm_n_group, ssm_dt_rank=ssm_dt_rank, ssm_conv=4,
+        full_attn_interval=min(4, spec.n_layer), n_swa=n_swa, draft_d=draft_d, draft_n_layer=draft_n_layer,
+        draft_n_head=draft_n_head, draft_n_ff=draft_n_ff, cycle_len=cycle_len,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+_BYTE_CHARS = _bytes_to_unicode()
+
+_QWEN_SPECIALS = (
+    ("<|endoftext|>", gguf.TokenType.CONTROL),
+    ("<|im_start|>", gguf.TokenType.CONTROL),
+    ("<|im_end|>", gguf.TokenType.CONTROL),
+    ("<think>", gguf.TokenType.USER_DEFINED),
+    ("</think>", gguf.TokenType.USER_DEFINED),
+)
+_GEMMA_SPECIALS = (
+    ("<pad>", gguf.TokenType.CONTROL),
+    ("<eos>", gguf.TokenType.CONTROL),
+    ("<bos>", gguf.TokenType.CONTROL),
+    ("<unk>", gguf.TokenType.UNKNOWN),
+    ("<mask>", gguf.TokenType.CONTROL),
+    ("<|turn>", gguf.TokenType.CONTROL),
+    ("<turn|>", gguf.TokenType.CONTROL),
+    ("<|think|>", gguf.TokenType.CONTROL),
+    ("<|channel>", gguf.TokenType.USER_DEFINED),
+    ("<channel|>", gguf.TokenType.USER_DEFINED),
+)
+
+_QWEN_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content | trim + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' %}"
+    "{%- if not loop.first %}{{- raise_exception('System message must be at the beginning.') }}{%- endif %}"
+    "{%- elif message.role == 'user' %}"
+    "{{- '<|im_start|>user\\n' + message.content | trim + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{%- set content = message.content | trim %}"
+    "{%- if '</think>' in content %}{%- set content = content.split('</think>')[-1] | trim %}{%- endif %}"
+    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- raise_exception('Unexpected message role.') }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- else %}"
+    "{{- '<think>\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+_GEMMA_TEMPLATE = (
+    "{%- set thinking = enable_thinking is defined and enable_thinking -%}"
+    "{%- set loop_messages = messages -%}"
+    "{{- bos_token -}}"
+    "{%- if thinking or messages[0].role in ['system', 'developer'] -%}"
+    "{{- '<|turn>system\\n' -}}"
+    "{%- if thinking -%}{{- '<|think|>\\n' -}}{%- endif -%}"
+    "{%- if messages[0].role in ['system', 'developer'] -%}"
+    "{{- messages[0].content | trim -}}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{{- '<turn|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message.role not in ['user', 'assistant'] -%}"
+    "{{- raise_exception('Unexpected message role.') -}}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message.role == 'assistant' else message.role -%}"
+    "{%- set content = message.content -%}"
+    "{%- if role == 'model' and '<channel|>' in content -%}{%- set content = content.split('<channel|>')[-1] -%}{%- endif -%}"
+    "{{- '<|turn>' + role + '\\n' + content | trim + '<turn|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|turn>model\\n' -}}"
+    "{%- if not thinking -%}{{- '<|channel>thought\\n<channel|>' -}}{%- endif -%}"
+    "{%- endif -%}"
+)
+
+
+class _Vocab:
+    """A BPE vocabulary in which every word of CYCLE_TEXT is a single token.
+
+    Words are built by merges of their prefixes (``▁w ▁wo ▁wor ...``); every merge's left side
+    starts with the space symbol, so inside one pre-token only one chain of merges can apply and
+    llama.cpp's BPE always yields the whole word. The vocabulary does not depend on the seed.
+    """
+
+    def __init__(self, arch: str, n_vocab: int) -> None:
+        self.arch = arch
+        self.spm = arch == "gemma4"  # Gemma 4's SentencePiece-style BPE; else GPT-2 byte-level
+        self.space = "\u2581" if self.spm else _BYTE_CHARS[0x20]
+        self.tokens: list[str] = []
+        self.types: list[int] = []
+        self.merges: list[str] = []
+        self.index: dict[str, int] = {}
+        specials = _GEMMA_SPECIALS if self.spm else _QWEN_SPECIALS
+        if self.spm:
+            for text, ttype in specials:
+                self._add(text, ttype)
+            for b in range(256):
+                self._add(f"<0x{b:02X}>", gguf.TokenType.BYTE)
+            for ch in [self.space, "\n", "\t"] + [chr(c) for c in range(0x21, 0x7F)]:
+                self._add(ch, gguf.TokenType.NORMAL)
+        else:
+            for b in range(256):
+                self._add(_BYTE_CHARS[b], gguf.TokenType.NORMAL)
+        for word in self.cycle_words():
+            self._add_word(self._sym(word))
+        n_specials_after = 0 if self.spm else len(specials)
+        self._fill(n_vocab - n_specials_after)
+        if not self.spm:
+            for text, ttype in specials:
+                self._add(text, ttype)
+        assert len(self.tokens) == n_vocab, (len(self.tokens), n_vocab)
+
+    @staticmethod
+    def cycle_words() -> list[str]:
+        """CYCLE_TEXT split the way both pre-tokenizers split it: ' word' and punctuation."""
+        out: list[str] = []
+        for chunk in CYCLE_TEXT.split(" ")[1:]:
+            word = chunk.rstrip(",.;:!?")
+            out.append(" " + word)
+            out.extend(chunk[len(word):])
+        return out
+
+    @classmethod
+    def minimum_size(cls, arch: str) -> int:
+        key = ("min", arch)
+        if key not in _VOCAB_CACHE:
+            _VOCAB_CACHE[key] = cls._base_size(arch)
+        return _VOCAB_CACHE[key]
+
+    @classmethod
+    def _base_size(cls, arch: str) -> int:
+        spm = arch == "gemma4"
+        space = "\u2581" if spm else _BYTE_CHARS[0x20]
+        base = {(_BYTE_CHARS[b] if not spm else f"<0x{b:02X}>") for b in range(256)}
+        if spm:
+            base |= {space, "\n", "\t"} | {chr(c) for c in range(0x21, 0x7F)}
+        words = set()
+        for w in cls.cycle_words():
+            s = w.replace(" ", space) if spm else "".join(_BYTE_CHARS[b] for b in w.encode())
+            for k in range(2, len(s) + 1):
+                words.add(s[:k])
+        n_special = len(_GEMMA_SPECIALS if spm else _QWEN_SPECIALS)
+        return len(base | words) + n_special
+
+    def _sym(self, text: str) -> str:
+        if self.spm:
+            return text.replace(" ", self.space)
+        return "".join(_BYTE_CHARS[b] for b in text.encode("utf-8"))
+
+    def _add(self, text: str, ttype: int) -> int:
+        if text in self.index:
+            return self.index[text]
+        self.index[text] = len(self.tokens)
+        self.tokens.append(text)
+        self.types.append(int(ttype))
+        return self.index[text]
+
+    def _add_word(self, sym: str) -> None:
+        for k in range(2, len(sym) + 1):
+            if sym[:k] not in self.index:
+                self.merges.append(f"{sym[:k - 1]} {sym[k - 1]}")
+                self._add(sym[:k], gguf.TokenType.NORMAL)
+
+    def _fill(self, target: int) -> None:
+        """Add pseudo-words (one new token and merge each) until there are ``target`` tokens."""
+        rng = np.random.default_rng(20240531)  # fixed: the tokenizer must not depend on the seed
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        stems = [self.space]
+        while len(self.tokens) < target:
+            stem = stems[int(rng.integers(len(stems)))]
+            word = stem + letters[int(rng.integers(26))]
+            if word in self.index:
+                continue
+            self.merges.append(f"{stem} {word[-1]}")
+            self._add(word, gguf.TokenType.NORMAL)
+            if len(word) < 9:
+                stems.append(word)
+
+    def id(self, text: str) -> int:
+        return self.index[text]
+
+    def cycle_ids(self) -> list[int]:
+        return [self.id(self._sym(w)) for w in self.cycle_words()]
+
+    def write(self, w: gguf.GGUFWriter) -> None:
+        if self.spm:
+            w.add_string("tokenizer.ggml.model", "gemma4")
+        else:
+            w.add_string("tokenizer.ggml.model", "gpt2")
+            w.add_string("tokenizer.ggml.pre", "qwen35")
+        w.add_array("tokenizer.ggml.tokens", self.tokens)
+        if self.spm:
+            w.add_array("tokenizer.ggml.scores", [float(-i) for i in range(len(self.tokens))])
+        w.add_array("tokenizer.ggml.token_type", self.types)
+        w.add_array("tokenizer.ggml.merges", self.merges)
+        if self.spm:
+            w.add_uint32("tokenizer.ggml.bos_token_id", self.id("<bos>"))
+            w.add_uint32("tokenizer.ggml.eos_token_id", self.id("<eos>"))
+            w.add_uint32("tokenizer.ggml.unknown_token_id", self.id("<unk>"))
+            w.add_uint32("tokenizer.ggml.padding_token_id", self.id("<pad>"))
+            w.add_bool("tokenizer.ggml.add_bos_token", True)
+            w.add_bool("tokenizer.ggml.add_space_prefix", False)
+            w.add_string("tokenizer.chat_template", _GEMMA_TEMPLATE)
+        else:
+            w.add_uint32("tokenizer.ggml.eos_token_id", self.id("<|im_end|>"))
+            w.add_uint32("tokenizer.ggml.padding_token_id", self.id("<|endoftext|>"))
+            w.add_uint32("tokenizer.ggml.bos_token_id", self.id("<|endoftext|>"))
+            w.add_bool("tokenizer.ggml.add_bos_token", False)
+            w.add_string("tokenizer.chat_template", _QWEN_TEMPLATE)
+
+    @property
+    def bos_id(self) -> int:
+        return self.id("<bos>") if self.spm else self.id("<|endoftext|>")
+
+    @property
+    def eos_id(self) -> int:
+        return self.id("<eos>") if self.spm else self.id("<|im_end|>")
+
+    @property
+    def eog_ids(self) -> tuple[int, ...]:
+        if self.spm:
+            return (self.id("<eos>"), self.id("<turn|>"))
+        return (self.id("<|endoftext|>"), self.id("<|im_end|>"))
+
+
+_VOCAB_CACHE: dict[Any, Any] = {}
+
+
+def _vocab(arch: str, n_vocab: int) -> _Vocab:
+    key = (arch, n_vocab)
+    if key not in _VOCAB_CACHE:
+        _VOCAB_CACHE[key] = _Vocab(arch, n_vocab)
+    return _VOCAB_CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+
+
+def _rng(seed: int, *tags: str) -> np.random.Generator:
+    """An independent, stable random stream for (seed, tags...)."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, seed >> 32, *(zlib.crc32(t.encode()) for t in tags)])
+
+
+def _gauss(seed: int, tag: str, shape: tuple[int, ...], std: float) -> np.ndarray:
+    return _rng(seed, tag).standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+
+@dataclass
+class _Oracle:
+    """The oracle's token-level plan (see the module docstring)."""
+
+    cycle: list[int]  # token ids
+    alias: np.ndarray  # [n_vocab] cycle index each token behaves like
+    agree: list[bool]  # per cycle index
+    mtp_index: list[int]  # m(k)
+    signal: np.ndarray  # [L] target signal coordinates
+    draft_signal: np.ndarray | None  # [L] gemma4-assistant signal coordinates
+
+    @property
+    def L(self) -> int:
+        return len(self.cycle)
+
+
+def _plan_oracle(spec: SynthSpec, dims: _Dims, vocab: _Vocab) -> _Oracle:
+    L = dims.cycle_len
+    cycle = vocab.cycle_ids()[:L]
+    alias = np.full(dims.n_vocab, L - 1, dtype=np.int64)
+    alias[cycle] = np.arange(L)
+    n_agree = int(round(spec.agree * L))
+    chosen = _rng(spec.seed, "agree").permutation(L)[:n_agree]
+    agree = [False] * L
+    for k in chosen:
+        agree[int(k)] = True
+    mtp_index = [k if agree[k] else (k + L // 2) % L for k in range(L)]
+    signal = _rng(spec.seed, "signal").permutation(dims.d)[:L]
+    draft_signal = _rng(spec.seed, "draft-signal").permutation(dims.draft_d)[:L] if dims.draft_d else None
+    return _Oracle(cycle, alias, agree, mtp_index, signal, draft_signal)
+
+
+class _Tensors:
+    """Named float32 tensors (numpy order: [ne1, ne0]) plus the rules to store them."""
+
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
+        self.items: list[tuple[str, np.ndarray]] = []
+
+    def add(self, name: str, arr: np.ndarray) -> None:
+        self.items.append((name, np.ascontiguousarray(arr, dtype=np.float32)))
+
+    def write(self, w: gguf.GGUFWriter) -> int:
+        total = 0
+        for name, arr in self.items:
+            keep_f32 = (
+                arr.ndim <= 1
+                or name.endswith("_norm.weight")
+                or not name.endswith(".weight")
+                or ".ssm_conv1d." in name
+            )
+            if keep_f32 or self.dtype == "f32":
+                data, qtype = arr, None
+            elif self.dtype == "q8_0" and arr.shape[-1] % 32 == 0:
+                data = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
+                qtype = gguf.GGMLQuantizationType.Q8_0
+            else:
+                data, qtype = arr.astype(np.float16), None
+            if qtype is None:
+                w.add_tensor(name, data)
+            else:
+                w.add_tensor(name, data, raw_dtype=qtype)
+            total += data.nbytes
+        return total
+
+    @property
+    def file_type(self) -> int:
+        return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[self.dtype].value
+
+
+def _out_proj(seed: int, tag: str, n_out: int, n_in: int, gain: float, zero_rows: np.ndarray | None) -> np.ndarray:
+    """An output projection [n_out, n_in] (numpy order) of the given gain; ``zero_rows`` stay 0."""
+    w = _gauss(seed, tag, (n_out, n_in), gain / math.sqrt(n_in))
+    if zero_rows is not None:
+        w[zero_rows] = 0.0
+    return w
+
+
+def _norm(n: int, seed: int = 0, tag: str = "", jitter: float = 0.0, value: float = 1.0) -> np.ndarray:
+    v = np.full(n, value, dtype=np.float32)
+    if jitter:
+        v += _gauss(seed, tag, (n,), jitter)
+    return v
+
+
+def _embeddings(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, row_norm: float) -> np.ndarray:
+    """token_embd [n_vocab, d]: rows of norm ``row_norm``; oracle rows have the signal layout."""
+    V, d = dims.n_vocab, dims.d
+    if oracle is None:
+        e = _gauss(spec.seed, "token_embd", (V, d), 1.0)
+        e *= row_norm / np.linalg.norm(e, axis=1, keepdims=True)
+        return e
+    comp = np.ones(d, dtype=bool)
+    comp[oracle.signal] = False
+    r = _gauss(spec.seed, "token_embd", (V, int(comp.sum())), 1.0)
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    b = math.sqrt(1.0 - _SIGNAL_A**2)
+    e = np.zeros((V, d), dtype=np.float32)
+    e[:, comp] = b * r
+    e[np.arange(V), oracle.signal[oracle.alias]] = _SIGNAL_A
+    return e * np.float32(row_norm)
+
+
+def _lm_head(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, signal: np.ndarray | None, d: int,
+             tag: str, top: float) -> np.ndarray:
+    """LM head [n_vocab, d]. Oracle: row succ(c_k) reads signal[k] with weight ``top``/sqrt(d)."""
+    V = dims.n_vocab
+    if oracle is None:
+        return _gauss(spec.seed, tag, (V, d), RANDOM_LOGIT_STD / math.sqrt(d))
+    assert signal is not None
+    w = np.zeros((V, d), dtype=np.float32)
+    L = oracle.L
+    for k in range(L):
+        w[oracle.cycle[(k + 1) % L], signal[k]] = top / math.sqrt(d)
+    return w
+
+
+def _signal_map(oracle: _Oracle, src_signal: np.ndarray, dst_signal: np.ndarray, n_dst: int, n_src: int) -> np.ndarray:
+    """[n_dst, n_src] matrix sending src signal coordinate of k to dst coordinate of m(k)."""
+    m = np.zeros((n_dst, n_src), dtype=np.float32)
+    for k in range(oracle.L):
+        m[dst_signal[oracle.mtp_index[k]], src_signal[k]] = 1.0
+    return m
+
+
+def _complement_map(seed: int, tag: str, n_dst: int, n_src: int, gain: float,
+                    dst_signal: np.ndarray | None, src_signal: np.ndarray | None) -> np.ndarray:
+    """Random [n_dst, n_src] map that reads and writes only complement coordinates."""
+    m = _gauss(seed, tag, (n_dst, n_src), gain / math.sqrt(n_src))
+    if dst_signal is not None:
+        m[dst_signal] = 0.0
+    if src_signal is not None:
+        m[:, src_signal] = 0.0
+    return m
+
+
+def _qwen35_tensors(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, t: _Tensors) -> None:
+    s, d, oracle_mode = spec.seed, dims.d, oracle is not None
+    sig = oracle.signal if oracle else None
+    gain = _oracle_gain(dims) if oracle_mode else 1.0
+    jit = 0.0 if oracle_mode else 0.1
+    hd, nh, nkv = dims.head_dim, dims.n_head, dims.n_head_kv
+    key_dim = dims.ssm_d_state * dims.ssm_n_group
+    value_dim = dims.ssm_d_state * dims.ssm_dt_rank
+    conv_dim = 2 * key_dim + value_dim
+
+    t.add("token_embd.weight", _embeddings(spec, dims, oracle, math.sqrt(d)))
+    t.add("output_norm.weight", _norm(d, s, "output_norm", jit))
+    # output: oracle top logit ~ top * a / sqrt(a^2 + complement^2) at the nominal hidden size
+    t.add("output.weight", _lm_head(spec, dims, oracle, sig, d, "output", _oracle_w(d)))
+
+    def ffn(p: str, il: int) -> None:
+        t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 2.0 * gain, sig))
+
+    def attention(p: str, il: int) -> None:
+        t.add(f"{p}.attn_q.weight", _gauss(s, f"{il}.attn_q", (2 * nh * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_k.weight", _gauss(s, f"{il}.attn_k", (nkv * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_v.weight", _gauss(s, f"{il}.attn_v", (nkv * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"{il}.q_norm", jit))
+        t.add(f"{p}.attn_k_norm.weight", _norm(hd, s, f"{il}.k_norm", jit))
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 2.0 * gain, sig))
+
+    for il in range(dims.n_layer):
+        p = f"blk.{il}"
+        t.add(f"{p}.attn_norm.weight", _norm(d, s, f"{il}.attn_norm", jit))
+        t.add(f"{p}.post_attention_norm.weight", _norm(d, s, f"{il}.post_attention_norm", jit))
+        if (il + 1) % dims.full_attn_interval != 0:
+            nv = dims.ssm_dt_rank
+            t.add(f"{p}.attn_qkv.weight", _gauss(s, f"{il}.attn_qkv", (conv_dim, d), 1 / math.sqrt(d)))
+            t.add(f"{p}.attn_gate.weight", _gauss(s, f"{il}.attn_gate", (value_dim, d), 1 / math.sqrt(d)))
+            t.add(f"{p}.ssm_conv1d.weight", _gauss(s, f"{il}.ssm_conv1d", (conv_dim, dims.ssm_conv), 0.5))
+            # per-head decay exp(-a * softplus(alpha + dt_bias)): a in [1, 16], dt in [1e-3, 0.1]
+            r = _rng(s, f"{il}.ssm_params")
+            a = np.exp(r.uniform(0.0, math.log(16.0), nv)).astype(np.float32)
+            dt = np.exp(r.uniform(math.log(1e-3), math.log(0.1), nv)).astype(np.float32)
+            t.add(f"{p}.ssm_a", -a)
+            t.add(f"{p}.ssm_dt.bias", np.log(np.expm1(dt)).astype(np.float32))
+            t.add(f"{p}.ssm_alpha.weight", _gauss(s, f"{il}.ssm_alpha", (nv, d), 0.5 / math.sqrt(d)))
+            t.add(f"{p}.ssm_beta.weight", _gauss(s, f"{il}.ssm_beta", (nv, d), 1 / math.sqrt(d)))
+            t.add(f"{p}.ssm_norm.weight", _norm(dims.ssm_d_state, s, f"{il}.ssm_norm", jit))
+            t.add(f"{p}.ssm_out.weight", _out_proj(s, f"{il}.ssm_out", d, value_dim, 2.0 * gain, sig))
+        else:
+            attention(p, il)
+        ffn(p, il)
+
+    # the MTP block: blk.{n_layer}
+    il = dims.n_layer
+    p = f"blk.{il}"
+    t.add(f"{p}.attn_norm.weight", _norm(d, s, f"{il}.attn_norm", jit))
+    t.add(f"{p}.post_attention_norm.weight", _norm(d, s, f"{il}.post_attention_norm", jit))
+    attention(p, il)
+    ffn(p, il)
+    if oracle is None:
+        eh = _gauss(s, "nextn.eh_proj", (d, 2 * d), 1 / math.sqrt(2 * d))
+    else:
+        tok = _signal_map(oracle, sig, sig, d, d) + _complement_map(s, "nextn.eh_proj.e", d, d, 0.5, sig, sig)
+        hid = _complement_map(s, "nextn.eh_proj.h", d, d, 0.5, sig, sig)
+        eh = np.concatenate([tok, hid], axis=1)
+    t.add(f"{p}.nextn.eh_proj.weight", eh)
+    t.add(f"{p}.nextn.enorm.weight", _norm(d, s, "nextn.enorm", jit))
+    t.add(f"{p}.nextn.hnorm.weight", _norm(d, s, "nextn.hnorm", jit))
+    t.add(f"{p}.nextn.shared_head_norm.weight", _norm(d, s, "nextn.shared_head_norm", jit))
+
+
+def _oracle_gain(dims: _Dims) -> float:
+    """Sub-block output size in oracle models: the complement's total stays put with depth."""
+    return _ORACLE_GAIN / math.sqrt(max(1.0, dims.n_layer / 4))
+
+
+def _oracle_w(d: int) -> float:
+    """LM-head weight (x 1/sqrt(d)) for a top logit of ~ORACLE_TOP_LOGIT.
+
+    The final RMS norm leaves ~0.45 sqrt(d) in the signal coordinate (a = 0.8 of the embedding
+    plus the complement the sub-blocks add; measured 0.41-0.52 over 2..12 layers, both arches).
+    """
+    return ORACLE_TOP_LOGIT / 0.45
+
+
+def _gemma4_layer_is_swa(il: int, n_layer: int) -> bool:
+    return not ((il + 1) % 6 == 0 or il == n_layer - 1)
+
+
+def _gemma4_target_tensors(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, t: _Tensors) -> None:
+    s, d = spec.seed, dims.d
+    sig = oracle.signal if oracle else None
+    oracle_mode = oracle is not None
+    gain = _oracle_gain(dims) if oracle_mode else 1.0
+    jit = 0.0 if oracle_mode else 0.1
+    # Gemma scales token_embd by sqrt(n_embd): rows of norm 1 give a residual stream of RMS 1.
+    t.add("token_embd.weight", _embeddings(spec, dims, oracle, 1.0))
+    t.add("output.weight", _lm_head(spec, dims, oracle, sig, d, "output", _oracle_w(d)))
+    t.add("output_norm.weight", _norm(d, s, "output_norm", jit))
+    rope_freqs_done = False
+    for il in range(dims.n_layer):
+        p = f"blk.{il}"
+        swa = _gemma4_layer_is_swa(il, dims.n_layer)
+        hd = dims.head_dim if swa else dims.head_dim_full
+        nkv = dims.n_head_kv if swa else dims.n_head_kv_full
+        nh = dims.n_head
+        t.add(f"{p}.attn_norm.weight", _norm(d, s, f"{il}.attn_norm", jit))
+        t.add(f"{p}.attn_q.weight", _gauss(s, f"{il}.attn_q", (nh * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_k.weight", _gauss(s, f"{il}.attn_k", (nkv * hd, d), 1 / math.sqrt(d)))
+        if swa:  # global layers use K as V (attention_k_eq_v), as in the large Gemma 4 models
+            t.add(f"{p}.attn_v.weight", _gauss(s, f"{il}.attn_v", (nkv * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 1.0, sig))
+        # Gemma 4 does not scale q.k (f_attention_scale = 1): norms of hd^-1/4 keep scores ~N(0, 1)
+        t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"{il}.q_norm", jit, hd**-0.25))
+        t.add(f"{p}.attn_k_norm.weight", _norm(hd, s, f"{il}.k_norm", jit, hd**-0.25))
+        # the post-norms set the size of each sub-block's contribution to the residual stream
+        t.add(f"{p}.post_attention_norm.weight", _norm(d, s, f"{il}.post_attention_norm", jit, gain))
+        t.add(f"{p}.layer_output_scale.weight", np.ones(1, dtype=np.float32))
+        if not swa and not rope_freqs_done:
+            # proportional RoPE on the global layers: rotate the first quarter of the dimensions
+            n_rot = hd // 2 // 4
+            t.add("rope_freqs.weight", np.array([1.0] * n_rot + [1e30] * (hd // 2 - n_rot), dtype=np.float32))
+            rope_freqs_done = True
+        t.add(f"{p}.ffn_norm.weight", _norm(d, s, f"{il}.ffn_norm", jit))
+        t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 1.0, sig))
+        t.add(f"{p}.post_ffw_norm.weight", _norm(d, s, f"{il}.post_ffw_norm", jit, gain))
+
+
+def _gemma4_draft_tensors(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, t: _Tensors) -> None:
+    s, D, da = spec.seed, dims.d, dims.draft_d
+    sig_t = oracle.signal if oracle else None
+    sig_a = oracle.draft_signal if oracle else None
+    oracle_mode = oracle is not None
+    gain = _oracle_gain(dims) if oracle_mode else 1.0
+    jit = 0.0 if oracle_mode else 0.1
+    # the drafter's token_embd is only its (tied) LM head; its input is the target's embedding
+    t.add("token_embd.weight", _lm_head(spec, dims, oracle, sig_a, da, "draft.token_embd", _oracle_w(da)))
+    t.add("output_norm.weight", _norm(da, s, "draft.output_norm", jit))
+    if oracle is None:
+        pre = _gauss(s, "draft.pre_projection", (da, 2 * D), 1 / math.sqrt(2 * D))
+        post = _gauss(s, "draft.post_projection", (D, da), 1 / math.sqrt(da))
+    else:
+        assert sig_t is not None and sig_a is not None
+        # target embedding x sqrt(D) has RMS 1: its signal entry is a * sqrt(D); rescale to sqrt(da)
+        tok = _signal_map(oracle, sig_t, sig_a, da, D) * np.float32(math.sqrt(da / D))
+        tok += _complement_map(s, "draft.pre_projection.e", da, D, 0.5, sig_a, sig_t)
+        hid = _complement_map(s, "draft.pre_projection.h", da, D, 0.5, sig_a, sig_t)
+        pre = np.concatenate([tok, hid], axis=1)
+        post = _complement_map(s, "draft.post_projection", D, da, 1.0, sig_t, sig_a)
+        for k in range(oracle.L):
+            post[sig_t[k], sig_a[k]] = 1.0
+    t.add("nextn.pre_projection.weight", pre)
+    t.add("nextn.post_projection.weight", post)
+    rope_freqs_done = False
+    for il in range(dims.draft_n_layer):
+        p = f"blk.{il}"
+        swa = il != dims.draft_n_layer - 1
+        hd = dims.head_dim if swa else dims.head_dim_full
+        nh = dims.draft_n_head
+        t.add(f"{p}.attn_norm.weight", _norm(da, s, f"draft.{il}.attn_norm", jit))
+        t.add(f"{p}.attn_q.weight", _gauss(s, f"draft.{il}.attn_q", (nh * hd, da), 1 / math.sqrt(da)))
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"draft.{il}.attn_output", da, nh * hd, 1.0, sig_a))
+        t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"draft.{il}.q_norm", jit, hd**-0.25))
+        t.add(f"{p}.post_attention_norm.weight", _norm(da, s, f"draft.{il}.post_attention_norm", jit, gain))
+        t.add(f"{p}.layer_output_scale.weight", np.ones(1, dtype=np.float32))
+        if not swa and not rope_freqs_done:
+            n_rot = hd // 2 // 4
+            t.add("rope_freqs.weight", np.array([1.0] * n_rot + [1e30] * (hd // 2 - n_rot), dtype=np.float32))
+            rope_freqs_done = True
+        t.add(f"{p}.ffn_norm.weight", _norm(da, s, f"draft.{il}.ffn_norm", jit))
+        t.add(f"{p}.ffn_gate.weight", _gauss(s, f"draft.{il}.ffn_gate", (dims.draft_n_ff, da), 1 / math.sqrt(da)))
+        t.add(f"{p}.ffn_up.weight", _gauss(s, f"draft.{il}.ffn_up", (dims.draft_n_ff, da), 1 / math.sqrt(da)))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"draft.{il}.ffn_down", da, dims.draft_n_ff, 1.0, sig_a))
+        t.add(f"{p}.post_ffw_norm.weight", _norm(da, s, f"draft.{il}.post_ffw_norm", jit, gain))
+
+
+# --------------------------------------------------------------------------------------------
+# metadata
+
+
+def _general(w: gguf.GGUFWriter, spec: SynthSpec, t: _Tensors, name: str) -> None:
+    w.add_string("general.type", "model")
+    w.add_string("general.name", name)
+    w.add_string("general.description",
+                 f"mtprun synthetic model: arch={spec.arch} mode={spec.mode} agree={spec.agree:g} seed={spec.seed}")
+    w.add_uint32("general.file_type", t.file_type)
+    w.add_uint32("general.quantization_version", gguf.GGML_QUANT_VERSION)
+
+
+def _default_name(spec: SynthSpec) -> str:
+    return spec.name or f"mtprun-synth-{spec.arch}-{spec.mode}"
+
+
+def _qwen35_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
+    a = "qwen35"
+    n_all = dims.n_layer + 1
+    w.add_uint32(f"{a}.block_count", n_all)
+    w.add_uint32(f"{a}.context_length", spec.n_ctx)
+    w.add_uint32(f"{a}.embedding_length", dims.d)
+    w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
+    w.add_uint32(f"{a}.attention.head_count", dims.n_head)
+    w.add_uint32(f"{a}.attention.head_count_kv", dims.n_head_kv)
+    w.add_uint32(f"{a}.attention.key_length", dims.head_dim)
+    w.add_uint32(f"{a}.attention.value_length", dims.head_dim)
+    w.add_float32(f"{a}.rope.freq_base", 10_000_000.0)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
+    n_rot = dims.head_dim // 4  # partial_rotary_factor 0.25
+    sec = [n_rot // 2 * 11 // 32, n_rot // 2 * 11 // 32]
+    sec.append(n_rot // 2 - sum(sec))
+    w.add_array(f"{a}.rope.dimension_sections", sec + [0])
+    w.add_uint32(f"{a}.rope.dimension_count", n_rot)
+    w.add_uint32(f"{a}.ssm.conv_kernel", dims.ssm_conv)
+    w.add_uint32(f"{a}.ssm.state_size", dims.ssm_d_state)
+    w.add_uint32(f"{a}.ssm.group_count", dims.ssm_n_group)
+    w.add_uint32(f"{a}.ssm.time_step_rank", dims.ssm_dt_rank)
+    w.add_uint32(f"{a}.ssm.inner_size", dims.ssm_d_state * dims.ssm_dt_rank)
+    recurrent = [(i + 1) % dims.full_attn_interval != 0 for i in range(dims.n_layer)] + [False]
+    w.add_array(f"{a}.attention.recurrent_layers", recurrent)
+    w.add_uint32(f"{a}.full_attention_interval", dims.full_attn_interval)
+    w.add_uint32(f"{a}.nextn_predict_layers", 1)
+
+
+def _gemma4_common_kv(w: gguf.GGUFWriter, a: str, spec: SynthSpec, dims: _Dims, n_layer: int, swa: list[bool]) -> None:
+    w.add_uint32(f"{a}.block_count", n_layer)
+    w.add_uint32(f"{a}.context_length", spec.n_ctx)
+    w.add_uint32(f"{a}.attention.key_length", dims.head_dim_full)
+    w.add_uint32(f"{a}.attention.value_length", dims.head_dim_full)
+    w.add_uint32(f"{a}.attention.key_length_swa", dims.head_dim)
+    w.add_uint32(f"{a}.attention.value_length_swa", dims.head_dim)
+    w.add_float32(f"{a}.rope.freq_base", 1_000_000.0)
+    w.add_float32(f"{a}.rope.freq_base_swa", 10_000.0)
+    w.add_uint32(f"{a}.rope.dimension_count", dims.head_dim_full)
+    w.add_uint32(f"{a}.rope.dimension_count_swa", dims.head_dim)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_uint32(f"{a}.attention.sliding_window", dims.n_swa)
+    w.add_array(f"{a}.attention.sliding_window_pattern", swa)
+    w.add_array(f"{a}.attention.head_count_kv", [dims.n_head_kv if x else dims.n_head_kv_full for x in swa])
+    w.add_uint32(f"{a}.attention.shared_kv_layers", 0)
+    w.add_uint32(f"{a}.embedding_length_per_layer_input", 0)
+
+
+def _gemma4_target_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
+    a = "gemma4"
+    swa = [_gemma4_layer_is_swa(i, dims.n_layer) for i in range(dims.n_layer)]
+    _gemma4_common_kv(w, a, spec, dims, dims.n_layer, swa)
+    w.add_uint32(f"{a}.embedding_length", dims.d)
+    w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
+    w.add_uint32(f"{a}.attention.head_count", dims.n_head)
+    w.add_float32(f"{a}.final_logit_softcapping", 30.0)
+
+
+def _gemma4_draft_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
+    a = "gemma4-assistant"
+    swa = [i != dims.draft_n_layer - 1 for i in range(dims.draft_n_layer)]
+    _gemma4_common_kv(w, a, spec, dims, dims.draft_n_layer, swa)
+    w.add_uint32(f"{a}.embedding_length", dims.draft_d)
+    w.add_uint32(f"{a}.embedding_length_out", dims.d)
+    w.add_uint32(f"{a}.feed_forward_length", dims.draft_n_ff)
+    w.add_uint32(f"{a}.attention.head_count", dims.draft_n_head)
+    w.add_uint32(f"{a}.nextn_predict_layers", dims.draft_n_layer)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def _write_gguf(path: Path, arch: str, kv: Any, vocab: _Vocab, tensors: _Tensors) -> int:
+    """Write one GGUF file at ``path`` (a fresh temp file); returns its tensor-data bytes."""
+    w = gguf.GGUFWriter(path, arch)
+    try:
+        kv(w)
+        vocab.write(w)
+        n = tensors.write(w)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()
+    return n
+
+
+def _check_out(out: str | os.PathLike[str]) -> Path:
+    try:
+        p = Path(os.fspath(out))
+    except TypeError:
+        raise InvalidInputError(f"output path must be a path, got {out!r}") from None
+    if not p.name or p.name in (".", ".."):
+        raise InvalidInputError(f"output path must name a file: {str(p)!r}")
+    if p.is_dir():
+        raise InvalidInputError(f"output path is a directory: {p}")
+    if not p.parent.is_dir():
+        raise InvalidInputError(f"output directory does not exist: {p.parent}")
+    return p
+
+
+def _new_temp(final: Path) -> Path:
+    """A new empty file next to ``final`` (mode 0666 & ~umask, like a plain open())."""
+    for _ in range(100):
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write to {final.parent}: {exc.strerror}") from None
+        return tmp
+    raise InvalidInputError(f"cannot create a temporary file in {final.parent}")
+
+
+def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
+    """Validate ``spec``, then write the model to ``out`` (and, for gemma4, ``mtp-<name>`` beside it).
+
+    Files appear atomically (temp file in the same folder, then ``os.replace``); on bad input
+    nothing is written and ``InvalidInputError`` says why in one line.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(spec, SynthSpec):
+        raise InvalidInputError(f"spec must be a SynthSpec, got {type(spec).__name__}")
+    dims = _dims(spec)
+    path = _check_out(out)
+    draft_path = draft_path_for(path) if spec.arch == "gemma4" else None
+
+    vocab = _vocab(spec.arch, dims.n_vocab)
+    oracle = _plan_oracle(spec, dims, vocab) if spec.mode == "oracle" else None
+    name = _default_name(spec)
+
+    jobs: list[tuple[Path, str, Any, _Tensors]] = []
+    tgt = _Tensors(spec.dtype)
+    if spec.arch == "qwen35":
+        _qwen35_tensors(spec, dims, oracle, tgt)
+        jobs.append((path, "qwen35", lambda w: (_general(w, spec, tgt, name), _qwen35_kv(w, spec, dims)), tgt))
+    else:
+        _gemma4_target_tensors(spec, dims, oracle, tgt)
+        dft = _Tensors(spec.dtype)
+        _gemma4_draft_tensors(spec, dims, oracle, dft)
+        assert draft_path is not None
+        # the drafter first: a complete target then always has its sidecar
+        jobs.append((draft_path, "gemma4-assistant",
+                     lambda w: (_general(w, spec, dft, f"{name}-assistant"), _gemma4_draft_kv(w, spec, dims)), dft))
+        jobs.append((path, "gemma4", lambda w: (_general(w, spec, tgt, name), _gemma4_target_kv(w, spec, dims)), tgt))
+
+    temps: list[tuple[Path, Path]] = []
+    weight_bytes = 0
+    try:
+        for final, arch, kv, tensors in jobs:
+            tmp = _new_temp(final)
+            temps.append((tmp, final))
+            weight_bytes += _write_gguf(tmp, arch, kv, vocab, tensors)
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in temps:
+            if tmp.exists():
+                tmp.unlink()
+
+    extra: dict[str, Any] = {}
+    if oracle is not None:
+        succ = {i: oracle.cycle[(int(oracle.alias[i]) + 1) % oracle.L] for i in range(dims.n_vocab)}
+        mtp = {i: oracle.cycle[(oracle.mtp_index[int(oracle.alias[i])] + 1) % oracle.L] for i in range(dims.n_vocab)}
+        agree = frozenset(c for k, c in enumerate(oracle.cycle) if oracle.agree[k])
+        words = _Vocab.cycle_words()[: oracle.L]
+        extra = dict(
+            cycle=tuple(oracle.cycle),
+            cycle_text="".join(words),
+            successor=MappingProxyType(succ),
+            mtp_prediction=MappingProxyType(mtp),
+            agree_tokens=agree,
+            expected_acceptance=len(agree) / oracle.L,
+            top_logit=ORACLE_TOP_LOGIT,
+        )
+    return SynthResult(
+        spec=spec,
+        model_path=path,
+        draft_path=draft_path,
+        model_bytes=path.stat().st_size,
+        draft_bytes=draft_path.stat().st_size if draft_path else 0,
+        weight_bytes=weight_bytes,
+        seconds=time.perf_counter() - t0,
+        n_vocab=dims.n_vocab,
+        bos_id=vocab.bos_id,
+        eos_id=vocab.eos_id,
+        eog_ids=vocab.eog_ids,
+        add_bos=vocab.spm,
+        **extra,
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
