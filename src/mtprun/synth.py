@@ -39,13 +39,21 @@ SentencePiece-style BPE (``gemma4``: spaces become U+2581, ``<0xNN>`` byte fallb
 
 Weights (``mode``)
 ------------------
-``random``: every tensor is seeded Gaussian noise at a standard scale (each sub-block's output is
-about as large as its input), so every layer -- the gated-delta-net recurrences included --
-changes what is generated; the logits have a standard deviation of about ``RANDOM_LOGIT_STD``. The
-MTP head is random too, so drafts are almost never accepted (every step rolls back).
-
 ``oracle``: the target is a deterministic next-token machine and the MTP head agrees with it on a
-chosen fraction ``agree`` of the tokens. Construction, with d = n_embd:
+chosen fraction ``agree`` of the tokens (construction below).
+
+``random``: the same construction with a *ring* of L ordinary tokens in seeded random order in
+place of the passage, every sub-block at full scale, and the trunk's sub-blocks also writing
+(seeded, random) into the signal coordinates. The context -- every layer, the gated-delta-net
+states included -- then overrides the planted successor on a few of the steps (measured: 1.4%
+qwen35, 1.2% gemma4), so zeroing any one layer's output changes what is generated, and the MTP
+head, which knows only the planted successor, drafts wrongly exactly there: drafts are partly
+accepted at context-dependent points, so rollbacks of the recurrent and KV state are exercised.
+Random models have no guaranteed margin: near a context override the top two logits come closer
+(top-1 margin over 1800 steps: median 6.7 / 5.1, smallest 0.16 / 0.10 for qwen35 / gemma4, against
+a batched vs one-token difference of at most 1.4e-3 / 2.4e-2 with flash attention).
+
+Oracle construction, with d = n_embd:
 
 1. The cycle ``c_0 .. c_{L-1}`` is the token sequence of ``CYCLE_TEXT`` (distinct words and
    punctuation), cut to ``L <= d - d//4``. succ(c_k) = c_{k+1 mod L}; every other token (bytes,
@@ -62,8 +70,8 @@ chosen fraction ``agree`` of the tokens. Construction, with d = n_embd:
 4. The LM head row of succ(c_k) reads s_k with weight w; every other row entry is 0. Hence the
    target's logits are exactly 0 except for the one token succ(x), whose logit is
    ``w * a * sqrt(d) / rms-ratio`` (about ``ORACLE_TOP_LOGIT``): greedy decoding follows the
-   cycle, there are no ties, and the top-1 margin equals the top logit (``SynthResult`` reports
-   the nominal value; tests measure it).
+   cycle, there are no ties, and the top-1 margin equals the top logit: ~20 for qwen35 (measured
+   18-24), ~17.5 for gemma4 after its final logit soft-capping (measured 16.4-21.6).
 5. MTP head. qwen35: ``eh_proj`` maps the token half ``enorm(embed(t))`` signal s_k -> s_{m(k)}
    (complement -> complement at random), the hidden half only complement -> complement (so h
    changes the draft's hidden row but never its argmax); the MTP block writes only into the
@@ -82,6 +90,7 @@ Everything is a pure function of the spec: the same spec and seed give byte-iden
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import time
@@ -107,6 +116,7 @@ __all__ = [
     "SynthSpec",
     "demo_spec",
     "draft_path_for",
+    "weight_bytes",
     "write_model",
 ]
 
@@ -124,9 +134,15 @@ CYCLE_TEXT = (
 )
 
 ORACLE_TOP_LOGIT = 20.0  # nominal logit of the one token an oracle model predicts (all others: 0)
-RANDOM_LOGIT_STD = 12.0  # standard deviation of a random model's logits
-_SIGNAL_A = 0.8  # share of an oracle embedding in its signal coordinate (a^2 + b^2 = 1)
+_SIGNAL_A = 0.8  # share of an embedding in its signal coordinate (a^2 + b^2 = 1)
 _ORACLE_GAIN = 0.5  # size of the sub-block outputs (complement only) in oracle models
+# LM-head weight (x 1/sqrt(d)): the final RMS norm leaves ~0.45 sqrt(d) in an oracle model's
+# signal coordinate (measured 0.41-0.52 over 2..12 layers, both arches), so the top logit is ~20.
+_HEAD_W = ORACLE_TOP_LOGIT / 0.45
+# Random models: how strongly the trunk writes into the signal coordinates (vs 1 into the rest),
+# tuned so that the context overrides the planted successor on 1-2% of the steps: more would
+# make near-ties (and so batched vs one-token disagreements) frequent.
+_RANDOM_CONTEXT = MappingProxyType({"qwen35": 0.7, "gemma4": 0.8})
 _MAX_VOCAB = 262144
 _MAX_LAYERS = 128
 
@@ -135,7 +151,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "tiny": MappingProxyType({}),
     # >= 300 MB of f16 weights: decoding is bound by memory bandwidth on a CPU.
     "bench": MappingProxyType({
-        "n_embd": 2048, "n_layer": 8, "n_ff": 3072, "n_vocab": 32768, "dtype": "f16",
+        "n_embd": 2048, "n_layer": 4, "n_ff": 3072, "n_vocab": 16384, "dtype": "f16",
     }),
 })
 
@@ -163,7 +179,7 @@ class SynthSpec:
     name: str = ""
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> SynthSpec:
+    def preset(cls, name: str, /, **overrides: Any) -> SynthSpec:
         """The named preset (``tiny`` or ``bench``) with ``overrides`` applied."""
         if name not in PRESETS:
             raise InvalidInputError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
@@ -343,7 +359,7 @@ class _Dims:
     draft_n_layer: int
     draft_n_head: int
     draft_n_ff: int
-    cycle_len: int  # oracle cycle length (0 for random)
+    cycle_len: int  # ring length: the oracle's cycle, or the random model's planted ring
 
 
 def _dims(spec: SynthSpec) -> _Dims:
@@ -414,12 +430,12 @@ def _dims(spec: SynthSpec) -> _Dims:
         draft_n_head -= draft_n_head % max(n_head_kv, n_head_kv_full) if draft_n_head > n_head_kv else 0
         draft_n_head = max(draft_n_head, n_head_kv, n_head_kv_full)
         draft_n_ff = 2 * draft_d
-    cycle_len = 0
+    room = min(d, draft_d or d)
+    room -= room // 4  # keep a quarter of the residual stream for the complement
     if spec.mode == "oracle":
-        room = min(d, draft_d or d)
-        cycle_len = min(len(_Vocab.cycle_words()), room - room // 4)
-        if cycle_len < 8:
-            raise bad("n_embd too small for an oracle model")
+        cycle_len = min(len(_Vocab.cycle_words()), room)
+    else:
+        cycle_len = min(room, len(_vocab(spec.arch, spec.n_vocab).ordinary_ids()))
     return _Dims(
         d=d, n_layer=spec.n_layer, n_ff=n_ff, n_vocab=spec.n_vocab, head_dim=head_dim,
         head_dim_full=head_dim_full, n_head=n_head, n_head_kv=n_head_kv, n_head_kv_full=n_head_kv_full,
@@ -629,6 +645,11 @@ class _Vocab:
     def id(self, text: str) -> int:
         return self.index[text]
 
+    def ordinary_ids(self) -> list[int]:
+        """Multi-character ordinary tokens (words, word prefixes, filler words)."""
+        return [i for i, (tok, ty) in enumerate(zip(self.tokens, self.types))
+                if ty == gguf.TokenType.NORMAL and len(tok) > 1]
+
     def cycle_ids(self) -> list[int]:
         return [self.id(self._sym(w)) for w in self.cycle_words()]
 
@@ -692,40 +713,60 @@ def _rng(seed: int, *tags: str) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFF, seed >> 32, *(zlib.crc32(t.encode()) for t in tags)])
 
 
+_DRY_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("synth_dry_run", default=False)
+
+
 def _gauss(seed: int, tag: str, shape: tuple[int, ...], std: float) -> np.ndarray:
+    if _DRY_RUN.get():  # weight_bytes(): shapes only (zero pages are never touched)
+        return np.zeros(shape, dtype=np.float32)
     return _rng(seed, tag).standard_normal(shape, dtype=np.float32) * np.float32(std)
 
 
 @dataclass
-class _Oracle:
-    """The oracle's token-level plan (see the module docstring)."""
+class _Plan:
+    """Token-level plan shared by both modes (see the module docstring).
 
-    cycle: list[int]  # token ids
-    alias: np.ndarray  # [n_vocab] cycle index each token behaves like
-    agree: list[bool]  # per cycle index
-    mtp_index: list[int]  # m(k)
+    ``ring`` is the oracle's cycle (the passage) or, in random mode, a seeded random order of
+    ordinary tokens; ring[k] owns signal coordinate ``signal[k]`` and its planted successor is
+    ring[k+1]. ``context`` is how strongly the trunk's sub-blocks write into the signal
+    coordinates (0 for oracle models: then the ring is followed exactly).
+    """
+
+    ring: list[int]  # token ids
+    alias: np.ndarray  # [n_vocab] ring index each token behaves like
+    agree: list[bool]  # per ring index: the MTP head drafts the planted successor
+    mtp_index: list[int]  # m(k): the ring index whose successor the MTP head drafts after ring[k]
     signal: np.ndarray  # [L] target signal coordinates
     draft_signal: np.ndarray | None  # [L] gemma4-assistant signal coordinates
+    gain: float  # size of the sub-block outputs in the complement
+    context: float  # size of the trunk sub-block outputs in the signal coordinates
+    jitter: float  # random spread of the norm weights
 
     @property
     def L(self) -> int:
-        return len(self.cycle)
+        return len(self.ring)
 
 
-def _plan_oracle(spec: SynthSpec, dims: _Dims, vocab: _Vocab) -> _Oracle:
+def _plan(spec: SynthSpec, dims: _Dims, vocab: _Vocab) -> _Plan:
     L = dims.cycle_len
-    cycle = vocab.cycle_ids()[:L]
-    alias = np.full(dims.n_vocab, L - 1, dtype=np.int64)
-    alias[cycle] = np.arange(L)
+    if spec.mode == "oracle":
+        ring = vocab.cycle_ids()[:L]
+        alias = np.full(dims.n_vocab, L - 1, dtype=np.int64)
+        gain, context, jitter = _ORACLE_GAIN / math.sqrt(max(1.0, dims.n_layer / 4)), 0.0, 0.0
+    else:
+        pool = vocab.ordinary_ids()
+        ring = [pool[int(i)] for i in _rng(spec.seed, "ring").permutation(len(pool))[:L]]
+        alias = _rng(spec.seed, "alias").integers(0, L, dims.n_vocab)
+        gain, context, jitter = 1.0, _RANDOM_CONTEXT[spec.arch], 0.1
+    alias[ring] = np.arange(L)
     n_agree = int(round(spec.agree * L))
-    chosen = _rng(spec.seed, "agree").permutation(L)[:n_agree]
     agree = [False] * L
-    for k in chosen:
+    for k in _rng(spec.seed, "agree").permutation(L)[:n_agree]:
         agree[int(k)] = True
     mtp_index = [k if agree[k] else (k + L // 2) % L for k in range(L)]
     signal = _rng(spec.seed, "signal").permutation(dims.d)[:L]
     draft_signal = _rng(spec.seed, "draft-signal").permutation(dims.draft_d)[:L] if dims.draft_d else None
-    return _Oracle(cycle, alias, agree, mtp_index, signal, draft_signal)
+    return _Plan(ring, alias, agree, mtp_index, signal, draft_signal, gain, context, jitter)
 
 
 class _Tensors:
@@ -738,26 +779,32 @@ class _Tensors:
     def add(self, name: str, arr: np.ndarray) -> None:
         self.items.append((name, np.ascontiguousarray(arr, dtype=np.float32)))
 
+    def storage(self, name: str, arr: np.ndarray) -> str:
+        """How a tensor is stored, by convert_hf_to_gguf.py's rules: norms, 1-D tensors, the
+        convolution and non-".weight" tensors stay f32; q8_0 needs rows of 32k values (else f16)."""
+        if arr.ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or ".ssm_conv1d." in name:
+            return "f32"
+        if self.dtype == "q8_0" and arr.shape[-1] % 32:
+            return "f16"
+        return self.dtype
+
+    def nbytes(self) -> int:
+        sizes = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
+        return int(sum(arr.size * sizes[self.storage(name, arr)] for name, arr in self.items))
+
     def write(self, w: gguf.GGUFWriter) -> int:
+        """Hand every tensor to ``w`` in its storage type (and drop the float32 copies)."""
         total = 0
-        for name, arr in self.items:
-            keep_f32 = (
-                arr.ndim <= 1
-                or name.endswith("_norm.weight")
-                or not name.endswith(".weight")
-                or ".ssm_conv1d." in name
-            )
-            if keep_f32 or self.dtype == "f32":
-                data, qtype = arr, None
-            elif self.dtype == "q8_0" and arr.shape[-1] % 32 == 0:
+        items, self.items = self.items, []
+        while items:
+            name, arr = items.pop(0)
+            kind = self.storage(name, arr)
+            if kind == "q8_0":
                 data = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
-                qtype = gguf.GGMLQuantizationType.Q8_0
+                w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
             else:
-                data, qtype = arr.astype(np.float16), None
-            if qtype is None:
+                data = arr if kind == "f32" else arr.astype(np.float16)
                 w.add_tensor(name, data)
-            else:
-                w.add_tensor(name, data, raw_dtype=qtype)
             total += data.nbytes
         return total
 
@@ -767,99 +814,85 @@ class _Tensors:
                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[self.dtype].value
 
 
-def _out_proj(seed: int, tag: str, n_out: int, n_in: int, gain: float, zero_rows: np.ndarray | None) -> np.ndarray:
-    """An output projection [n_out, n_in] (numpy order) of the given gain; ``zero_rows`` stay 0."""
+def _out_proj(seed: int, tag: str, n_out: int, n_in: int, gain: float, signal: np.ndarray, signal_gain: float) -> np.ndarray:
+    """A sub-block's output projection [n_out, n_in]: ``gain`` into the complement, ``signal_gain``
+    into the signal coordinates (0: it never touches them)."""
     w = _gauss(seed, tag, (n_out, n_in), gain / math.sqrt(n_in))
-    if zero_rows is not None:
-        w[zero_rows] = 0.0
+    w[signal] *= np.float32(signal_gain / gain)
     return w
 
 
 def _norm(n: int, seed: int = 0, tag: str = "", jitter: float = 0.0, value: float = 1.0) -> np.ndarray:
     v = np.full(n, value, dtype=np.float32)
     if jitter:
-        v += _gauss(seed, tag, (n,), jitter)
+        v += _gauss(seed, tag, (n,), jitter * value)
     return v
 
 
-def _embeddings(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, row_norm: float) -> np.ndarray:
-    """token_embd [n_vocab, d]: rows of norm ``row_norm``; oracle rows have the signal layout."""
+def _embeddings(spec: SynthSpec, dims: _Dims, plan: _Plan, row_norm: float) -> np.ndarray:
+    """token_embd [n_vocab, d]: a e_{signal[alias(t)]} + b r_t (r_t random in the complement)."""
     V, d = dims.n_vocab, dims.d
-    if oracle is None:
-        e = _gauss(spec.seed, "token_embd", (V, d), 1.0)
-        e *= row_norm / np.linalg.norm(e, axis=1, keepdims=True)
-        return e
     comp = np.ones(d, dtype=bool)
-    comp[oracle.signal] = False
+    comp[plan.signal] = False
     r = _gauss(spec.seed, "token_embd", (V, int(comp.sum())), 1.0)
-    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), np.float32(1e-30))
     b = math.sqrt(1.0 - _SIGNAL_A**2)
     e = np.zeros((V, d), dtype=np.float32)
     e[:, comp] = b * r
-    e[np.arange(V), oracle.signal[oracle.alias]] = _SIGNAL_A
+    e[np.arange(V), plan.signal[plan.alias]] = _SIGNAL_A
     return e * np.float32(row_norm)
 
 
-def _lm_head(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, signal: np.ndarray | None, d: int,
-             tag: str, top: float) -> np.ndarray:
-    """LM head [n_vocab, d]. Oracle: row succ(c_k) reads signal[k] with weight ``top``/sqrt(d)."""
-    V = dims.n_vocab
-    if oracle is None:
-        return _gauss(spec.seed, tag, (V, d), RANDOM_LOGIT_STD / math.sqrt(d))
-    assert signal is not None
-    w = np.zeros((V, d), dtype=np.float32)
-    L = oracle.L
+def _lm_head(dims: _Dims, plan: _Plan, signal: np.ndarray, d: int) -> np.ndarray:
+    """LM head [n_vocab, d]: row ring[k+1] reads signal[k]; every other entry is 0."""
+    w = np.zeros((dims.n_vocab, d), dtype=np.float32)
+    L = plan.L
     for k in range(L):
-        w[oracle.cycle[(k + 1) % L], signal[k]] = top / math.sqrt(d)
+        w[plan.ring[(k + 1) % L], signal[k]] = _HEAD_W / math.sqrt(d)
     return w
 
 
-def _signal_map(oracle: _Oracle, src_signal: np.ndarray, dst_signal: np.ndarray, n_dst: int, n_src: int) -> np.ndarray:
-    """[n_dst, n_src] matrix sending src signal coordinate of k to dst coordinate of m(k)."""
+def _signal_map(plan: _Plan, src_signal: np.ndarray, dst_signal: np.ndarray, n_dst: int, n_src: int) -> np.ndarray:
+    """[n_dst, n_src] matrix sending the src signal coordinate of k to the dst one of m(k)."""
     m = np.zeros((n_dst, n_src), dtype=np.float32)
-    for k in range(oracle.L):
-        m[dst_signal[oracle.mtp_index[k]], src_signal[k]] = 1.0
+    for k in range(plan.L):
+        m[dst_signal[plan.mtp_index[k]], src_signal[k]] = 1.0
     return m
 
 
 def _complement_map(seed: int, tag: str, n_dst: int, n_src: int, gain: float,
-                    dst_signal: np.ndarray | None, src_signal: np.ndarray | None) -> np.ndarray:
+                    dst_signal: np.ndarray, src_signal: np.ndarray) -> np.ndarray:
     """Random [n_dst, n_src] map that reads and writes only complement coordinates."""
     m = _gauss(seed, tag, (n_dst, n_src), gain / math.sqrt(n_src))
-    if dst_signal is not None:
-        m[dst_signal] = 0.0
-    if src_signal is not None:
-        m[:, src_signal] = 0.0
+    m[dst_signal] = 0.0
+    m[:, src_signal] = 0.0
     return m
 
 
-def _qwen35_tensors(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, t: _Tensors) -> None:
-    s, d, oracle_mode = spec.seed, dims.d, oracle is not None
-    sig = oracle.signal if oracle else None
-    gain = _oracle_gain(dims) if oracle_mode else 1.0
-    jit = 0.0 if oracle_mode else 0.1
+def _qwen35_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> None:
+    s, d, sig, jit = spec.seed, dims.d, plan.signal, plan.jitter
     hd, nh, nkv = dims.head_dim, dims.n_head, dims.n_head_kv
     key_dim = dims.ssm_d_state * dims.ssm_n_group
     value_dim = dims.ssm_d_state * dims.ssm_dt_rank
     conv_dim = 2 * key_dim + value_dim
 
-    t.add("token_embd.weight", _embeddings(spec, dims, oracle, math.sqrt(d)))
+    t.add("token_embd.weight", _embeddings(spec, dims, plan, math.sqrt(d)))
     t.add("output_norm.weight", _norm(d, s, "output_norm", jit))
-    # output: oracle top logit ~ top * a / sqrt(a^2 + complement^2) at the nominal hidden size
-    t.add("output.weight", _lm_head(spec, dims, oracle, sig, d, "output", _oracle_w(d)))
+    t.add("output.weight", _lm_head(dims, plan, sig, d))
 
-    def ffn(p: str, il: int) -> None:
+    # qwen35 adds sub-block outputs to the residual stream unnormalized: 2x is about unit size
+    def ffn(p: str, il: int, context: float) -> None:
         t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
         t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
-        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 2.0 * gain, sig))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 2 * plan.gain, sig, 2 * context))
 
-    def attention(p: str, il: int) -> None:
+    def attention(p: str, il: int, context: float) -> None:
         t.add(f"{p}.attn_q.weight", _gauss(s, f"{il}.attn_q", (2 * nh * hd, d), 1 / math.sqrt(d)))
         t.add(f"{p}.attn_k.weight", _gauss(s, f"{il}.attn_k", (nkv * hd, d), 1 / math.sqrt(d)))
         t.add(f"{p}.attn_v.weight", _gauss(s, f"{il}.attn_v", (nkv * hd, d), 1 / math.sqrt(d)))
         t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"{il}.q_norm", jit))
         t.add(f"{p}.attn_k_norm.weight", _norm(hd, s, f"{il}.k_norm", jit))
-        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 2.0 * gain, sig))
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 2 * plan.gain, sig, 2 * context))
 
     for il in range(dims.n_layer):
         p = f"blk.{il}"
@@ -879,57 +912,41 @@ def _qwen35_tensors(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, t: _Te
             t.add(f"{p}.ssm_alpha.weight", _gauss(s, f"{il}.ssm_alpha", (nv, d), 0.5 / math.sqrt(d)))
             t.add(f"{p}.ssm_beta.weight", _gauss(s, f"{il}.ssm_beta", (nv, d), 1 / math.sqrt(d)))
             t.add(f"{p}.ssm_norm.weight", _norm(dims.ssm_d_state, s, f"{il}.ssm_norm", jit))
-            t.add(f"{p}.ssm_out.weight", _out_proj(s, f"{il}.ssm_out", d, value_dim, 2.0 * gain, sig))
+            t.add(f"{p}.ssm_out.weight", _out_proj(s, f"{il}.ssm_out", d, value_dim, 2 * plan.gain, sig, 2 * plan.context))
         else:
-            attention(p, il)
-        ffn(p, il)
+            attention(p, il, plan.context)
+        ffn(p, il, plan.context)
 
-    # the MTP block: blk.{n_layer}
+    # the MTP block, blk.{n_layer}: like the trunk, but it never writes into the signal coordinates
     il = dims.n_layer
     p = f"blk.{il}"
     t.add(f"{p}.attn_norm.weight", _norm(d, s, f"{il}.attn_norm", jit))
     t.add(f"{p}.post_attention_norm.weight", _norm(d, s, f"{il}.post_attention_norm", jit))
-    attention(p, il)
-    ffn(p, il)
-    if oracle is None:
-        eh = _gauss(s, "nextn.eh_proj", (d, 2 * d), 1 / math.sqrt(2 * d))
-    else:
-        tok = _signal_map(oracle, sig, sig, d, d) + _complement_map(s, "nextn.eh_proj.e", d, d, 0.5, sig, sig)
-        hid = _complement_map(s, "nextn.eh_proj.h", d, d, 0.5, sig, sig)
-        eh = np.concatenate([tok, hid], axis=1)
-    t.add(f"{p}.nextn.eh_proj.weight", eh)
+    attention(p, il, 0.0)
+    ffn(p, il, 0.0)
+    tok = _signal_map(plan, sig, sig, d, d) + _complement_map(s, "nextn.eh_proj.e", d, d, 0.5, sig, sig)
+    hid = _complement_map(s, "nextn.eh_proj.h", d, d, 0.5, sig, sig)
+    t.add(f"{p}.nextn.eh_proj.weight", np.concatenate([tok, hid], axis=1))
     t.add(f"{p}.nextn.enorm.weight", _norm(d, s, "nextn.enorm", jit))
     t.add(f"{p}.nextn.hnorm.weight", _norm(d, s, "nextn.hnorm", jit))
     t.add(f"{p}.nextn.shared_head_norm.weight", _norm(d, s, "nextn.shared_head_norm", jit))
-
-
-def _oracle_gain(dims: _Dims) -> float:
-    """Sub-block output size in oracle models: the complement's total stays put with depth."""
-    return _ORACLE_GAIN / math.sqrt(max(1.0, dims.n_layer / 4))
-
-
-def _oracle_w(d: int) -> float:
-    """LM-head weight (x 1/sqrt(d)) for a top logit of ~ORACLE_TOP_LOGIT.
-
-    The final RMS norm leaves ~0.45 sqrt(d) in the signal coordinate (a = 0.8 of the embedding
-    plus the complement the sub-blocks add; measured 0.41-0.52 over 2..12 layers, both arches).
-    """
-    return ORACLE_TOP_LOGIT / 0.45
 
 
 def _gemma4_layer_is_swa(il: int, n_layer: int) -> bool:
     return not ((il + 1) % 6 == 0 or il == n_layer - 1)
 
 
-def _gemma4_target_tensors(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, t: _Tensors) -> None:
-    s, d = spec.seed, dims.d
-    sig = oracle.signal if oracle else None
-    oracle_mode = oracle is not None
-    gain = _oracle_gain(dims) if oracle_mode else 1.0
-    jit = 0.0 if oracle_mode else 0.1
-    # Gemma scales token_embd by sqrt(n_embd): rows of norm 1 give a residual stream of RMS 1.
-    t.add("token_embd.weight", _embeddings(spec, dims, oracle, 1.0))
-    t.add("output.weight", _lm_head(spec, dims, oracle, sig, d, "output", _oracle_w(d)))
+def _rope_freqs(hd: int) -> np.ndarray:
+    """Gemma 4's proportional RoPE on global layers: rotate the first quarter of the dimensions."""
+    n_rot = hd // 2 // 4
+    return np.array([1.0] * n_rot + [1e30] * (hd // 2 - n_rot), dtype=np.float32)
+
+
+def _gemma4_target_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> None:
+    s, d, sig, jit = spec.seed, dims.d, plan.signal, plan.jitter
+    # Gemma scales token_embd by sqrt(n_embd): rows of norm 1 give a residual stream of RMS 1
+    t.add("token_embd.weight", _embeddings(spec, dims, plan, 1.0))
+    t.add("output.weight", _lm_head(dims, plan, sig, d))
     t.add("output_norm.weight", _norm(d, s, "output_norm", jit))
     rope_freqs_done = False
     for il in range(dims.n_layer):
@@ -943,49 +960,37 @@ def _gemma4_target_tensors(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None,
         t.add(f"{p}.attn_k.weight", _gauss(s, f"{il}.attn_k", (nkv * hd, d), 1 / math.sqrt(d)))
         if swa:  # global layers use K as V (attention_k_eq_v), as in the large Gemma 4 models
             t.add(f"{p}.attn_v.weight", _gauss(s, f"{il}.attn_v", (nkv * hd, d), 1 / math.sqrt(d)))
-        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 1.0, sig))
+        # the post-norms below set the sub-block sizes; these rows set signal vs complement
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 1.0, sig, plan.context))
         # Gemma 4 does not scale q.k (f_attention_scale = 1): norms of hd^-1/4 keep scores ~N(0, 1)
         t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"{il}.q_norm", jit, hd**-0.25))
         t.add(f"{p}.attn_k_norm.weight", _norm(hd, s, f"{il}.k_norm", jit, hd**-0.25))
-        # the post-norms set the size of each sub-block's contribution to the residual stream
-        t.add(f"{p}.post_attention_norm.weight", _norm(d, s, f"{il}.post_attention_norm", jit, gain))
+        t.add(f"{p}.post_attention_norm.weight", _norm(d, s, f"{il}.post_attention_norm", jit, plan.gain))
         t.add(f"{p}.layer_output_scale.weight", np.ones(1, dtype=np.float32))
         if not swa and not rope_freqs_done:
-            # proportional RoPE on the global layers: rotate the first quarter of the dimensions
-            n_rot = hd // 2 // 4
-            t.add("rope_freqs.weight", np.array([1.0] * n_rot + [1e30] * (hd // 2 - n_rot), dtype=np.float32))
+            t.add("rope_freqs.weight", _rope_freqs(hd))
             rope_freqs_done = True
         t.add(f"{p}.ffn_norm.weight", _norm(d, s, f"{il}.ffn_norm", jit))
         t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
         t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
-        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 1.0, sig))
-        t.add(f"{p}.post_ffw_norm.weight", _norm(d, s, f"{il}.post_ffw_norm", jit, gain))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 1.0, sig, plan.context))
+        t.add(f"{p}.post_ffw_norm.weight", _norm(d, s, f"{il}.post_ffw_norm", jit, plan.gain))
 
 
-def _gemma4_draft_tensors(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, t: _Tensors) -> None:
-    s, D, da = spec.seed, dims.d, dims.draft_d
-    sig_t = oracle.signal if oracle else None
-    sig_a = oracle.draft_signal if oracle else None
-    oracle_mode = oracle is not None
-    gain = _oracle_gain(dims) if oracle_mode else 1.0
-    jit = 0.0 if oracle_mode else 0.1
+def _gemma4_draft_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> None:
+    s, D, da, jit = spec.seed, dims.d, dims.draft_d, plan.jitter
+    sig_t, sig_a = plan.signal, plan.draft_signal
+    assert sig_a is not None
     # the drafter's token_embd is only its (tied) LM head; its input is the target's embedding
-    t.add("token_embd.weight", _lm_head(spec, dims, oracle, sig_a, da, "draft.token_embd", _oracle_w(da)))
+    t.add("token_embd.weight", _lm_head(dims, plan, sig_a, da))
     t.add("output_norm.weight", _norm(da, s, "draft.output_norm", jit))
-    if oracle is None:
-        pre = _gauss(s, "draft.pre_projection", (da, 2 * D), 1 / math.sqrt(2 * D))
-        post = _gauss(s, "draft.post_projection", (D, da), 1 / math.sqrt(da))
-    else:
-        assert sig_t is not None and sig_a is not None
-        # target embedding x sqrt(D) has RMS 1: its signal entry is a * sqrt(D); rescale to sqrt(da)
-        tok = _signal_map(oracle, sig_t, sig_a, da, D) * np.float32(math.sqrt(da / D))
-        tok += _complement_map(s, "draft.pre_projection.e", da, D, 0.5, sig_a, sig_t)
-        hid = _complement_map(s, "draft.pre_projection.h", da, D, 0.5, sig_a, sig_t)
-        pre = np.concatenate([tok, hid], axis=1)
-        post = _complement_map(s, "draft.post_projection", D, da, 1.0, sig_t, sig_a)
-        for k in range(oracle.L):
-            post[sig_t[k], sig_a[k]] = 1.0
-    t.add("nextn.pre_projection.weight", pre)
+    # the target embedding x sqrt(D) has RMS 1, its signal entry is a sqrt(D): rescale to sqrt(da)
+    tok = _signal_map(plan, sig_t, sig_a, da, D) * np.float32(math.sqrt(da / D))
+    tok += _complement_map(s, "draft.pre_projection.e", da, D, 0.5, sig_a, sig_t)
+    hid = _complement_map(s, "draft.pre_projection.h", da, D, 0.5, sig_a, sig_t)
+    t.add("nextn.pre_projection.weight", np.concatenate([tok, hid], axis=1))
+    post = _complement_map(s, "draft.post_projection", D, da, 1.0, sig_t, sig_a)
+    post[sig_t, sig_a] = 1.0
     t.add("nextn.post_projection.weight", post)
     rope_freqs_done = False
     for il in range(dims.draft_n_layer):
@@ -995,19 +1000,18 @@ def _gemma4_draft_tensors(spec: SynthSpec, dims: _Dims, oracle: _Oracle | None, 
         nh = dims.draft_n_head
         t.add(f"{p}.attn_norm.weight", _norm(da, s, f"draft.{il}.attn_norm", jit))
         t.add(f"{p}.attn_q.weight", _gauss(s, f"draft.{il}.attn_q", (nh * hd, da), 1 / math.sqrt(da)))
-        t.add(f"{p}.attn_output.weight", _out_proj(s, f"draft.{il}.attn_output", da, nh * hd, 1.0, sig_a))
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"draft.{il}.attn_output", da, nh * hd, 1.0, sig_a, 0.0))
         t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"draft.{il}.q_norm", jit, hd**-0.25))
-        t.add(f"{p}.post_attention_norm.weight", _norm(da, s, f"draft.{il}.post_attention_norm", jit, gain))
+        t.add(f"{p}.post_attention_norm.weight", _norm(da, s, f"draft.{il}.post_attention_norm", jit, plan.gain))
         t.add(f"{p}.layer_output_scale.weight", np.ones(1, dtype=np.float32))
         if not swa and not rope_freqs_done:
-            n_rot = hd // 2 // 4
-            t.add("rope_freqs.weight", np.array([1.0] * n_rot + [1e30] * (hd // 2 - n_rot), dtype=np.float32))
+            t.add("rope_freqs.weight", _rope_freqs(hd))
             rope_freqs_done = True
         t.add(f"{p}.ffn_norm.weight", _norm(da, s, f"draft.{il}.ffn_norm", jit))
         t.add(f"{p}.ffn_gate.weight", _gauss(s, f"draft.{il}.ffn_gate", (dims.draft_n_ff, da), 1 / math.sqrt(da)))
         t.add(f"{p}.ffn_up.weight", _gauss(s, f"draft.{il}.ffn_up", (dims.draft_n_ff, da), 1 / math.sqrt(da)))
-        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"draft.{il}.ffn_down", da, dims.draft_n_ff, 1.0, sig_a))
-        t.add(f"{p}.post_ffw_norm.weight", _norm(da, s, f"draft.{il}.post_ffw_norm", jit, gain))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"draft.{il}.ffn_down", da, dims.draft_n_ff, 1.0, sig_a, 0.0))
+        t.add(f"{p}.post_ffw_norm.weight", _norm(da, s, f"draft.{il}.post_ffw_norm", jit, plan.gain))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1104,7 +1108,7 @@ def _write_gguf(path: Path, arch: str, kv: Any, vocab: _Vocab, tensors: _Tensors
     """Write one GGUF file at ``path`` (a fresh temp file); returns its tensor-data bytes."""
     w = gguf.GGUFWriter(path, arch)
     try:
-        kv(w)
+        kv(w, tensors)
         vocab.write(w)
         n = tensors.write(w)
         w.write_header_to_file()
@@ -1127,6 +1131,29 @@ def _check_out(out: str | os.PathLike[str]) -> Path:
     if not p.parent.is_dir():
         raise InvalidInputError(f"output directory does not exist: {p.parent}")
     return p
+
+
+def _build(spec: SynthSpec, dims: _Dims, plan: _Plan) -> list[tuple[bool, str, _Tensors]]:
+    """The tensors of each file to write, in order: [(is_drafter, arch, tensors)]."""
+    tgt = _Tensors(spec.dtype)
+    if spec.arch == "qwen35":
+        _qwen35_tensors(spec, dims, plan, tgt)
+        return [(False, "qwen35", tgt)]
+    dft = _Tensors(spec.dtype)
+    _gemma4_draft_tensors(spec, dims, plan, dft)
+    _gemma4_target_tensors(spec, dims, plan, tgt)
+    return [(True, "gemma4-assistant", dft), (False, "gemma4", tgt)]
+
+
+def weight_bytes(spec: SynthSpec) -> int:
+    """Tensor data bytes ``write_model(spec, ...)`` would write (all files), without writing."""
+    dims = _dims(spec)
+    plan = _plan(spec, dims, _vocab(spec.arch, dims.n_vocab))
+    token = _DRY_RUN.set(True)
+    try:
+        return sum(t.nbytes() for _, _, t in _build(spec, dims, plan))
+    finally:
+        _DRY_RUN.reset(token)
 
 
 def _new_temp(final: Path) -> Path:
@@ -1157,31 +1184,25 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
     draft_path = draft_path_for(path) if spec.arch == "gemma4" else None
 
     vocab = _vocab(spec.arch, dims.n_vocab)
-    oracle = _plan_oracle(spec, dims, vocab) if spec.mode == "oracle" else None
+    plan = _plan(spec, dims, vocab)
     name = _default_name(spec)
 
-    jobs: list[tuple[Path, str, Any, _Tensors]] = []
-    tgt = _Tensors(spec.dtype)
-    if spec.arch == "qwen35":
-        _qwen35_tensors(spec, dims, oracle, tgt)
-        jobs.append((path, "qwen35", lambda w: (_general(w, spec, tgt, name), _qwen35_kv(w, spec, dims)), tgt))
-    else:
-        _gemma4_target_tensors(spec, dims, oracle, tgt)
-        dft = _Tensors(spec.dtype)
-        _gemma4_draft_tensors(spec, dims, oracle, dft)
-        assert draft_path is not None
-        # the drafter first: a complete target then always has its sidecar
-        jobs.append((draft_path, "gemma4-assistant",
-                     lambda w: (_general(w, spec, dft, f"{name}-assistant"), _gemma4_draft_kv(w, spec, dims)), dft))
-        jobs.append((path, "gemma4", lambda w: (_general(w, spec, tgt, name), _gemma4_target_kv(w, spec, dims)), tgt))
+    kv_writers = {
+        "qwen35": lambda w, t: (_general(w, spec, t, name), _qwen35_kv(w, spec, dims)),
+        "gemma4": lambda w, t: (_general(w, spec, t, name), _gemma4_target_kv(w, spec, dims)),
+        "gemma4-assistant": lambda w, t: (_general(w, spec, t, f"{name}-assistant"), _gemma4_draft_kv(w, spec, dims)),
+    }
+    # for gemma4 the drafter comes first: a complete target then always has its sidecar
+    jobs = [(draft_path if is_drafter else path, arch, kv_writers[arch], tensors)
+            for is_drafter, arch, tensors in _build(spec, dims, plan)]
 
     temps: list[tuple[Path, Path]] = []
-    weight_bytes = 0
+    n_weight_bytes = 0
     try:
         for final, arch, kv, tensors in jobs:
             tmp = _new_temp(final)
             temps.append((tmp, final))
-            weight_bytes += _write_gguf(tmp, arch, kv, vocab, tensors)
+            n_weight_bytes += _write_gguf(tmp, arch, kv, vocab, tensors)
         for tmp, final in temps:
             os.replace(tmp, final)
     finally:
@@ -1190,18 +1211,19 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
                 tmp.unlink()
 
     extra: dict[str, Any] = {}
-    if oracle is not None:
-        succ = {i: oracle.cycle[(int(oracle.alias[i]) + 1) % oracle.L] for i in range(dims.n_vocab)}
-        mtp = {i: oracle.cycle[(oracle.mtp_index[int(oracle.alias[i])] + 1) % oracle.L] for i in range(dims.n_vocab)}
-        agree = frozenset(c for k, c in enumerate(oracle.cycle) if oracle.agree[k])
-        words = _Vocab.cycle_words()[: oracle.L]
+    if spec.mode == "oracle":
+        L = plan.L
+        succ = {i: plan.ring[(int(plan.alias[i]) + 1) % L] for i in range(dims.n_vocab)}
+        mtp = {i: plan.ring[(plan.mtp_index[int(plan.alias[i])] + 1) % L] for i in range(dims.n_vocab)}
+        agree = frozenset(c for k, c in enumerate(plan.ring) if plan.agree[k])
+        words = _Vocab.cycle_words()[:L]
         extra = dict(
-            cycle=tuple(oracle.cycle),
+            cycle=tuple(plan.ring),
             cycle_text="".join(words),
             successor=MappingProxyType(succ),
             mtp_prediction=MappingProxyType(mtp),
             agree_tokens=agree,
-            expected_acceptance=len(agree) / oracle.L,
+            expected_acceptance=len(agree) / L,
             top_logit=ORACLE_TOP_LOGIT,
         )
     return SynthResult(
@@ -1210,7 +1232,7 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
         draft_path=draft_path,
         model_bytes=path.stat().st_size,
         draft_bytes=draft_path.stat().st_size if draft_path else 0,
-        weight_bytes=weight_bytes,
+        weight_bytes=n_weight_bytes,
         seconds=time.perf_counter() - t0,
         n_vocab=dims.n_vocab,
         bos_id=vocab.bos_id,
