@@ -195,13 +195,15 @@ def test_mtp_head_drafts_the_planned_token(synth_model, arch, agree):
 # ------------------------------------------------------- llama.cpp's own draft-mtp loop
 
 
-def _run(tool: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run a llama.cpp tool. Its logger thread can lose the last lines at exit (llama.cpp issue
-    22142), so retry until the closing performance report made it out (all before it did too)."""
-    for _ in range(5):
+def _run(tool: Path, *args: str, last_line: str) -> subprocess.CompletedProcess:
+    """Run a llama.cpp tool. Its logger thread races the process exit and loses the tail of the
+    output now and then (llama.cpp leaks the logger on purpose, see its common/log.cpp), so run
+    again until ``last_line`` -- printed after everything we read -- made it out. (On a busy
+    machine most runs of a tiny model can lose it: the summary is written just before exit.)"""
+    for _ in range(50):
         # one thread: tiny models gain nothing from two, and spinning threads suffer on a busy CPU
         out = subprocess.run([str(tool), *args, "-t", "1"], capture_output=True, text=True, timeout=300, check=True)
-        if "total time" in out.stderr:
+        if last_line in out.stderr:
             return out
     raise AssertionError(f"{tool.name} output kept getting cut short:\n{out.stderr[-2000:]}")
 
@@ -211,14 +213,14 @@ def _speculative(bin_dir: Path, r, prompt: str, n_predict: int, n_max: int) -> t
             "-p", prompt, "-n", str(n_predict), "--temp", "0", "--seed", "0", "-c", "1024"]
     if r.draft_path:
         args += ["-md", str(r.draft_path)]
-    out = _run(bin_dir / "llama-speculative-simple", *args)
+    out = _run(bin_dir / "llama-speculative-simple", *args, last_line="n_accept")
     stats = {k: int(v) for k, v in re.findall(r"(n_predict|n_drafted|n_accept)\s*=\s*(\d+)", out.stderr)}
     return out.stdout.split(prompt, 1)[1], stats
 
 
 def _completion(bin_dir: Path, r, prompt: str, n_predict: int) -> str:
     out = _run(bin_dir / "llama-completion", "-m", str(r.model_path), "-p", prompt, "-n", str(n_predict),
-               "--temp", "0", "--seed", "0", "-c", "1024", "-no-cnv")
+               "--temp", "0", "--seed", "0", "-c", "1024", "-no-cnv", last_line="total time")
     return out.stdout.split(prompt, 1)[1].rstrip("\n")
 
 
@@ -236,8 +238,10 @@ def test_draft_mtp_acceptance_matches_agreement(llama_ref_bin, synth_model, arch
     if agree == 1.0:
         assert stats["n_accept"] == stats["n_drafted"]
     # each drafted position is accepted with probability ~agree given the previous one was
-    for rate in sim.acceptance_by_position:
-        assert rate == pytest.approx(agree, abs=ACCEPTANCE_TOLERANCE + 0.1 * (n_max > 1))
+    # (later positions are reached less often: a wider tolerance, and only with 20+ samples)
+    for i, (reached, rate) in enumerate(zip(sim.reached_by_position, sim.acceptance_by_position)):
+        if reached >= 20:
+            assert rate == pytest.approx(agree, abs=ACCEPTANCE_TOLERANCE * (1.5 if i else 1.0))
     if n_max == 1:
         assert stats["n_accept"] / stats["n_drafted"] == pytest.approx(agree, abs=ACCEPTANCE_TOLERANCE)
     assert text.startswith(r.cycle_text)

@@ -212,8 +212,8 @@ class SpecSimulation:
     n_predict: int  # tokens produced (as counted by llama-speculative-simple)
     n_drafted: int
     n_accept: int
-    drafted_by_position: tuple[int, ...]  # drafts made at draft position 1..n_max
-    accepted_by_position: tuple[int, ...]  # of those, accepted
+    reached_by_position: tuple[int, ...]  # drafts whose position i was verified (all before accepted)
+    accepted_by_position: tuple[int, ...]  # ... and accepted at position i
     tokens: tuple[int, ...]  # the generated tokens
 
     @property
@@ -223,12 +223,8 @@ class SpecSimulation:
 
     @property
     def acceptance_by_position(self) -> tuple[float, ...]:
-        """Conditional acceptance at draft position i (given the previous one was accepted)."""
-        out = []
-        for i, (d, a) in enumerate(zip(self.drafted_by_position, self.accepted_by_position)):
-            prev = self.accepted_by_position[i - 1] if i else d
-            out.append(a / prev if prev else 0.0)
-        return tuple(out)
+        """Acceptance at draft position 1..n_max, given all earlier positions were accepted."""
+        return tuple(a / r if r else 0.0 for r, a in zip(self.reached_by_position, self.accepted_by_position))
 
 
 @dataclass(frozen=True)
@@ -264,7 +260,8 @@ class SynthResult:
             parts.append(f"+ drafter {self.draft_path} ({_mb(self.draft_bytes)})")
         desc = f"{s.arch} {s.mode}"
         if self.expected_acceptance is not None:
-            desc += f" agree={s.agree:g} (cycle {len(self.cycle or ())} tokens, expected per-position acceptance {self.expected_acceptance:.3f})"
+            desc += (f" agree={s.agree:g} (cycle of {len(self.cycle or ())} tokens, expected acceptance"
+                     f" per drafted position {self.expected_acceptance:.3f})")
         parts.append(
             f"{desc}, n_embd={s.n_embd} n_layer={s.n_layer} n_vocab={self.n_vocab} "
             f"n_ctx={s.n_ctx} {s.dtype} seed={s.seed}, in {self.seconds:.2f}s"
@@ -280,26 +277,22 @@ class SynthResult:
             out.append(t)
         return out
 
-    def simulate_speculative(
-        self, last_token: int, n_predict: int, n_max: int, n_ctx_left: int | None = None
-    ) -> SpecSimulation:
+    def simulate_speculative(self, last_token: int, n_predict: int, n_max: int) -> SpecSimulation:
         """Replay llama-speculative-simple's greedy loop (draft-mtp, --temp 0, p_min 0) exactly.
 
         ``last_token`` is the prompt's last token; ``n_predict`` is its ``-n``; ``n_max`` is
-        ``--spec-draft-n-max``. Counts follow that program's statistics.
+        ``--spec-draft-n-max``. Counts follow that program's statistics (the context is assumed
+        to have room for the whole generation).
         """
         succ = self._need(self.successor)
         mtp = self._need(self.mtp_prediction)
         if n_max < 0 or n_predict < 0:
             raise InvalidInputError("n_max and n_predict must be >= 0")
         id_last, produced, drafted, accepted = last_token, 0, 0, 0
-        by_pos_d, by_pos_a = [0] * n_max, [0] * n_max
+        reached, by_pos = [0] * n_max, [0] * n_max
         tokens: list[int] = []
         while True:
-            room = n_predict - produced - 1
-            if n_ctx_left is not None:
-                room = min(room, n_ctx_left - produced - 2)
-            room = max(room, 0)
+            room = max(n_predict - produced - 1, 0)
             # common_speculative_draft() only truncates a draft to a positive limit: at 0 the
             # full n_max draft is verified.
             draft: list[int] = []
@@ -309,10 +302,10 @@ class SynthResult:
                 draft.append(t)
             ids, cur = [], id_last
             for i, d in enumerate(draft):
-                by_pos_d[i] += 1
+                reached[i] += 1
                 if d != succ[cur]:
                     break
-                by_pos_a[i] += 1
+                by_pos[i] += 1
                 ids.append(d)
                 cur = d
             ids.append(succ[cur])
@@ -323,7 +316,7 @@ class SynthResult:
             id_last = ids[-1]
             if produced > n_predict:
                 break
-        return SpecSimulation(n_max, produced, drafted, accepted, tuple(by_pos_d), tuple(by_pos_a), tuple(tokens))
+        return SpecSimulation(n_max, produced, drafted, accepted, tuple(reached), tuple(by_pos), tuple(tokens))
 
     @staticmethod
     def _need(v: Any) -> Any:
@@ -759,14 +752,30 @@ def _plan(spec: SynthSpec, dims: _Dims, vocab: _Vocab) -> _Plan:
         alias = _rng(spec.seed, "alias").integers(0, L, dims.n_vocab)
         gain, context, jitter = 1.0, _RANDOM_CONTEXT[spec.arch], 0.1
     alias[ring] = np.arange(L)
-    n_agree = int(round(spec.agree * L))
-    agree = [False] * L
-    for k in _rng(spec.seed, "agree").permutation(L)[:n_agree]:
-        agree[int(k)] = True
+    agree = _agree_set(spec.seed, L, spec.agree)
     mtp_index = [k if agree[k] else (k + L // 2) % L for k in range(L)]
     signal = _rng(spec.seed, "signal").permutation(dims.d)[:L]
     draft_signal = _rng(spec.seed, "draft-signal").permutation(dims.draft_d)[:L] if dims.draft_d else None
     return _Plan(ring, alias, agree, mtp_index, signal, draft_signal, gain, context, jitter)
+
+
+def _agree_set(seed: int, L: int, p: float) -> list[bool]:
+    """round(p L) ring indices after which the MTP head is right, spread so that along the ring
+    P(next in A | in A) and P(next in A | this and previous in A) are also close to p: then every
+    draft position, not just the first, is accepted with probability ~p (best of 256 seeded
+    random choices)."""
+    n = int(round(p * L))
+    rng = _rng(seed, "agree")
+    best, best_score = [False] * L, math.inf
+    for _ in range(256 if 0 < n < L else 1):
+        a = np.zeros(L, dtype=bool)
+        a[rng.permutation(L)[:n]] = True
+        a1, a2 = np.roll(a, -1), np.roll(a, -2)
+        pairs, triples = int((a & a1).sum()), int((a & a1 & a2).sum())
+        score = abs(pairs / max(n, 1) - p) + abs(triples / max(pairs, 1) - p)
+        if score < best_score:
+            best, best_score = a.tolist(), score
+    return best
 
 
 class _Tensors:
