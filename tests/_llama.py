@@ -92,7 +92,7 @@ class Context:
 
     def __init__(self, model: Model, n_ctx: int = 1024, n_batch: int = 512, mtp: bool = False,
                  other: Context | None = None, flash_attn: bool | None = None, nextn: bool = False,
-                 n_threads: int = 1) -> None:
+                 n_threads: int = 1, n_rs_seq: int = 0) -> None:
         self.model = model
         params = L.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -101,6 +101,7 @@ class Context:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.no_perf = True
+        params.n_rs_seq = n_rs_seq  # recurrent states kept for rolling back (remove_from)
         if flash_attn is not None:
             params.flash_attn_type = 1 if flash_attn else 0
         if mtp:

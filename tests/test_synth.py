@@ -248,7 +248,7 @@ def test_draft_mtp_acceptance_matches_agreement(llama_ref_bin, synth_model, arch
 
 
 @pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
-@pytest.mark.parametrize("mode,agree", [("oracle", 0.7), ("random", 1.0)])
+@pytest.mark.parametrize("mode,agree", [("oracle", 0.7), ("random", 1.0), ("random", 0.7)])
 def test_draft_mtp_output_equals_plain_greedy_output(llama_ref_bin, synth_model, arch, mode, agree):
     r = synth_model(arch, mode, agree=agree)
     prompt, n_predict = "Hello there, how are you?", 300
@@ -256,8 +256,8 @@ def test_draft_mtp_output_equals_plain_greedy_output(llama_ref_bin, synth_model,
     for n_max in (1, 3):
         drafted, stats = _speculative(llama_ref_bin, r, prompt, n_predict, n_max)
         assert drafted.startswith(plain), (n_max, plain, drafted)
-        if mode == "random":  # context overrides make some drafts fail: partial acceptance
-            assert 0 < stats["n_accept"] < stats["n_drafted"]
+        if mode == "random":  # even at agree=1, context overrides make some drafts fail
+            assert 0.5 * agree < stats["n_accept"] / stats["n_drafted"] < 1.0
 
 
 # ----------------------------------------------------------------------- tokenizer, chat

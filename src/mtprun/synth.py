@@ -160,8 +160,10 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 class SynthSpec:
     """What to generate. The defaults are the ``tiny`` preset (a few MB, milliseconds per token).
 
-    ``n_ff`` and ``draft_n_embd`` of 0 are derived from ``n_embd``. ``draft_*`` only apply to
-    gemma4 (its ``gemma4-assistant`` sidecar).
+    ``agree`` is the fraction of the ring's tokens after which the MTP head drafts the planted
+    successor (in random models the target itself sometimes deviates from it). ``n_ff`` and
+    ``draft_n_embd`` of 0 are derived from ``n_embd``; ``draft_*`` only apply to gemma4 (its
+    ``gemma4-assistant`` sidecar). ``name`` is written as ``general.name``.
     """
 
     arch: str = "qwen35"
@@ -355,10 +357,14 @@ class _Dims:
     cycle_len: int  # ring length: the oracle's cycle, or the random model's planted ring
 
 
-def _dims(spec: SynthSpec) -> _Dims:
-    def bad(msg: str) -> InvalidInputError:
-        return InvalidInputError(msg)
+def _kv_heads(n_head: int, ratio: int) -> int:
+    """The largest divisor of n_head that is at most n_head / ratio (grouped-query attention)."""
+    return max(k for k in range(1, n_head + 1) if n_head % k == 0 and k * ratio <= max(n_head, ratio))
 
+
+def _dims(spec: SynthSpec) -> _Dims:
+    """Validate ``spec`` (one-line InvalidInputError) and derive every dimension from it."""
+    bad = InvalidInputError
     if spec.arch not in ARCHS:
         raise bad(f"unknown arch {spec.arch!r} (choose from {', '.join(ARCHS)})")
     if spec.mode not in MODES:
@@ -397,7 +403,7 @@ def _dims(spec: SynthSpec) -> _Dims:
     n_head = max(2, d // head_dim)
     draft_d = draft_n_layer = draft_n_head = draft_n_ff = 0
     if spec.arch == "qwen35":
-        n_head_kv = max(1, n_head // 4)
+        n_head_kv = _kv_heads(n_head, 4)
         head_dim_full = head_dim
         n_head_kv_full = n_head_kv
         ssm_d_state = 32 if d <= 512 else 128
@@ -407,11 +413,11 @@ def _dims(spec: SynthSpec) -> _Dims:
     else:
         head_dim_full = 2 * head_dim
         n_head = max(2, d // (2 * head_dim))
-        n_head_kv = max(1, n_head // 2)
-        n_head_kv_full = max(1, n_head // 4)
+        n_head_kv = _kv_heads(n_head, 2)
+        n_head_kv_full = _kv_heads(n_head, 4)
         ssm_d_state = ssm_n_group = ssm_dt_rank = 0
         n_swa = min(512, max(32, spec.n_ctx // 8))
-        draft_d = spec.draft_n_embd or max(128, d // 4)
+        draft_d = spec.draft_n_embd or max(128, d // 4 // 64 * 64)
         if draft_d < 64 or draft_d % 64 or draft_d > 16384:
             raise bad(f"draft_n_embd must be a multiple of 64 in [64, 16384], got {draft_d}")
         if draft_d == d:
@@ -419,9 +425,9 @@ def _dims(spec: SynthSpec) -> _Dims:
         draft_n_layer = spec.draft_n_layer
         if not 1 <= draft_n_layer <= 16:
             raise bad(f"draft_n_layer must be in [1, 16], got {draft_n_layer}")
-        draft_n_head = max(2, draft_d // head_dim)
-        draft_n_head -= draft_n_head % max(n_head_kv, n_head_kv_full) if draft_n_head > n_head_kv else 0
-        draft_n_head = max(draft_n_head, n_head_kv, n_head_kv_full)
+        # its queries attend to the target's KV heads: a multiple of both kinds of KV head count
+        group = math.lcm(n_head_kv, n_head_kv_full)
+        draft_n_head = max(group, draft_d // head_dim // group * group)
         draft_n_ff = 2 * draft_d
     room = min(d, draft_d or d)
     room -= room // 4  # keep a quarter of the residual stream for the complement
