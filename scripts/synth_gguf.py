@@ -15,12 +15,18 @@ import sys
 from pathlib import Path
 
 try:
-    from mtprun import synth
-    from mtprun.errors import InvalidInputError
-except ImportError:  # running from a checkout without mtprun installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from mtprun import synth
-    from mtprun.errors import InvalidInputError
+    try:
+        from mtprun import synth
+        from mtprun.errors import InvalidInputError
+    except ImportError as exc:  # running from a checkout without mtprun installed
+        if exc.name not in ("mtprun", "mtprun.synth", "mtprun.errors"):
+            raise
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+        from mtprun import synth
+        from mtprun.errors import InvalidInputError
+except ModuleNotFoundError as exc:  # numpy or gguf
+    print(f"error: missing Python package {exc.name!r} (pip install numpy gguf)", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 class _Parser(argparse.ArgumentParser):

@@ -98,7 +98,7 @@ import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import gguf
 import numpy as np
@@ -1060,9 +1060,8 @@ def _qwen35_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
     w.add_float32(f"{a}.rope.freq_base", 10_000_000.0)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
     n_rot = dims.head_dim // 4  # partial_rotary_factor 0.25
-    sec = [n_rot // 2 * 11 // 32, n_rot // 2 * 11 // 32]
-    sec.append(n_rot // 2 - sum(sec))
-    w.add_array(f"{a}.rope.dimension_sections", sec + [0])
+    t_h = round(n_rot / 2 * 11 / 32)  # Qwen3.5's mrope_section [11, 11, 10] at n_rot 64, scaled
+    w.add_array(f"{a}.rope.dimension_sections", [t_h, t_h, n_rot // 2 - 2 * t_h, 0])
     w.add_uint32(f"{a}.rope.dimension_count", n_rot)
     w.add_uint32(f"{a}.ssm.conv_kernel", dims.ssm_conv)
     w.add_uint32(f"{a}.ssm.state_size", dims.ssm_d_state)
