@@ -18,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
-if str(SRC) not in sys.path:  # a checkout without mtprun installed (the generator is pure Python)
+try:  # the installed package (with its compiled engine) comes first
+    import mtprun  # noqa: F401
+except ImportError:  # a checkout without mtprun installed: the generator is pure Python
     sys.path.insert(0, str(SRC))
 
 from mtprun.synth import SynthResult, SynthSpec, write_model  # noqa: E402
