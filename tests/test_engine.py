@@ -442,5 +442,5 @@ def test_draft_p_min_stops_drafting_when_the_head_is_unsure(synth_model):
             return run(eng, prompt, cfg)
 
         unsure, sure = with_p_min(0.999), with_p_min(0.5)
-        assert unsure.stats.mtp and unsure.stats.n_drafted == 0 and len(unsure.tokens) == 40
+        assert unsure.stats.mtp and unsure.stats.n_drafted == 0 and unsure.stats.n_generated > 0
         assert sure.stats.n_drafted > 0
