@@ -293,6 +293,27 @@ def test_token_budget_is_exact_even_with_drafts_in_flight(synth_model):
         assert run(eng, prompt, greedy(0, spec=True)).tokens == ()
 
 
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+def test_end_of_generation_inside_an_accepted_draft_stops_there(synth_model, arch):
+    """The passage ends with the end-of-generation token and the head drafts it: generation stops
+    at it (the text is the passage, nothing after), and the next turn continues correctly."""
+    model = synth_model(arch=arch, mode="oracle", agree=1.0, end_with_eos=True)
+    assert model.cycle[-1] in model.eog_ids
+    with open_engine(model) as eng, open_engine(model, mtp=False) as fresh:
+        prompt = eng.tokenize(" Once")
+        events = list(eng.generate(prompt, greedy(500, spec=True, n_max=4)))
+        r = events[-1]
+        assert r.stop_reason == "eos"
+        assert r.text == model.cycle_text[len(" Once"):]
+        assert r.stats.n_generated == len(r.tokens) + 1  # the end token counts, but is not text
+        # it came inside an accepted draft: the last step accepted a draft and emitted no token
+        # after the end of generation
+        last = events[-2]
+        assert last.n_accepted >= 1 and all(p.from_draft for p in last.pieces)
+        nxt = prompt + list(r.tokens) + [model.eos_id] + eng.tokenize(" Once", add_special=False)
+        assert run(eng, nxt, greedy(30, spec=True, n_max=4)).tokens == run(fresh, nxt, greedy(30, spec=False)).tokens
+
+
 def test_full_context_stops_with_a_reason(synth_model):
     model = synth_model(arch="qwen35", mode="oracle", agree=1.0)
     with open_engine(model, n_ctx=64) as eng:

@@ -411,3 +411,12 @@ def test_weight_bytes_is_what_gets_written(synth_model):
         r = synth_model(arch, "random", dtype="q8_0")
         assert synth.weight_bytes(r.spec) == r.weight_bytes
         assert r.model_bytes + r.draft_bytes > r.weight_bytes
+
+
+def test_end_with_eos_closes_the_oracle_passage_and_only_for_oracles(tmp_path):
+    r = write_model(SynthSpec(arch="qwen35", mode="oracle", end_with_eos=True), tmp_path / "e.gguf")
+    assert r.cycle[-1] == r.eos_id and r.successor[r.cycle[-2]] == r.eos_id
+    assert demo_spec().end_with_eos
+    with pytest.raises(InvalidInputError, match="end_with_eos"):
+        write_model(SynthSpec(arch="qwen35", mode="random", end_with_eos=True), tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()

@@ -58,6 +58,8 @@ Oracle construction, with d = n_embd:
 1. The cycle ``c_0 .. c_{L-1}`` is the token sequence of ``CYCLE_TEXT`` (distinct words and
    punctuation), cut to ``L <= d - d//4``. succ(c_k) = c_{k+1 mod L}; every other token (bytes,
    specials, chat-template text) has successor c_0, so any prompt is answered with the passage.
+   With ``end_with_eos`` the last cycle token is the end-of-generation token: a reply recites the
+   passage once and stops (the demo model).
 2. Each cycle index k owns one *signal* coordinate s_k of the residual stream (a seeded choice of
    L coordinates); the rest is the *complement*. The embedding of c_k is ``a e_{s_k} + b r_t``
    (a = 0.8, b = 0.6, r_t a random unit vector in the complement); a token outside the cycle
@@ -179,6 +181,7 @@ class SynthSpec:
     draft_n_embd: int = 0
     draft_n_layer: int = 2
     name: str = ""
+    end_with_eos: bool = False  # oracle: the passage ends with the end-of-generation token
 
     @classmethod
     def preset(cls, name: str, /, **overrides: Any) -> SynthSpec:
@@ -196,8 +199,9 @@ class SynthSpec:
 
 
 def demo_spec() -> SynthSpec:
-    """The model behind ``mtprun --demo``: qwen35 oracle, readable text, ~80% draft acceptance."""
-    return SynthSpec(arch="qwen35", mode="oracle", agree=0.8, seed=0, name="mtprun-demo")
+    """The model behind ``mtprun --demo``: qwen35 oracle, readable text, ~80% draft acceptance;
+    each reply recites the passage once and ends with the end-of-generation token."""
+    return SynthSpec(arch="qwen35", mode="oracle", agree=0.8, seed=0, name="mtprun-demo", end_with_eos=True)
 
 
 def draft_path_for(model_path: str | os.PathLike[str]) -> Path:
@@ -431,8 +435,10 @@ def _dims(spec: SynthSpec) -> _Dims:
         draft_n_ff = 2 * draft_d
     room = min(d, draft_d or d)
     room -= room // 4  # keep a quarter of the residual stream for the complement
+    if spec.end_with_eos and spec.mode != "oracle":
+        raise bad("end_with_eos applies to oracle models only")
     if spec.mode == "oracle":
-        cycle_len = min(len(_Vocab.cycle_words()), room)
+        cycle_len = min(len(_Vocab.cycle_words()) + int(spec.end_with_eos), room)
     else:
         cycle_len = min(room, len(_vocab(spec.arch, spec.n_vocab).ordinary_ids()))
     return _Dims(
@@ -749,7 +755,8 @@ class _Plan:
 def _plan(spec: SynthSpec, dims: _Dims, vocab: _Vocab) -> _Plan:
     L = dims.cycle_len
     if spec.mode == "oracle":
-        ring = vocab.cycle_ids()[:L]
+        # with end_with_eos the passage (cut to fit) is followed by the end-of-generation token
+        ring = vocab.cycle_ids()[: L - 1] + [vocab.eos_id] if spec.end_with_eos else vocab.cycle_ids()[:L]
         alias = np.full(dims.n_vocab, L - 1, dtype=np.int64)
         gain, context, jitter = _ORACLE_GAIN / math.sqrt(max(1.0, dims.n_layer / 4)), 0.0, 0.0
     else:
@@ -1230,7 +1237,7 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
         succ = {i: plan.ring[(int(plan.alias[i]) + 1) % L] for i in range(dims.n_vocab)}
         mtp = {i: plan.ring[(plan.mtp_index[int(plan.alias[i])] + 1) % L] for i in range(dims.n_vocab)}
         agree = frozenset(c for k, c in enumerate(plan.ring) if plan.agree[k])
-        words = _Vocab.cycle_words()[:L]
+        words = _Vocab.cycle_words()[: L - int(spec.end_with_eos)]
         extra = dict(
             cycle=tuple(plan.ring),
             cycle_text="".join(words),
