@@ -1,0 +1,395 @@
+"""Chat: messages → prompt text through the model's own (untrusted) Jinja template, and the
+reasoning/answer split of a streamed reply. No Rich, no ggml.
+
+- :class:`ChatTemplate` renders messages the way Hugging Face ``apply_chat_template`` does
+  (``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``raise_exception``,
+  ``strftime_now``, ``tojson``, plus template kwargs such as ``enable_thinking``), in Jinja2's
+  immutable sandbox with limits on the few operations that can exhaust memory. Any failure becomes
+  a :class:`~mtprun.errors.ChatTemplateError` that names the model.
+- :class:`Conversation` keeps the messages and the token ids the engine has already processed, so
+  each turn hands the engine the whole conversation but only new tokens need processing.
+- :class:`ReasoningSplitter` turns streamed text pieces into reasoning and answer segments,
+  handling ``<think>``/``</think>`` tags split across pieces and prompts that open the block.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ChatTemplateError, InvalidInputError
+
+# The fallback for models without a template: ChatML, which many GGUF chat models use.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+MAX_TEMPLATE_OUTPUT = 1 << 24  # characters a repetition or power in a template may produce
+
+Role = Literal["system", "user", "assistant"]
+
+
+def parse_template_kwargs(text: str | None) -> dict[str, Any]:
+    """Parse ``--chat-template-kwargs`` (a JSON object) or raise InvalidInputError."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--chat-template-kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {text!r}")
+    reserved = {"messages", "add_generation_prompt", "bos_token", "eos_token"} & value.keys()
+    if reserved:
+        raise InvalidInputError(f"--chat-template-kwargs cannot set {', '.join(sorted(reserved))}")
+    return value
+
+
+def _make_environment():
+    from jinja2 import nodes
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Generation(Extension):
+        """``{% generation %}...{% endgeneration %}`` (HF assistant masks): renders its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    class _Sandbox(ImmutableSandboxedEnvironment):
+        # The sandbox blocks unsafe attributes, mutation and huge ranges; also bound the two
+        # operators that can allocate without limit ("x" * 10**12, 10**10**10).
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**":
+                if isinstance(right, (int, float)) and abs(right) > 1024:
+                    raise OverflowError("exponent too large in chat template")
+                return left**right
+            if isinstance(left, (str, list, tuple)) and isinstance(right, int):
+                size = len(left) * right
+            elif isinstance(right, (str, list, tuple)) and isinstance(left, int):
+                size = len(right) * left
+            else:
+                size = 0
+            if size > MAX_TEMPLATE_OUTPUT:
+                raise OverflowError("repetition too large in chat template")
+            return left * right
+
+    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _Generation], autoescape=False)
+
+    def tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False):
+        return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+
+    def raise_exception(message):
+        from jinja2.exceptions import TemplateError
+
+        raise TemplateError(message)
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env
+
+
+def _describe(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    lineno = getattr(exc, "lineno", None)
+    where = f" (line {lineno})" if lineno else ""
+    return f"{msg}{where}"
+
+
+class ChatTemplate:
+    """A compiled chat template; rendering is sandboxed and failures name the model."""
+
+    def __init__(self, source: str, *, model: str, bos_token: str = "", eos_token: str = "", origin: str = "model") -> None:
+        """``model`` names the model in errors; ``origin`` says where the template came from:
+        ``"model"`` (its GGUF metadata), ``"file"`` (``--chat-template-file``) or ``"builtin"``."""
+        self.source = source
+        self.model = model
+        self.bos_token = bos_token or ""
+        self.eos_token = eos_token or ""
+        self.origin = origin
+        try:
+            self._template = _make_environment().from_string(source)
+        except Exception as exc:  # TemplateSyntaxError, and anything a malformed source provokes
+            raise ChatTemplateError(f"{self._what()} does not compile: {_describe(exc)}{self._hint()}") from None
+
+    @classmethod
+    def for_model(
+        cls, template: str | None, *, model: str, bos_token: str = "", eos_token: str = "", override: Path | None = None
+    ) -> ChatTemplate:
+        """The template to use: ``override`` (a file) if given, else the model's, else ChatML (origin "builtin")."""
+        if override is not None:
+            try:
+                source = Path(override).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidInputError(f"cannot read chat template file {str(override)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+            return cls(source, model=model, bos_token=bos_token, eos_token=eos_token, origin=f"file {override}")
+        if template:
+            return cls(template, model=model, bos_token=bos_token, eos_token=eos_token, origin="model")
+        return cls(CHATML_TEMPLATE, model=model, bos_token=bos_token, eos_token=eos_token, origin="builtin")
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.origin == "builtin"
+
+    def _what(self) -> str:
+        if self.origin == "model":
+            return f"the chat template of model {self.model!r}"
+        if self.origin == "builtin":
+            return f"the built-in ChatML template (used for model {self.model!r})"
+        return f"chat template {self.origin[5:]!r} (for model {self.model!r})"
+
+    def _hint(self) -> str:
+        return "; give another with --chat-template-file FILE, or use --raw" if self.origin == "model" else ""
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, kwargs: Mapping[str, Any] | None = None) -> str:
+        """Render ``messages`` (dicts with ``role`` and ``content``) to prompt text."""
+        context: dict[str, Any] = {
+            "tools": None,
+            "documents": None,
+            **(kwargs or {}),
+            "messages": [dict(m) for m in messages],
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        }
+        try:
+            text = self._template.render(context)
+        except RecursionError:
+            raise ChatTemplateError(f"{self._what()} failed to render: recursion too deep{self._hint()}") from None
+        except MemoryError:
+            raise ChatTemplateError(f"{self._what()} failed to render: out of memory{self._hint()}") from None
+        except Exception as exc:  # TemplateError, SecurityError, TypeError, ... from untrusted code
+            raise ChatTemplateError(f"{self._what()} failed to render: {_describe(exc)}{self._hint()}") from None
+        return text
+
+    def generation_prompt(self, messages: Sequence[Mapping[str, Any]], kwargs: Mapping[str, Any] | None = None) -> str:
+        """The text the template adds for ``add_generation_prompt`` (e.g. ``<|im_start|>assistant\\n<think>\\n``)."""
+        with_prompt = self.render(messages, add_generation_prompt=True, kwargs=kwargs)
+        without = self.render(messages, add_generation_prompt=False, kwargs=kwargs)
+        return with_prompt[len(without):] if with_prompt.startswith(without) else ""
+
+
+# --- reasoning split -----------------------------------------------------------------------------
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+SegmentKind = Literal["reasoning", "answer", "open", "close"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of streamed text: ``reasoning`` or ``answer`` text, or the ``open``/``close`` tag itself.
+
+    ``from_draft`` is the flag the text was fed with (True: accepted MTP drafts)."""
+
+    kind: SegmentKind
+    text: str
+    from_draft: bool = False
+
+
+def opens_reasoning(generation_prompt: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:
+    """Whether a generation prompt leaves a reasoning block open (the reply starts inside it)."""
+    i = generation_prompt.rfind(open_tag)
+    return i >= 0 and generation_prompt.find(close_tag, i) < 0
+
+
+class ReasoningSplitter:
+    """Splits streamed text into reasoning and answer.
+
+    A reply may open a reasoning block only at its start (after whitespace), or start inside one
+    when the prompt opened it (``in_reasoning=True``); after the block closes, everything is
+    answer. Tags split across pieces are recognised: text that might be the start of a tag is held
+    back until the next piece (or :meth:`flush`) decides.
+    """
+
+    def __init__(self, *, in_reasoning: bool = False, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> None:
+        self.open_tag, self.close_tag = open_tag, close_tag
+        self.state: Literal["start", "reasoning", "answer"] = "reasoning" if in_reasoning else "start"
+        self._buf = ""
+        self._flags: list[bool] = []
+
+    def feed(self, text: str, from_draft: bool = False) -> list[Segment]:
+        self._buf += text
+        self._flags += [from_draft] * len(text)
+        out: list[Segment] = []
+        while self._buf:
+            if self.state == "answer":
+                self._emit(out, "answer", len(self._buf))
+                break
+            if self.state == "start":
+                stripped = self._buf.lstrip()
+                lead = len(self._buf) - len(stripped)
+                if stripped.startswith(self.open_tag):
+                    self._emit(out, "answer", lead)
+                    self._emit(out, "open", len(self.open_tag))
+                    self.state = "reasoning"
+                    continue
+                if self.open_tag.startswith(stripped):  # whitespace and maybe a partial tag: wait
+                    break
+                self.state = "answer"
+                continue
+            # reasoning
+            i = self._buf.find(self.close_tag)
+            if i >= 0:
+                self._emit(out, "reasoning", i)
+                self._emit(out, "close", len(self.close_tag))
+                self.state = "answer"
+                continue
+            keep = _partial_suffix(self._buf, self.close_tag)
+            self._emit(out, "reasoning", len(self._buf) - keep)
+            break
+        return out
+
+    def flush(self) -> list[Segment]:
+        """End of the reply: whatever is held back is plain text of the current section."""
+        out: list[Segment] = []
+        self._emit(out, "reasoning" if self.state == "reasoning" else "answer", len(self._buf))
+        return out
+
+    def _emit(self, out: list[Segment], kind: SegmentKind, n: int) -> None:
+        if n <= 0:
+            return
+        text, flags = self._buf[:n], self._flags[:n]
+        self._buf, self._flags = self._buf[n:], self._flags[n:]
+        start = 0
+        for j in range(1, n + 1):  # group characters with the same draft flag
+            if j == n or flags[j] != flags[start]:
+                out.append(Segment(kind, text[start:j], flags[start]))
+                start = j
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:k]):
+            return k
+    return 0
+
+
+def split_reasoning(text: str, *, in_reasoning: bool = False) -> tuple[str, str]:
+    """(reasoning, answer) of a whole reply, without the tags."""
+    sp = ReasoningSplitter(in_reasoning=in_reasoning)
+    segs = sp.feed(text) + sp.flush()
+    return (
+        "".join(s.text for s in segs if s.kind == "reasoning"),
+        "".join(s.text for s in segs if s.kind == "answer"),
+    )
+
+
+# --- conversation --------------------------------------------------------------------------------
+
+Tokenize = Callable[[str, bool], list[int]]
+"""``tokenize(text, add_special)`` with special tokens parsed (the engine's tokenizer)."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What to hand the engine for one reply."""
+
+    tokens: list[int]  # the whole conversation so far, ending with the generation prompt
+    text: str  # the rendered prompt text
+    n_new: int  # tokens not already known from earlier turns (those the engine must process)
+    starts_in_reasoning: bool  # the template opened a reasoning block in the generation prompt
+
+
+class Conversation:
+    """A chat's messages plus the exact token ids already processed.
+
+    Each turn the whole conversation is rendered with the template. When the text of the earlier
+    prompt and reply is unchanged at the start of the new rendering (the usual case), their token
+    ids are kept exactly as the engine saw and generated them and only the rest is tokenized, so
+    the engine's cache covers everything but the new tokens. When the template rewrites history
+    (e.g. drops earlier reasoning), the whole text is tokenized again and the engine reuses what
+    still matches.
+    """
+
+    def __init__(
+        self,
+        template: ChatTemplate,
+        tokenize: Tokenize,
+        *,
+        system: str | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+        add_bos: bool = True,
+    ) -> None:
+        self.template = template
+        self.tokenize = tokenize
+        self.system = system
+        self.template_kwargs = dict(template_kwargs or {})
+        self.add_bos = add_bos
+        self.messages: list[dict[str, str]] = []
+        self._tokens: list[int] = []  # what the engine has seen (prompt + reply) ...
+        self._text = ""  # ... and the text those tokens spell
+        self._undo: tuple[list[dict[str, str]], list[int], str] | None = None
+        self.clear()
+
+    def clear(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self._tokens, self._text = [], ""
+        self._undo = None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self._tokens)
+
+    def _tokenize_full(self, text: str) -> list[int]:
+        bos = self.template.bos_token
+        add = self.add_bos and not (bos and text.startswith(bos))
+        return self.tokenize(text, add)
+
+    def prompt(self, user_text: str) -> Turn:
+        """Add a user message and return the tokens for the assistant's reply."""
+        messages = [*self.messages, {"role": "user", "content": user_text}]
+        text = self.template.render(messages, add_generation_prompt=True, kwargs=self.template_kwargs)
+        gen = self.template.generation_prompt(messages, self.template_kwargs)
+        self._undo = (self.messages, self._tokens, self._text)
+        if self._text and text.startswith(self._text):
+            rest = self.tokenize(text[len(self._text):], False)
+            tokens = self._tokens + rest
+            n_new = len(rest)
+        else:
+            tokens = self._tokenize_full(text)
+            n_new = len(tokens) - _common_prefix(tokens, self._tokens)
+        self.messages = messages
+        self._tokens, self._text = tokens, text
+        return Turn(tokens=tokens, text=text, n_new=n_new, starts_in_reasoning=opens_reasoning(gen))
+
+    def add_reply(self, text: str, tokens: Iterable[int]) -> None:
+        """Record the assistant's reply: its text (as generated) and the token ids that spell it."""
+        self.messages.append({"role": "assistant", "content": text})
+        self._undo = None
+        self._tokens = self._tokens + list(tokens)
+        self._text = self._text + text
+
+    def undo_prompt(self) -> None:
+        """Forget the last :meth:`prompt` when no reply was recorded (e.g. it did not fit the context)."""
+        if self._undo is not None and self.messages and self.messages[-1]["role"] == "user":
+            self.messages, self._tokens, self._text = self._undo
+        self._undo = None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
