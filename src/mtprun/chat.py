@@ -198,7 +198,8 @@ SegmentKind = Literal["reasoning", "answer", "open", "close"]
 class Segment:
     """A run of streamed text: ``reasoning`` or ``answer`` text, or the ``open``/``close`` tag itself.
 
-    ``from_draft`` is the flag the text was fed with (True: accepted MTP drafts)."""
+    ``from_draft`` is the flag the text was fed with (True: accepted MTP drafts); a tag, always one
+    segment, counts as drafted only when all of it was."""
 
     kind: SegmentKind
     text: str
@@ -239,7 +240,7 @@ class ReasoningSplitter:
                 lead = len(self._buf) - len(stripped)
                 if stripped.startswith(self.open_tag):
                     self._emit(out, "answer", lead)
-                    self._emit(out, "open", len(self.open_tag))
+                    self._emit(out, "open", len(self.open_tag), whole=True)
                     self.state = "reasoning"
                     continue
                 if self.open_tag.startswith(stripped):  # whitespace and maybe a partial tag: wait
@@ -250,7 +251,7 @@ class ReasoningSplitter:
             i = self._buf.find(self.close_tag)
             if i >= 0:
                 self._emit(out, "reasoning", i)
-                self._emit(out, "close", len(self.close_tag))
+                self._emit(out, "close", len(self.close_tag), whole=True)
                 self.state = "answer"
                 continue
             keep = _partial_suffix(self._buf, self.close_tag)
@@ -264,11 +265,15 @@ class ReasoningSplitter:
         self._emit(out, "reasoning" if self.state == "reasoning" else "answer", len(self._buf))
         return out
 
-    def _emit(self, out: list[Segment], kind: SegmentKind, n: int) -> None:
+    def _emit(self, out: list[Segment], kind: SegmentKind, n: int, *, whole: bool = False) -> None:
+        """Move ``n`` characters to ``out``; text is grouped by draft flag, a tag (``whole``) is one segment."""
         if n <= 0:
             return
         text, flags = self._buf[:n], self._flags[:n]
         self._buf, self._flags = self._buf[n:], self._flags[n:]
+        if whole:
+            out.append(Segment(kind, text, all(flags)))
+            return
         start = 0
         for j in range(1, n + 1):  # group characters with the same draft flag
             if j == n or flags[j] != flags[start]:
