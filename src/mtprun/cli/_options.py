@@ -1,0 +1,141 @@
+"""Options shared by commands, declared once as ``Annotated`` aliases (llama-cli names where they exist),
+and the helpers that turn their values into validated config objects."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import GenerationConfig, ModelConfig, SamplingConfig, SpecConfig
+from ..errors import InvalidInputError
+
+MODEL = "Model"
+SAMPLING = "Sampling"
+SPEC = "Speculative decoding (MTP)"
+CHAT = "Chat template"
+OUTPUT = "Output"
+
+# --- model -----------------------------------------------------------------------------------------
+ModelPathOpt = Annotated[
+    Optional[Path],
+    typer.Option("-m", "--model", metavar="PATH", help="GGUF model file.", rich_help_panel=MODEL),
+]
+HfRepoOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "-hf", "--hf-repo", metavar="REPO[:QUANT]",
+        help="Hugging Face repository, e.g. unsloth/Qwen3.6-27B-MTP-GGUF:UD-Q4_K_XL (downloaded on first use; an mtp-*.gguf sidecar is fetched too).",
+        rich_help_panel=MODEL,
+    ),
+]
+DraftPathOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "-md", "--model-draft", metavar="PATH",
+        help="MTP drafter sidecar GGUF (mtp-*.gguf, e.g. for Gemma 4) when it is not embedded in the model.",
+        rich_help_panel=MODEL,
+    ),
+]
+DemoOpt = Annotated[
+    bool,
+    typer.Option("--demo", help="Use a small synthetic MTP model (random weights, gibberish text), built on first use and cached.", rich_help_panel=MODEL),
+]
+CtxSizeOpt = Annotated[int, typer.Option("-c", "--ctx-size", metavar="N", help="Context size in tokens (0: the model's training context).", rich_help_panel=MODEL)]
+ThreadsOpt = Annotated[Optional[int], typer.Option("-t", "--threads", metavar="N", help="CPU threads (default: llama.cpp's choice).", rich_help_panel=MODEL)]
+GpuLayersOpt = Annotated[int, typer.Option("-ngl", "--n-gpu-layers", metavar="N", help="Layers to offload to the GPU (-1: all).", rich_help_panel=MODEL)]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log and the full statistics table.", rich_help_panel=OUTPUT)]
+ColorOpt = Annotated[Optional[bool], typer.Option("--color/--no-color", help="Colour output (default: when writing to a terminal).", show_default=False, rich_help_panel=OUTPUT)]
+
+# --- sampling (llama-cli defaults) -----------------------------------------------------------------
+NPredictOpt = Annotated[int, typer.Option("-n", "--n-predict", metavar="N", help="Tokens to generate at most (-1: until end of text or a full context).", rich_help_panel=SAMPLING)]
+TempOpt = Annotated[float, typer.Option("--temp", metavar="T", help="Temperature (0: greedy).", rich_help_panel=SAMPLING)]
+TopKOpt = Annotated[int, typer.Option("--top-k", metavar="N", help="Top-k sampling (0: off).", rich_help_panel=SAMPLING)]
+TopPOpt = Annotated[float, typer.Option("--top-p", metavar="P", help="Top-p sampling (1.0: off).", rich_help_panel=SAMPLING)]
+MinPOpt = Annotated[float, typer.Option("--min-p", metavar="P", help="Min-p sampling (0.0: off).", rich_help_panel=SAMPLING)]
+RepeatPenaltyOpt = Annotated[float, typer.Option("--repeat-penalty", metavar="X", help="Penalty for repeated tokens (1.0: off).", rich_help_panel=SAMPLING)]
+PresencePenaltyOpt = Annotated[float, typer.Option("--presence-penalty", metavar="X", help="Presence penalty (0.0: off).", rich_help_panel=SAMPLING)]
+SeedOpt = Annotated[int, typer.Option("-s", "--seed", metavar="N", help="Random seed (-1: a fresh one each time).", rich_help_panel=SAMPLING)]
+
+# --- speculation -----------------------------------------------------------------------------------
+
+
+class SpecType(str, Enum):
+    draft_mtp = "draft-mtp"
+    none = "none"
+
+
+SpecDraftNMaxOpt = Annotated[
+    int,
+    typer.Option("--spec-draft-n-max", metavar="N", help="Tokens the MTP head drafts per step; 2 is the recommended start, try 1 to 6.", rich_help_panel=SPEC),
+]
+DraftPMinOpt = Annotated[
+    float,
+    typer.Option("--draft-p-min", metavar="P", help="Stop drafting when the head's top probability falls below P.", rich_help_panel=SPEC),
+]
+NoMtpOpt = Annotated[bool, typer.Option("--no-mtp", help="Plain decoding: do not load or use MTP layers.", rich_help_panel=SPEC)]
+SpecTypeOpt = Annotated[
+    Optional[SpecType],
+    typer.Option("--spec-type", help="llama.cpp spelling: draft-mtp (default) or none (same as --no-mtp).", show_default=False, rich_help_panel=SPEC),
+]
+RequireMtpOpt = Annotated[bool, typer.Option("--require-mtp", help="Fail (exit 3) instead of decoding plainly when the model has no MTP.", rich_help_panel=SPEC)]
+
+# --- chat template ---------------------------------------------------------------------------------
+SystemPromptOpt = Annotated[Optional[str], typer.Option("-sys", "--system-prompt", metavar="TEXT", help="System prompt.", rich_help_panel=CHAT)]
+ChatTemplateFileOpt = Annotated[
+    Optional[Path],
+    typer.Option("--chat-template-file", metavar="FILE", help="Jinja chat template to use instead of the model's.", rich_help_panel=CHAT),
+]
+ChatTemplateKwargsOpt = Annotated[
+    Optional[str],
+    typer.Option("--chat-template-kwargs", metavar="JSON", help="""Extra template variables, e.g. '{"enable_thinking": false}'.""", rich_help_panel=CHAT),
+]
+
+
+def mtp_wanted(no_mtp: bool, spec_type: SpecType | None, require_mtp: bool) -> bool:
+    """Whether MTP speculation is asked for, rejecting contradictory switches."""
+    off = no_mtp or spec_type == SpecType.none
+    if no_mtp and spec_type == SpecType.draft_mtp:
+        raise InvalidInputError("--no-mtp contradicts --spec-type draft-mtp")
+    if off and require_mtp:
+        raise InvalidInputError("--require-mtp contradicts " + ("--no-mtp" if no_mtp else "--spec-type none"))
+    return not off
+
+
+def generation_config(
+    *, n_predict: int, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
+    presence_penalty: float, seed: int, mtp: bool, n_max: int, p_min: float,
+) -> GenerationConfig:
+    """Validated generation settings (raises InvalidInputError naming the option)."""
+    if seed < -1:
+        raise InvalidInputError(f"--seed must be -1 (random) or a non-negative integer, got {seed}")
+    try:
+        sampling = SamplingConfig(
+            temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+            presence_penalty=presence_penalty, seed=None if seed == -1 else seed,
+        )
+        spec = SpecConfig(enabled=mtp, n_max=n_max, p_min=p_min)
+        return GenerationConfig(max_tokens=n_predict, sampling=sampling, spec=spec)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"invalid option value: {exc}") from None
+
+
+def model_config(*, ctx_size: int, threads: int | None, n_gpu_layers: int, mtp: bool, n_max: int, verbose: bool) -> ModelConfig:
+    """Validated runtime options for the model, checked before any model is resolved; the path
+    (a placeholder here) is filled in with ``dataclasses.replace`` once the model is known."""
+    try:
+        return ModelConfig(
+            path=Path(), n_ctx=ctx_size, n_threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
+            n_draft_capacity=max(8, n_max), verbose=verbose,
+        )
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"invalid option value: {exc}") from None
+
+
+def without_mtp(gen: GenerationConfig) -> GenerationConfig:
+    """The same settings with speculation off (the model turned out to have no MTP)."""
+    from dataclasses import replace
+
+    return replace(gen, spec=replace(gen.spec, enabled=False))

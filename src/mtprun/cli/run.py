@@ -1,0 +1,138 @@
+"""``mtprun run``: one-shot generation. The generated text goes to stdout and nothing else does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..chat import ChatTemplate, Conversation, parse_template_kwargs, split_reasoning
+from ..errors import InvalidInputError
+from . import _options as o
+from ._errors import EXIT_CODES_HELP, run_guarded
+from ._model import choose_model, open_engine
+from ._stream import generate
+from .ui import Output
+
+PromptOpt = Annotated[Optional[str], typer.Option("-p", "--prompt", metavar="TEXT", help="The prompt.", show_default=False)]
+FileOpt = Annotated[Optional[Path], typer.Option("-f", "--file", metavar="FILE", help="Read the prompt from FILE ('-': stdin).", show_default=False)]
+RawOpt = Annotated[bool, typer.Option("--raw", help="Use the prompt as it is, without the chat template.", rich_help_panel=o.CHAT)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (text, stop reason, every statistic) instead of streaming text.", rich_help_panel=o.OUTPUT)]
+
+HELP = f"""One-shot generation: the reply to a prompt from -p, -f or stdin.
+
+The generated text goes to stdout, statistics and warnings to stderr, so `mtprun run ... > out.txt` and pipes get only the text. The prompt is wrapped in the model's chat template unless --raw is given.
+
+{EXIT_CODES_HELP}"""
+
+
+def read_prompt(prompt: str | None, file: Path | None) -> str:
+    """The prompt from -p, -f FILE (or '-'), or stdin when it is not a terminal."""
+    if prompt is not None and file is not None:
+        raise InvalidInputError("give the prompt with -p or -f, not both")
+    if prompt is not None:
+        return prompt
+    if file is not None and str(file) != "-":
+        try:
+            return file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"cannot read prompt file {str(file)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    stdin = sys.stdin
+    if stdin is None or stdin.closed or (file is None and stdin.isatty()):
+        raise InvalidInputError("no prompt: give -p TEXT, -f FILE, or pipe the prompt on stdin")
+    text = stdin.read()
+    if not text.strip():
+        raise InvalidInputError("no prompt: stdin was empty (give -p TEXT or -f FILE)")
+    return text
+
+
+def run(
+    prompt: PromptOpt = None,
+    file: FileOpt = None,
+    model: o.ModelPathOpt = None,
+    hf_repo: o.HfRepoOpt = None,
+    model_draft: o.DraftPathOpt = None,
+    demo: o.DemoOpt = False,
+    system_prompt: o.SystemPromptOpt = None,
+    raw: RawOpt = False,
+    chat_template_file: o.ChatTemplateFileOpt = None,
+    chat_template_kwargs: o.ChatTemplateKwargsOpt = None,
+    n_predict: o.NPredictOpt = -1,
+    ctx_size: o.CtxSizeOpt = 4096,
+    threads: o.ThreadsOpt = None,
+    n_gpu_layers: o.GpuLayersOpt = -1,
+    temp: o.TempOpt = 0.8,
+    top_k: o.TopKOpt = 40,
+    top_p: o.TopPOpt = 0.95,
+    min_p: o.MinPOpt = 0.05,
+    repeat_penalty: o.RepeatPenaltyOpt = 1.0,
+    presence_penalty: o.PresencePenaltyOpt = 0.0,
+    seed: o.SeedOpt = -1,
+    spec_draft_n_max: o.SpecDraftNMaxOpt = 2,
+    draft_p_min: o.DraftPMinOpt = 0.0,
+    no_mtp: o.NoMtpOpt = False,
+    spec_type: o.SpecTypeOpt = None,
+    require_mtp: o.RequireMtpOpt = False,
+    json_output: JsonOpt = False,
+    color: o.ColorOpt = None,
+    verbose: o.VerboseOpt = False,
+) -> None:
+    out = Output(color=color, verbose=verbose)
+
+    def body() -> None:
+        # everything the user typed is checked before a model is downloaded, built or loaded
+        mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
+        gen = o.generation_config(
+            n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+            presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=spec_draft_n_max, p_min=draft_p_min,
+        )
+        kwargs = parse_template_kwargs(chat_template_kwargs)
+        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=spec_draft_n_max, verbose=verbose)
+        if raw and (system_prompt is not None or chat_template_file is not None or kwargs):
+            raise InvalidInputError("--raw skips the chat template: -sys, --chat-template-file and --chat-template-kwargs do not apply")
+        text = read_prompt(prompt, file)
+        choice = choose_model(out, model=model, hf=hf_repo, draft=model_draft, demo=demo)
+        with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
+            info = eng.info
+            starts_in_reasoning = False
+            if raw:
+                tokens = eng.tokenize(text, add_special=True, parse_special=True)
+            else:
+                template = ChatTemplate.for_model(
+                    info.chat_template, model=choice.label, bos_token=info.bos_token, eos_token=info.eos_token, override=chat_template_file,
+                )
+                if template.is_builtin:
+                    out.warn(f"{choice.label} has no chat template; using ChatML (give --chat-template-file FILE, or --raw)")
+                conv = Conversation(
+                    template, lambda t, add: eng.tokenize(t, add_special=add, parse_special=True),
+                    system=system_prompt, template_kwargs=kwargs, add_bos=info.add_bos,
+                )
+                turn = conv.prompt(text)
+                tokens, starts_in_reasoning = turn.tokens, turn.starts_in_reasoning
+            use_mtp = mtp and info.mtp_active
+            cfg = gen if use_mtp or not gen.spec.enabled else o.without_mtp(gen)
+            reply = None if json_output else out.reply(starts_in_reasoning=starts_in_reasoning)
+            result = generate(eng, tokens, cfg, reply)
+            if json_output:
+                reasoning, answer = split_reasoning(result.text, in_reasoning=starts_in_reasoning)
+                out.json({
+                    "model": choice.label,
+                    "synthetic": choice.synthetic,
+                    "text": result.text,
+                    "reasoning": reasoning,
+                    "answer": answer,
+                    "stop_reason": result.stop_reason,
+                    "mtp": result.stats.mtp,
+                    "spec_draft_n_max": cfg.spec.n_max if result.stats.mtp else 0,
+                    "stats": result.stats.as_dict(),
+                })
+            else:
+                out.stats_line(result.stats, result.stop_reason)
+                if verbose:
+                    out.stats_table(result.stats, result.stop_reason)
+        if result.stop_reason == "cancelled":
+            raise typer.Exit(130)
+
+    run_guarded(body)
