@@ -51,7 +51,7 @@ def model_facts(choice, info) -> dict:
         "chat_template": template is not None,
         "chat_template_thinking": bool(template and "<think>" in template),
         "backend": info.backend,
-        "system_info": info.system_info,
+        "system_info": getattr(info, "system_info", None),
     }
 
 
@@ -97,7 +97,7 @@ def info(
             ("chat template", ("yes" + (", with thinking" if facts["chat_template_thinking"] else "")) if facts["chat_template"] else "none (ChatML fallback)"),
             ("backend", facts["backend"]),
         ]
-        if verbose:
+        if verbose and facts["system_info"]:
             rows.append(("system", facts["system_info"]))
         out.table(facts["model"], rows, to_stdout=True)
 
