@@ -1,12 +1,273 @@
+// The one binding file: exposes the engine (engine.h) to Python as mtprun._core.
+// The GIL is released while llama.cpp computes; Python is crossed once per speculative step.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
 #include "engine.h"
 
 namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+// raised as mtprun._core.CoreError(status, message); the Python facade maps status to mtprun.errors
+struct core_error {
+    int         status;
+    std::string message;
+};
+
+nb::handle g_core_error_type;
+
+[[noreturn]] void raise(mtp_status status, const std::string & message) {
+    throw core_error{ (int) status, message };
+}
+
+class Engine {
+public:
+    Engine(const std::string & path, const std::string & draft_path, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+           int32_t n_gpu_layers, int32_t flash_attn, bool use_mtp, int32_t n_draft_capacity, bool verbose) {
+        mtp_model_params p;
+        p.path             = path;
+        p.draft_path       = draft_path;
+        p.n_ctx            = n_ctx;
+        p.n_batch          = n_batch;
+        p.n_threads        = n_threads;
+        p.n_gpu_layers     = n_gpu_layers;
+        p.flash_attn       = flash_attn;
+        p.use_mtp          = use_mtp;
+        p.n_draft_capacity = n_draft_capacity;
+        std::string err;
+        mtp_status status = MTP_OK;
+        {
+            nb::gil_scoped_release release;
+            mtp_set_verbose(verbose);
+            eng_ = mtp_engine_init(p, err, &status);
+        }
+        if (!eng_) {
+            raise(status, err);
+        }
+    }
+
+    ~Engine() { close(); }
+
+    void close() {
+        if (eng_) {
+            mtp_engine_free(eng_);
+            eng_ = nullptr;
+        }
+    }
+
+    bool closed() const { return eng_ == nullptr; }
+
+    nb::dict info() const {
+        const mtp_model_info & i = mtp_engine_info(get());
+        nb::dict d;
+        d["arch"] = i.arch;
+        d["description"] = i.description;
+        d["size_bytes"] = i.size_bytes;
+        d["n_params"] = i.n_params;
+        d["n_vocab"] = i.n_vocab;
+        d["n_ctx"] = i.n_ctx;
+        d["n_ctx_train"] = i.n_ctx_train;
+        d["n_layer"] = i.n_layer;
+        d["n_embd"] = i.n_embd;
+        d["n_layer_nextn"] = i.n_layer_nextn;
+        d["mtp_kind"] = i.mtp_kind == MTP_KIND_EMBEDDED ? "embedded" : i.mtp_kind == MTP_KIND_SIDECAR ? "sidecar" : "none";
+        d["mtp_active"] = i.mtp_active;
+        d["mtp_note"] = i.mtp_note;
+        d["recurrent"] = i.recurrent;
+        d["chat_template"] = nb::bytes(i.chat_template.data(), i.chat_template.size());
+        d["bos_token"] = nb::bytes(i.bos_token.data(), i.bos_token.size());
+        d["eos_token"] = nb::bytes(i.eos_token.data(), i.eos_token.size());
+        d["add_bos"] = i.add_bos;
+        d["backend"] = i.backend;
+        return d;
+    }
+
+    std::vector<llama_token> tokenize(const nb::bytes & text, bool add_special, bool parse_special) const {
+        std::string s(text.c_str(), text.size());
+        std::vector<llama_token> out;
+        std::string err;
+        mtp_status st;
+        {
+            nb::gil_scoped_release release;
+            st = mtp_tokenize(get(), s, add_special, parse_special, out, err);
+        }
+        if (st != MTP_OK) {
+            raise(st, err);
+        }
+        return out;
+    }
+
+    nb::bytes token_piece(llama_token token) const {
+        const std::string s = mtp_token_piece(get(), token);
+        return nb::bytes(s.data(), s.size());
+    }
+
+    nb::bytes detokenize(const std::vector<llama_token> & tokens) const {
+        const std::string s = mtp_detokenize(get(), tokens);
+        return nb::bytes(s.data(), s.size());
+    }
+
+    void begin(const std::vector<llama_token> & prompt, int32_t max_tokens, bool speculate, int32_t n_max, float p_min,
+               float temp, int32_t top_k, float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
+               float presence_penalty, uint64_t seed) {
+        mtp_gen_params g;
+        g.max_tokens = max_tokens;
+        g.speculate  = speculate;
+        g.n_max      = n_max;
+        g.p_min      = p_min;
+        g.sampling.temp             = temp;
+        g.sampling.top_k            = top_k;
+        g.sampling.top_p            = top_p;
+        g.sampling.min_p            = min_p;
+        g.sampling.repeat_penalty   = repeat_penalty;
+        g.sampling.repeat_last_n    = repeat_last_n;
+        g.sampling.presence_penalty = presence_penalty;
+        g.sampling.seed             = seed;
+        std::string err;
+        mtp_status st;
+        mtp_engine * e = get();
+        {
+            nb::gil_scoped_release release;
+            st = mtp_begin(e, prompt, g, err);
+        }
+        if (st != MTP_OK) {
+            raise(st, err);
+        }
+    }
+
+    // one step: (tokens, from_draft, n_drafted, n_accepted, stop)
+    std::tuple<std::vector<llama_token>, std::vector<bool>, int32_t, int32_t, int32_t> step() {
+        std::string err;
+        mtp_status st;
+        mtp_engine * e = get();
+        {
+            nb::gil_scoped_release release;
+            st = mtp_step(e, res_, err);
+        }
+        if (st != MTP_OK) {
+            raise(st, err);
+        }
+        std::vector<bool> from_draft(res_.from_draft.begin(), res_.from_draft.end());
+        return { res_.tokens, from_draft, res_.n_drafted, res_.n_accepted, res_.stop };
+    }
+
+    nb::dict stats() {
+        const mtp_stats & s = mtp_get_stats(get());
+        nb::dict d;
+        d["n_prompt"] = s.n_prompt;
+        d["n_prompt_reused"] = s.n_prompt_reused;
+        d["t_prompt_s"] = s.t_prompt_s;
+        d["n_generated"] = s.n_generated;
+        d["t_gen_s"] = s.t_gen_s;
+        d["n_drafted"] = s.n_drafted;
+        d["n_accepted"] = s.n_accepted;
+        d["drafted_at"] = s.drafted_at;
+        d["accepted_at"] = s.accepted_at;
+        d["n_target_passes"] = s.n_target_passes;
+        d["t_draft_s"] = s.t_draft_s;
+        d["t_verify_s"] = s.t_verify_s;
+        d["t_sample_s"] = s.t_sample_s;
+        d["speculative"] = s.speculative;
+        return d;
+    }
+
+    std::vector<float> next_logits() {
+        std::vector<float> out;
+        std::string err;
+        mtp_status st;
+        mtp_engine * e = get();
+        {
+            nb::gil_scoped_release release;
+            st = mtp_next_logits(e, out, err);
+        }
+        if (st != MTP_OK) {
+            raise(st, err);
+        }
+        return out;
+    }
+
+    void cancel() {
+        if (eng_) {
+            mtp_cancel(eng_);
+        }
+    }
+
+    void reset() {
+        mtp_engine * e = get();
+        nb::gil_scoped_release release;
+        mtp_reset(e);
+    }
+
+private:
+    mtp_engine * get() const {
+        if (!eng_) {
+            raise(MTP_ERR_STATE, "the engine is closed");
+        }
+        return eng_;
+    }
+
+    mtp_engine *    eng_ = nullptr;
+    mtp_step_result res_;
+};
+
+} // namespace
 
 NB_MODULE(_core, m) {
-    m.doc() = "mtprun native engine";
-    m.def("build_commit", &mtp_build_commit);
-    m.def("runtime_commit", &mtp_runtime_commit);
-    m.def("build_llama_cpp_python_version", []() { return std::string(MTPRUN_LLAMA_CPP_PYTHON_VERSION); });
+    m.doc() = "mtprun native engine: MTP speculative decoding on llama.cpp (use mtprun.engine.Engine)";
+
+    m.attr("STATUS_INVALID") = (int) MTP_ERR_INVALID;
+    m.attr("STATUS_MODEL")   = (int) MTP_ERR_MODEL;
+    m.attr("STATUS_CONTEXT") = (int) MTP_ERR_CONTEXT;
+    m.attr("STATUS_RUNTIME") = (int) MTP_ERR_RUNTIME;
+    m.attr("STATUS_STATE")   = (int) MTP_ERR_STATE;
+    m.attr("STOP_NONE")      = (int) MTP_STOP_NONE;
+    m.attr("STOP_EOS")       = (int) MTP_STOP_EOS;
+    m.attr("STOP_LENGTH")    = (int) MTP_STOP_LENGTH;
+    m.attr("STOP_CONTEXT")   = (int) MTP_STOP_CONTEXT;
+    m.attr("STOP_CANCELLED") = (int) MTP_STOP_CANCELLED;
+
+    g_core_error_type = PyErr_NewExceptionWithDoc("mtprun._core.CoreError",
+        "An engine failure: args are (status, message); status is one of the STATUS_* constants.",
+        PyExc_RuntimeError, nullptr);
+    m.attr("CoreError") = g_core_error_type;
+    nb::register_exception_translator([](const std::exception_ptr & p, void *) {
+        try {
+            std::rethrow_exception(p);
+        } catch (const core_error & e) {
+            nb::object exc = nb::borrow(g_core_error_type)(e.status, e.message);
+            PyErr_SetObject(g_core_error_type.ptr(), exc.ptr());
+        }
+    });
+
+    m.def("build_commit", &mtp_build_commit, "The llama.cpp commit the extension was compiled against.");
+    m.def("runtime_commit", &mtp_runtime_commit, "The llama.cpp commit of the loaded libggml.");
+    m.def("build_llama_cpp_python_version", []() { return std::string(MTPRUN_LLAMA_CPP_PYTHON_VERSION); },
+          "The llama-cpp-python version the extension was compiled against.");
+    m.def("set_verbose", &mtp_set_verbose, "verbose"_a, "Let llama.cpp's own log through to stderr.");
+
+    nb::class_<Engine>(m, "Engine", "A loaded target (+ MTP head) with its contexts and the speculative loop.")
+        .def(nb::init<const std::string &, const std::string &, int32_t, int32_t, int32_t, int32_t, int32_t, bool, int32_t, bool>(),
+             "path"_a, "draft_path"_a, "n_ctx"_a, "n_batch"_a, "n_threads"_a, "n_gpu_layers"_a, "flash_attn"_a,
+             "use_mtp"_a, "n_draft_capacity"_a, "verbose"_a,
+             "Load the model(s) and create the contexts; raises CoreError(status, message).")
+        .def("close", &Engine::close, "Free the model(s) and contexts.")
+        .def_prop_ro("closed", &Engine::closed)
+        .def("info", &Engine::info, "What the model offers and how it was loaded.")
+        .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a, "parse_special"_a, "UTF-8 bytes to token ids.")
+        .def("token_piece", &Engine::token_piece, "token"_a, "The bytes of one token (special tokens rendered).")
+        .def("detokenize", &Engine::detokenize, "tokens"_a, "The bytes of a token sequence.")
+        .def("begin", &Engine::begin, "prompt"_a, "max_tokens"_a, "speculate"_a, "n_max"_a, "p_min"_a, "temp"_a,
+             "top_k"_a, "top_p"_a, "min_p"_a, "repeat_penalty"_a, "repeat_last_n"_a, "presence_penalty"_a, "seed"_a,
+             "Start a generation: reuse the cached prefix and process the rest of the prompt.")
+        .def("step", &Engine::step,
+             "One speculative step: returns (tokens, from_draft, n_drafted, n_accepted, stop); stop != STOP_NONE ends it.")
+        .def("stats", &Engine::stats, "Statistics of the current or last generation.")
+        .def("next_logits", &Engine::next_logits,
+             "The target's logits for the token after the finished conversation (for tests; state is kept).")
+        .def("cancel", &Engine::cancel, "Make the running generation stop at the next step (thread-safe).")
+        .def("reset", &Engine::reset, "Forget the cached conversation.");
 }

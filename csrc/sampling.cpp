@@ -1,0 +1,256 @@
+#include "sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+// splitmix64: tiny, fast, and the same numbers on every compiler (std distributions are not)
+static uint64_t next_u64(mtp_sampler & s) {
+    uint64_t z = (s.state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static double next_unit(mtp_sampler & s) {
+    return (double) (next_u64(s) >> 11) * (1.0 / 9007199254740992.0); // [0, 1)
+}
+
+void mtp_sampler_init(mtp_sampler & s, const mtp_sampling_params & params, int32_t n_vocab) {
+    s.params  = params;
+    s.n_vocab = n_vocab;
+    s.state   = params.seed;
+    s.history.clear();
+    s.counts.assign(n_vocab, 0);
+    s.work.resize(n_vocab);
+    s.dense.assign(n_vocab, 0.0f);
+}
+
+bool mtp_sampler_greedy(const mtp_sampler & s) {
+    return s.params.temp <= 0.0f;
+}
+
+static bool penalties_active(const mtp_sampler & s) {
+    return (s.params.repeat_penalty != 1.0f || s.params.presence_penalty != 0.0f) && s.params.repeat_last_n != 0;
+}
+
+static size_t window(const mtp_sampler & s) {
+    return s.params.repeat_last_n < 0 ? SIZE_MAX : (size_t) s.params.repeat_last_n;
+}
+
+void mtp_sampler_set_history(mtp_sampler & s, const std::vector<llama_token> & tokens) {
+    std::fill(s.counts.begin(), s.counts.end(), 0);
+    s.history.clear();
+    s.history.reserve(tokens.size() + 256);
+    for (llama_token t : tokens) {
+        mtp_sampler_push(s, t);
+    }
+}
+
+void mtp_sampler_push(mtp_sampler & s, llama_token token) {
+    s.history.push_back(token);
+    if (token >= 0 && token < s.n_vocab) {
+        s.counts[token]++;
+    }
+    const size_t w = window(s);
+    if (s.history.size() > w) {
+        const llama_token old = s.history[s.history.size() - 1 - w];
+        if (old >= 0 && old < s.n_vocab) {
+            s.counts[old]--;
+        }
+    }
+}
+
+void mtp_sampler_pop(mtp_sampler & s) {
+    if (s.history.empty()) {
+        return;
+    }
+    const size_t w = window(s);
+    if (s.history.size() > w) {
+        const llama_token old = s.history[s.history.size() - 1 - w];
+        if (old >= 0 && old < s.n_vocab) {
+            s.counts[old]++;
+        }
+    }
+    const llama_token token = s.history.back();
+    if (token >= 0 && token < s.n_vocab) {
+        s.counts[token]--;
+    }
+    s.history.pop_back();
+}
+
+// the logits with penalties applied (llama.cpp's rule: positive logits are divided by the repeat
+// penalty, negative ones multiplied; the presence penalty is subtracted once per seen token)
+static const float * penalized(mtp_sampler & s, const float * logits) {
+    if (!penalties_active(s)) {
+        return logits;
+    }
+    std::memcpy(s.work.data(), logits, sizeof(float) * s.n_vocab);
+    const size_t w = window(s);
+    const size_t n = s.history.size();
+    const size_t lo = n > w ? n - w : 0;
+    for (size_t i = lo; i < n; ++i) {
+        const llama_token t = s.history[i];
+        if (t < 0 || t >= s.n_vocab || s.counts[t] <= 0 || s.work[t] != logits[t]) {
+            continue; // out of range, or already penalized (the same token seen again)
+        }
+        float v = logits[t];
+        v = v <= 0 ? v * s.params.repeat_penalty : v / s.params.repeat_penalty;
+        v -= s.params.presence_penalty;
+        // a penalty that leaves the value unchanged is harmless to re-apply: nothing to mark
+        s.work[t] = v;
+    }
+    return s.work.data();
+}
+
+llama_token mtp_sampler_argmax(mtp_sampler & s, const float * logits_in, float * p_top) {
+    const float * logits = penalized(s, logits_in);
+    llama_token best = 0;
+    float best_v = logits[0];
+    for (int32_t i = 1; i < s.n_vocab; ++i) {
+        if (logits[i] > best_v) {
+            best_v = logits[i];
+            best = i;
+        }
+    }
+    if (p_top) {
+        double sum = 0.0;
+        for (int32_t i = 0; i < s.n_vocab; ++i) {
+            sum += std::exp((double) logits[i] - best_v);
+        }
+        *p_top = (float) (1.0 / sum);
+    }
+    return best;
+}
+
+void mtp_sampler_dist(mtp_sampler & s, const float * logits_in, std::vector<mtp_candidate> & out) {
+    const float * logits = penalized(s, logits_in);
+    const mtp_sampling_params & p = s.params;
+
+    // top-k (by logit), kept in out as (id, logit) sorted descending
+    const int32_t k = p.top_k > 0 ? std::min(p.top_k, s.n_vocab) : s.n_vocab;
+    out.clear();
+    auto by_logit = [](const mtp_candidate & a, const mtp_candidate & b) { return a.p > b.p; };
+    if (k < s.n_vocab) {
+        // min-heap of the k largest (front is the smallest kept)
+        out.reserve(k);
+        for (int32_t i = 0; i < s.n_vocab; ++i) {
+            const float v = logits[i];
+            if ((int32_t) out.size() < k) {
+                out.push_back({ i, v });
+                std::push_heap(out.begin(), out.end(), by_logit);
+            } else if (v > out.front().p) {
+                std::pop_heap(out.begin(), out.end(), by_logit);
+                out.back() = { i, v };
+                std::push_heap(out.begin(), out.end(), by_logit);
+            }
+        }
+    } else {
+        out.resize(s.n_vocab);
+        for (int32_t i = 0; i < s.n_vocab; ++i) {
+            out[i] = { i, logits[i] };
+        }
+    }
+    std::sort(out.begin(), out.end(), [](const mtp_candidate & a, const mtp_candidate & b) {
+        return a.p > b.p || (a.p == b.p && a.id < b.id);
+    });
+
+    // top-p and min-p on the softmax at temperature 1 (as llama.cpp: they precede temperature)
+    const float l_max = out[0].p;
+    size_t n_keep = out.size();
+    if (p.top_p < 1.0f || p.min_p > 0.0f) {
+        double sum = 0.0;
+        for (const auto & c : out) {
+            sum += std::exp((double) c.p - l_max);
+        }
+        if (p.top_p < 1.0f) {
+            double cum = 0.0;
+            for (size_t i = 0; i < out.size(); ++i) {
+                cum += std::exp((double) out[i].p - l_max) / sum;
+                if (cum >= p.top_p) {
+                    n_keep = i + 1;
+                    break;
+                }
+            }
+        }
+        if (p.min_p > 0.0f) {
+            // keep tokens whose probability is at least min_p times the top one's
+            const double l_min = l_max + std::log((double) p.min_p);
+            size_t n = 1;
+            while (n < n_keep && out[n].p >= l_min) {
+                ++n;
+            }
+            n_keep = n;
+        }
+    }
+    out.resize(n_keep);
+
+    // temperature, then normalise
+    const double inv_t = p.temp > 0.0f ? 1.0 / p.temp : 1.0;
+    double sum = 0.0;
+    for (auto & c : out) {
+        const double e = std::exp(((double) c.p - l_max) * inv_t);
+        c.p = (float) e;
+        sum += e;
+    }
+    for (auto & c : out) {
+        c.p = (float) (c.p / sum);
+    }
+}
+
+llama_token mtp_sampler_draw(mtp_sampler & s, const std::vector<mtp_candidate> & dist) {
+    double sum = 0.0;
+    for (const auto & c : dist) {
+        sum += c.p;
+    }
+    const double u = next_unit(s) * sum;
+    double cum = 0.0;
+    for (const auto & c : dist) {
+        cum += c.p;
+        if (u < cum) {
+            return c.id;
+        }
+    }
+    return dist.back().id;
+}
+
+bool mtp_sampler_accept(mtp_sampler & s, const std::vector<mtp_candidate> & p, const std::vector<mtp_candidate> & q,
+                        llama_token draft, llama_token * out) {
+    float p_d = 0.0f;
+    for (const auto & c : p) {
+        if (c.id == draft) {
+            p_d = c.p;
+            break;
+        }
+    }
+    float q_d = 0.0f;
+    for (const auto & c : q) {
+        if (c.id == draft) {
+            q_d = c.p;
+            break;
+        }
+    }
+    if (q_d > 0.0f && next_unit(s) * q_d < p_d) {
+        *out = draft;
+        return true;
+    }
+
+    // residual max(0, p - q), normalised; q is scattered into the dense scratch and cleared after
+    for (const auto & c : q) {
+        s.dense[c.id] = c.p;
+    }
+    std::vector<mtp_candidate> & r = s.cand;
+    r.clear();
+    for (const auto & c : p) {
+        const float v = c.p - s.dense[c.id];
+        if (v > 0.0f) {
+            r.push_back({ c.id, v });
+        }
+    }
+    for (const auto & c : q) {
+        s.dense[c.id] = 0.0f;
+    }
+    *out = r.empty() ? mtp_sampler_draw(s, p) : mtp_sampler_draw(s, r);
+    return false;
+}

@@ -7,7 +7,11 @@ have changed shape, so we refuse to run rather than crash.
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
+import sys
 from importlib import metadata
+from pathlib import Path
 
 from .errors import MtprunError
 
@@ -16,10 +20,35 @@ class NativeBuildMismatch(MtprunError, ImportError):
     """The loaded llama.cpp is not the build the extension was compiled against."""
 
 
+def _preload_llama() -> None:
+    """Load libllama from the very file ``llama_cpp`` loads (``llama_cpp/lib/libllama.so``).
+
+    Wheels cannot hold symlinks, so llama-cpp-python installs libllama.so, libllama.so.0 and
+    libllama.so.0.5.0 as three copies. Our extension needs ``libllama.so.0`` (its soname); if the
+    loader took that copy while ``llama_cpp`` loads ``libllama.so`` by path, two llama.cpp runtimes
+    would live in one process. Loading llama_cpp's file first makes the soname match it.
+    """
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    lib_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    if sys.platform == "win32":
+        names = ["llama.dll", "libllama.dll"]
+    elif sys.platform == "darwin":
+        names = ["libllama.so", "libllama.dylib"]
+    else:
+        names = ["libllama.so"]
+    for name in names:
+        if (lib_dir / name).exists():
+            ctypes.CDLL(str(lib_dir / name))
+            return
+
+
 def _load():
     try:
+        _preload_llama()
         from . import _core
-    except ImportError as exc:  # missing libllama, wrong ABI, not built
+    except (ImportError, OSError) as exc:  # missing libllama, wrong ABI, not built
         raise NativeBuildMismatch(
             f"cannot load mtprun's native engine ({exc}); reinstall with "
             "`pip install --force-reinstall --no-deps llama-cpp-python==0.3.36` and then "

@@ -45,9 +45,9 @@ class GenerationStats:
     drafted_by_position: tuple[int, ...]  # drafts verified at draft position 1, 2, ...
     accepted_by_position: tuple[int, ...]  # of which accepted
     n_target_passes: int  # target model decode calls while generating (verification passes)
-    draft_seconds: float  # time in the MTP head (drafting and its catch-up)
-    verify_seconds: float  # time in target decode calls
-    sample_seconds: float  # time choosing tokens (sampling, acceptance tests)
+    draft_seconds: float  # in llama.cpp decodes of the MTP head (drafting and its catch-up)
+    verify_seconds: float  # in llama.cpp decodes of the target (verification passes)
+    sample_seconds: float  # choosing tokens: drafts, acceptance tests, sampling
     mtp: bool  # whether MTP speculation was used
 
     @property
@@ -73,7 +73,8 @@ class GenerationStats:
 
     @property
     def overhead_seconds(self) -> float:
-        """Generation time outside drafting, verifying and sampling (the loop's own cost)."""
+        """Generation time outside llama.cpp's decodes and token choice: the loop's own cost
+        (batch building, bookkeeping, crossing into Python once per step)."""
         return max(0.0, self.generation_seconds - self.draft_seconds - self.verify_seconds - self.sample_seconds)
 
     def as_dict(self) -> dict:
