@@ -228,16 +228,29 @@ def test_second_turn_keeps_the_exact_earlier_tokens_and_tokenizes_only_the_new_t
     assert [m["role"] for m in conv.messages] == ["system", "user", "assistant", "user"]
 
 
-def test_template_that_rewrites_history_is_tokenized_again():
+def test_template_that_rewrites_history_still_extends_the_exact_earlier_tokens():
+    # QWEN_LIKE trims replies and drops earlier reasoning when it renders a whole conversation;
+    # the reply's token ids are kept anyway and only what follows the reply is appended
     tok = CharTokenizer()
     conv = Conversation(tmpl(QWEN_LIKE), tok)
     t1 = conv.prompt("Hi")
     assert t1.starts_in_reasoning
-    conv.add_reply("hmm</think>\n\nHello", [9] * 5)
+    reply = [9] * 5
+    conv.add_reply("hmm</think>\n\n Hello ", reply)
     t2 = conv.prompt("Again")
-    assert "hmm" not in t2.text  # the template dropped earlier reasoning
-    assert t2.tokens == [1] + [ord(c) for c in t2.text]
-    assert 0 < t2.n_new < len(t2.tokens)  # the shared start is still reusable
+    assert t2.tokens[: len(t1.tokens) + 5] == t1.tokens + reply
+    assert tok.calls[-1] == "<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    assert t2.n_new == len(tok.calls[-1]) and t2.starts_in_reasoning
+
+
+def test_template_that_does_not_show_replies_is_rendered_again():
+    tok = CharTokenizer()
+    conv = Conversation(tmpl("{% for m in messages if m.role == 'user' %}[{{ m.content }}]{% endfor %}"), tok)
+    conv.prompt("a")
+    conv.add_reply("b", [77])
+    t2 = conv.prompt("c")
+    assert t2.text == "[a][c]" and t2.tokens == [1] + [ord(c) for c in "[a][c]"]
+    assert t2.n_new == 3  # "[a]" (and BOS) still match what the engine has
 
 
 def test_bos_is_not_added_twice_when_the_template_writes_it():
@@ -257,3 +270,22 @@ def test_clear_and_undo():
     assert (conv.messages, conv.n_tokens) == before
     conv.clear()
     assert conv.messages == [{"role": "system", "content": "S"}] and conv.n_tokens == 0
+
+
+GEMMA_LIKE = (
+    "{%- for m in messages -%}{{- '<|turn>' + m.role + '\\n' + m.content + '<turn|>\\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|turn>model\\n' -}}"
+    "{%- if not enable_thinking -%}{{- '<|channel>thought\\n<channel|>' -}}{%- endif -%}{%- endif -%}"
+)
+
+
+def test_gemma4_thought_channel_is_recognised_as_reasoning():
+    t = tmpl(GEMMA_LIKE)
+    assert t.reasoning_tags == ("<|channel>thought", "<channel|>")
+    assert tmpl(QWEN_LIKE).reasoning_tags == ("<think>", "</think>")
+    assert not opens_reasoning(t.generation_prompt(MSGS), *t.reasoning_tags)  # thinking off: empty, closed block
+    reply = "<|channel>thought\nPlan it.<channel|>Done."
+    assert split_reasoning(reply, tags=t.reasoning_tags) == ("\nPlan it.", "Done.")
+    assert _kinds(_run(list(reply), open_tag="<|channel>thought", close_tag="<channel|>")) == [
+        ("open", "<|channel>thought"), ("reasoning", "\nPlan it."), ("close", "<channel|>"), ("answer", "Done."),
+    ]

@@ -15,6 +15,7 @@ reasoning/answer split of a streamed reply. No Rich, no ggml.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -148,6 +149,10 @@ class ChatTemplate:
     def is_builtin(self) -> bool:
         return self.origin == "builtin"
 
+    @property
+    def reasoning_tags(self) -> tuple[str, str]:
+        return reasoning_tags(self.source)
+
     def _what(self) -> str:
         if self.origin == "model":
             return f"the chat template of model {self.model!r}"
@@ -190,6 +195,15 @@ class ChatTemplate:
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+GEMMA4_THOUGHT = ("<|channel>thought", "<channel|>")  # Gemma 4's thought channel
+
+
+def reasoning_tags(template: str | None) -> tuple[str, str]:
+    """The tags that frame a reasoning block for a chat template: Gemma 4's thought channel when the
+    template uses it, else ``<think>``/``</think>`` (Qwen, DeepSeek and most others)."""
+    if template and "<|channel>" in template and "<channel|>" in template:
+        return GEMMA4_THOUGHT
+    return THINK_OPEN, THINK_CLOSE
 
 SegmentKind = Literal["reasoning", "answer", "open", "close"]
 
@@ -289,9 +303,9 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
-def split_reasoning(text: str, *, in_reasoning: bool = False) -> tuple[str, str]:
+def split_reasoning(text: str, *, in_reasoning: bool = False, tags: tuple[str, str] = (THINK_OPEN, THINK_CLOSE)) -> tuple[str, str]:
     """(reasoning, answer) of a whole reply, without the tags."""
-    sp = ReasoningSplitter(in_reasoning=in_reasoning)
+    sp = ReasoningSplitter(in_reasoning=in_reasoning, open_tag=tags[0], close_tag=tags[1])
     segs = sp.feed(text) + sp.flush()
     return (
         "".join(s.text for s in segs if s.kind == "reasoning"),
@@ -316,14 +330,19 @@ class Turn:
 
 
 class Conversation:
-    """A chat's messages plus the exact token ids already processed.
+    """A chat's messages plus the exact token ids the engine has processed and generated.
 
-    Each turn the whole conversation is rendered with the template. When the text of the earlier
-    prompt and reply is unchanged at the start of the new rendering (the usual case), their token
-    ids are kept exactly as the engine saw and generated them and only the rest is tokenized, so
-    the engine's cache covers everything but the new tokens. When the template rewrites history
-    (e.g. drops earlier reasoning), the whole text is tokenized again and the engine reuses what
-    still matches.
+    The first turn renders the conversation with the template and tokenizes it. Later turns keep
+    every earlier token id exactly as the engine saw or generated it and append only what the
+    template puts after the last reply: the end of the assistant message, the new user message and
+    the generation prompt (found by rendering the conversation with a unique placeholder as the
+    last reply). The engine's cache then covers everything but the new tokens -- which matters
+    for hybrid models (Qwen3.5/3.6) whose recurrent state cannot be rewound to a shared prefix.
+
+    As in llama-cli's conversation mode, the model thus sees its earlier replies as it wrote them,
+    reasoning included, even where the template would drop earlier reasoning when rendering the
+    whole conversation anew. If the template does not render the reply where expected, the whole
+    conversation is rendered and tokenized again (the engine reuses what still matches).
     """
 
     def __init__(
@@ -341,7 +360,7 @@ class Conversation:
         self.template_kwargs = dict(template_kwargs or {})
         self.add_bos = add_bos
         self.messages: list[dict[str, str]] = []
-        self._tokens: list[int] = []  # what the engine has seen (prompt + reply) ...
+        self._tokens: list[int] = []  # what the engine has seen (prompts + replies) ...
         self._text = ""  # ... and the text those tokens spell
         self._undo: tuple[list[dict[str, str]], list[int], str] | None = None
         self.clear()
@@ -360,22 +379,35 @@ class Conversation:
         add = self.add_bos and not (bos and text.startswith(bos))
         return self.tokenize(text, add)
 
+    def _after_last_reply(self, user: dict[str, str]) -> str | None:
+        """What the template renders after the last reply when ``user`` follows it (None: unknown)."""
+        placeholder = "MTPRUN" + secrets.token_hex(12) + "REPLY"
+        messages = [*self.messages[:-1], {"role": "assistant", "content": placeholder}, user]
+        text = self.template.render(messages, add_generation_prompt=True, kwargs=self.template_kwargs)
+        i = text.find(placeholder)
+        if i < 0 or text.find(placeholder, i + 1) >= 0:
+            return None
+        return text[i + len(placeholder):]
+
     def prompt(self, user_text: str) -> Turn:
         """Add a user message and return the tokens for the assistant's reply."""
-        messages = [*self.messages, {"role": "user", "content": user_text}]
-        text = self.template.render(messages, add_generation_prompt=True, kwargs=self.template_kwargs)
+        user = {"role": "user", "content": user_text}
+        messages = [*self.messages, user]
         gen = self.template.generation_prompt(messages, self.template_kwargs)
-        self._undo = (self.messages, self._tokens, self._text)
-        if self._text and text.startswith(self._text):
-            rest = self.tokenize(text[len(self._text):], False)
-            tokens = self._tokens + rest
-            n_new = len(rest)
+        suffix = None
+        if self._tokens and self.messages and self.messages[-1]["role"] == "assistant":
+            suffix = self._after_last_reply(user)
+        if suffix is not None:
+            rest = self.tokenize(suffix, False)
+            tokens, text, n_new = self._tokens + rest, self._text + suffix, len(rest)
         else:
+            text = self.template.render(messages, add_generation_prompt=True, kwargs=self.template_kwargs)
             tokens = self._tokenize_full(text)
             n_new = len(tokens) - _common_prefix(tokens, self._tokens)
+        self._undo = (self.messages, self._tokens, self._text)
         self.messages = messages
         self._tokens, self._text = tokens, text
-        return Turn(tokens=tokens, text=text, n_new=n_new, starts_in_reasoning=opens_reasoning(gen))
+        return Turn(tokens=tokens, text=text, n_new=n_new, starts_in_reasoning=opens_reasoning(gen, *self.template.reasoning_tags))
 
     def add_reply(self, text: str, tokens: Iterable[int]) -> None:
         """Record the assistant's reply: its text (as generated) and the token ids that spell it."""

@@ -41,8 +41,18 @@ DraftPathOpt = Annotated[
 ]
 DemoOpt = Annotated[
     bool,
-    typer.Option("--demo", help="Use a small synthetic MTP model (random weights, gibberish text), built on first use and cached.", rich_help_panel=MODEL),
+    typer.Option(
+        "--demo",
+        help=(
+            "Use a small synthetic MTP model, built on first use and cached (it only recites a fixed passage). "
+            "It never ends a reply by itself, so replies stop at 256 tokens unless -n is given, and its "
+            "template's thinking is off unless --chat-template-kwargs says otherwise."
+        ),
+        rich_help_panel=MODEL,
+    ),
 ]
+DEMO_N_PREDICT = 256
+DEMO_TEMPLATE_KWARGS = {"enable_thinking": False}
 CtxSizeOpt = Annotated[int, typer.Option("-c", "--ctx-size", metavar="N", help="Context size in tokens (0: the model's training context).", rich_help_panel=MODEL)]
 ThreadsOpt = Annotated[Optional[int], typer.Option("-t", "--threads", metavar="N", help="CPU threads (default: llama.cpp's choice).", rich_help_panel=MODEL)]
 GpuLayersOpt = Annotated[int, typer.Option("-ngl", "--n-gpu-layers", metavar="N", help="Layers to offload to the GPU (-1: all).", rich_help_panel=MODEL)]
@@ -50,7 +60,10 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's ow
 ColorOpt = Annotated[Optional[bool], typer.Option("--color/--no-color", help="Colour output (default: when writing to a terminal).", show_default=False, rich_help_panel=OUTPUT)]
 
 # --- sampling (llama-cli defaults) -----------------------------------------------------------------
-NPredictOpt = Annotated[int, typer.Option("-n", "--n-predict", metavar="N", help="Tokens to generate at most (-1: until end of text or a full context).", rich_help_panel=SAMPLING)]
+NPredictOpt = Annotated[
+    Optional[int],
+    typer.Option("-n", "--n-predict", metavar="N", help="Tokens to generate at most (-1, the default: until end of text or a full context).", show_default=False, rich_help_panel=SAMPLING),
+]
 TempOpt = Annotated[float, typer.Option("--temp", metavar="T", help="Temperature (0: greedy).", rich_help_panel=SAMPLING)]
 TopKOpt = Annotated[int, typer.Option("--top-k", metavar="N", help="Top-k sampling (0: off).", rich_help_panel=SAMPLING)]
 TopPOpt = Annotated[float, typer.Option("--top-p", metavar="P", help="Top-p sampling (1.0: off).", rich_help_panel=SAMPLING)]
@@ -94,6 +107,15 @@ ChatTemplateKwargsOpt = Annotated[
 ]
 
 
+def template_kwargs(text: str | None, *, demo: bool) -> dict:
+    """``--chat-template-kwargs``, or the demo model's default (thinking off)."""
+    from ..chat import parse_template_kwargs
+
+    if text is None and demo:
+        return dict(DEMO_TEMPLATE_KWARGS)
+    return parse_template_kwargs(text)
+
+
 def mtp_wanted(no_mtp: bool, spec_type: SpecType | None, require_mtp: bool) -> bool:
     """Whether MTP speculation is asked for, rejecting contradictory switches."""
     off = no_mtp or spec_type == SpecType.none
@@ -105,10 +127,12 @@ def mtp_wanted(no_mtp: bool, spec_type: SpecType | None, require_mtp: bool) -> b
 
 
 def generation_config(
-    *, n_predict: int, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
+    *, n_predict: int | None, demo: bool = False, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
     presence_penalty: float, seed: int, mtp: bool, n_max: int, p_min: float,
 ) -> GenerationConfig:
     """Validated generation settings (raises InvalidInputError naming the option)."""
+    if n_predict is None:
+        n_predict = DEMO_N_PREDICT if demo else -1
     if seed < -1:
         raise InvalidInputError(f"--seed must be -1 (random) or a non-negative integer, got {seed}")
     try:

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..chat import ChatTemplate, Conversation, parse_template_kwargs
+from ..chat import ChatTemplate, Conversation
 from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
 from ..events import Result
 from . import _options as o
@@ -100,7 +100,7 @@ def chat(
     system_prompt: o.SystemPromptOpt = None,
     chat_template_file: o.ChatTemplateFileOpt = None,
     chat_template_kwargs: o.ChatTemplateKwargsOpt = None,
-    n_predict: o.NPredictOpt = -1,
+    n_predict: o.NPredictOpt = None,
     ctx_size: o.CtxSizeOpt = 4096,
     threads: o.ThreadsOpt = None,
     n_gpu_layers: o.GpuLayersOpt = -1,
@@ -129,10 +129,10 @@ def chat(
         model_path = Path(model_arg) if model_arg is not None else model
         mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
         gen = o.generation_config(
-            n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+            n_predict=n_predict, demo=demo, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
             presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=spec_draft_n_max, p_min=draft_p_min,
         )
-        kwargs = parse_template_kwargs(chat_template_kwargs)
+        kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
         base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=spec_draft_n_max, verbose=verbose)
         reader = MessageReader(out)
         choice = choose_model(out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo)
@@ -200,7 +200,8 @@ def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, cfg, *, n
             out.error(str(exc))
             continue
         try:
-            result = generate(eng, turn.tokens, cfg, out.reply(starts_in_reasoning=turn.starts_in_reasoning))
+            reply = out.reply(starts_in_reasoning=turn.starts_in_reasoning, tags=conv.template.reasoning_tags)
+            result = generate(eng, turn.tokens, cfg, reply)
         except ContextOverflowError as exc:
             conv.undo_prompt()
             out.error(f"{exc} (use /clear to start over)")

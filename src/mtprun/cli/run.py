@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..chat import ChatTemplate, Conversation, parse_template_kwargs, split_reasoning
+from ..chat import ChatTemplate, Conversation, reasoning_tags, split_reasoning
 from ..errors import InvalidInputError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
@@ -59,7 +59,7 @@ def run(
     raw: RawOpt = False,
     chat_template_file: o.ChatTemplateFileOpt = None,
     chat_template_kwargs: o.ChatTemplateKwargsOpt = None,
-    n_predict: o.NPredictOpt = -1,
+    n_predict: o.NPredictOpt = None,
     ctx_size: o.CtxSizeOpt = 4096,
     threads: o.ThreadsOpt = None,
     n_gpu_layers: o.GpuLayersOpt = -1,
@@ -85,18 +85,18 @@ def run(
         # everything the user typed is checked before a model is downloaded, built or loaded
         mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
         gen = o.generation_config(
-            n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+            n_predict=n_predict, demo=demo, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
             presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=spec_draft_n_max, p_min=draft_p_min,
         )
-        kwargs = parse_template_kwargs(chat_template_kwargs)
+        kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
         base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=spec_draft_n_max, verbose=verbose)
-        if raw and (system_prompt is not None or chat_template_file is not None or kwargs):
+        if raw and (system_prompt is not None or chat_template_file is not None or chat_template_kwargs is not None):
             raise InvalidInputError("--raw skips the chat template: -sys, --chat-template-file and --chat-template-kwargs do not apply")
         text = read_prompt(prompt, file)
         choice = choose_model(out, model=model, hf=hf_repo, draft=model_draft, demo=demo)
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
-            starts_in_reasoning = False
+            starts_in_reasoning, tags = False, reasoning_tags(info.chat_template)
             if raw:
                 tokens = eng.tokenize(text, add_special=True, parse_special=True)
             else:
@@ -110,13 +110,13 @@ def run(
                     system=system_prompt, template_kwargs=kwargs, add_bos=info.add_bos,
                 )
                 turn = conv.prompt(text)
-                tokens, starts_in_reasoning = turn.tokens, turn.starts_in_reasoning
+                tokens, starts_in_reasoning, tags = turn.tokens, turn.starts_in_reasoning, template.reasoning_tags
             use_mtp = mtp and info.mtp_active
             cfg = gen if use_mtp or not gen.spec.enabled else o.without_mtp(gen)
-            reply = None if json_output else out.reply(starts_in_reasoning=starts_in_reasoning)
+            reply = None if json_output else out.reply(starts_in_reasoning=starts_in_reasoning, tags=tags)
             result = generate(eng, tokens, cfg, reply)
             if json_output:
-                reasoning, answer = split_reasoning(result.text, in_reasoning=starts_in_reasoning)
+                reasoning, answer = split_reasoning(result.text, in_reasoning=starts_in_reasoning, tags=tags)
                 out.json({
                     "model": choice.label,
                     "synthetic": choice.synthetic,

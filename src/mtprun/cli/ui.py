@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..chat import ReasoningSplitter, Segment
+from ..chat import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, Segment
 
 # C0/C1 control characters except \n and \t; ESC starts terminal control sequences.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -71,9 +71,9 @@ class Output:
             self.out.file.write(sanitize(text) + end)
         self.out.file.flush()
 
-    def reply(self, *, starts_in_reasoning: bool = False) -> ReplyStream:
-        """A renderer for one streamed reply on stdout."""
-        return ReplyStream(self, starts_in_reasoning=starts_in_reasoning)
+    def reply(self, *, starts_in_reasoning: bool = False, tags: tuple[str, str] | None = None) -> ReplyStream:
+        """A renderer for one streamed reply on stdout (``tags``: the reasoning block's tags)."""
+        return ReplyStream(self, starts_in_reasoning=starts_in_reasoning, tags=tags)
 
     def json(self, obj: Any) -> None:
         self.out.file.write(json.dumps(obj, ensure_ascii=False) + "\n")
@@ -119,10 +119,11 @@ class ReplyStream:
     Either way model text is sanitized: no markup or control sequence from the model takes effect.
     """
 
-    def __init__(self, output: Output, *, starts_in_reasoning: bool = False) -> None:
+    def __init__(self, output: Output, *, starts_in_reasoning: bool = False, tags: tuple[str, str] | None = None) -> None:
         self._o = output
         self._pretty = output.interactive
-        self._split = ReasoningSplitter(in_reasoning=starts_in_reasoning)
+        open_tag, close_tag = tags or (THINK_OPEN, THINK_CLOSE)
+        self._split = ReasoningSplitter(in_reasoning=starts_in_reasoning, open_tag=open_tag, close_tag=close_tag)
         self._strip_newlines = False  # after [End thinking], drop the newlines the model put there
         self._last = "\n"
         self._started = False
