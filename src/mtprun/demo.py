@@ -7,15 +7,14 @@ as synthetic wherever it is used.
 
 Cache directory: ``$MTPRUN_CACHE`` if set, else ``$XDG_CACHE_HOME/mtprun``, else
 ``~/.cache/mtprun``. The file name carries a hash of the generator's spec, so a changed generator
-builds a new file; the build writes a temporary file and renames it into place, so an interrupted
-or concurrent build never leaves a partial model behind.
+builds a new file; the generator writes a temporary file and renames it into place, so an
+interrupted or concurrent build never leaves a partial model behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,17 +64,7 @@ def ensure_demo_model(on_build: Callable[[Path], None] | None = None) -> Path:
         on_build(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".demo-", suffix=".gguf.part", dir=path.parent)
-        os.close(fd)
     except OSError as exc:
-        raise MtprunError(f"cannot create the demo model in {str(path.parent)!r}: {exc.strerror or exc} (set MTPRUN_CACHE to another directory)") from None
-    try:
-        write_model(spec, Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        raise MtprunError(f"cannot create the cache directory {str(path.parent)!r}: {exc.strerror or exc} (set MTPRUN_CACHE to another directory)") from None
+    write_model(spec, path)  # atomic: a temporary file in the same folder, then a rename
     return path

@@ -34,7 +34,9 @@ def model_facts(choice, info) -> dict:
         "model": choice.label,
         "synthetic": choice.synthetic,
         "path": str(choice.path),
-        "size_bytes": info.size_bytes,
+        "size_bytes": choice.path.stat().st_size,  # the file on disk
+        "draft_size_bytes": info.draft_path.stat().st_size if info.draft_path else None,
+        "weights_bytes": info.size_bytes,  # tensor data llama.cpp loaded
         "architecture": info.arch,
         "description": info.description,
         "quantization": _quantization(info.description),
@@ -87,7 +89,7 @@ def info(
         rows = [
             ("model", facts["model"]),
             ("file", facts["path"]),
-            ("size", human_bytes(facts["size_bytes"])),
+            ("size", human_bytes(facts["size_bytes"]) + (f" (+ {human_bytes(facts['draft_size_bytes'])} drafter)" if facts["draft_size_bytes"] else "")),
             ("architecture", facts["architecture"]),
             ("quantization", facts["quantization"] or "unknown"),
             ("parameters", human_count(facts["parameters"])),
