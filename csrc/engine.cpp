@@ -1087,6 +1087,13 @@ mtp_status mtp_next_logits(mtp_engine * e, std::vector<float> & out, std::string
         err = "the context is full";
         return MTP_ERR_CONTEXT;
     }
+    // llama.cpp rolls recurrent state back only to a point inside the last decoded batch, so a
+    // one-token probe is undone by saving and restoring the sequence state instead
+    std::vector<uint8_t> saved;
+    if (e->recurrent) {
+        saved.resize(llama_state_seq_get_size_ext(e->ctx_tgt, 0, LLAMA_STATE_SEQ_FLAGS_NONE));
+        saved.resize(llama_state_seq_get_data_ext(e->ctx_tgt, saved.data(), saved.size(), 0, LLAMA_STATE_SEQ_FLAGS_NONE));
+    }
     const llama_token t = e->id_last;
     mtp_status st = target_decode(e, &t, 1, true, err);
     if (st != MTP_OK) {
@@ -1095,14 +1102,21 @@ mtp_status mtp_next_logits(mtp_engine * e, std::vector<float> & out, std::string
     }
     const float * logits = llama_get_logits_ith(e->ctx_tgt, 0);
     out.assign(logits, logits + e->n_vocab);
-    // undo where the memory can step back; otherwise the token simply stays in the cache
-    if (llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, np, -1)) {
-        e->cache.resize(np);
-        if (e->mtp_valid) {
-            h_trim_back(e, np);
-        }
+    bool undone;
+    if (e->recurrent) {
+        llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, -1, -1);
+        undone = llama_state_seq_set_data_ext(e->ctx_tgt, saved.data(), saved.size(), 0, LLAMA_STATE_SEQ_FLAGS_NONE) == saved.size();
     } else {
-        e->id_last = LLAMA_TOKEN_NULL;
+        undone = llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, np, -1);
+    }
+    if (!undone) {
+        state_clear(e);
+        err = "could not restore the target state";
+        return MTP_ERR_RUNTIME;
+    }
+    e->cache.resize(np);
+    if (e->mtp_valid) {
+        h_trim_back(e, np);
     }
     return MTP_OK;
 }

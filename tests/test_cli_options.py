@@ -34,7 +34,7 @@ def one_error_line(result) -> str:
 def test_a_model_is_required(command):
     r = invoke(command, "-p", "hi") if command == "run" else invoke(command)
     assert r.exit_code == 2
-    assert "no model given: use -m PATH, -hf REPO[:QUANT] or --demo" in one_error_line(r)
+    assert "no model given: use -m PATH, -hf OWNER/NAME[:QUANT] or --demo" in one_error_line(r)
 
 
 def test_only_one_model_source():

@@ -37,6 +37,38 @@ class HubError(MtprunError):
     exit_code = 5
 
 
+class HubRepoNotFoundError(HubError):
+    """The repository (or the revision) does not exist, or is private and the token has no access."""
+
+
+class HubAuthError(HubError):
+    """The repository is gated or the Hub refused the credentials."""
+
+
+class HubConnectionError(HubError):
+    """The Hub could not be reached (or the connection broke during a transfer)."""
+
+
+class HubNotCachedError(HubError):
+    """Offline, and the requested model is not in the local cache."""
+
+
+class NoMatchingFileError(HubError):
+    """No model file in the repository matches the requested quant; ``quants`` lists what exists."""
+
+    def __init__(self, message: str, quants: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.quants = quants
+
+
+class UnsafeRemotePathError(HubError):
+    """A remote file name would escape the download folder (``..``, backslash, absolute path)."""
+
+
+class DiskFullError(HubError):
+    """Not enough disk space for a download (checked before, or hit during the transfer)."""
+
+
 class EngineClosedError(MtprunError):
     """The engine was used after ``close()``."""
 

@@ -18,38 +18,69 @@ class ModelChoice:
     synthetic: bool = False
 
 
-def choose_model(out: Output, *, model: Path | None, hf: str | None, draft: Path | None, demo: bool) -> ModelChoice:
-    """Resolve the model options to local files (downloading or building the demo if needed)."""
+def choose_model(
+    out: Output, *, model: Path | None, hf: str | None, draft: Path | None, demo: bool, mtp: bool = True,
+    revision: str | None = None, offline: bool = False,
+) -> ModelChoice:
+    """Resolve the model options to local files (downloading or building the demo if needed).
+
+    ``mtp``: whether a drafter sidecar is wanted (looked up beside a local model, fetched with -hf)."""
     given = [name for name, v in (("-m", model), ("-hf", hf), ("--demo", demo)) if v]
     if not given:
-        raise InvalidInputError("no model given: use -m PATH, -hf REPO[:QUANT] or --demo")
+        raise InvalidInputError("no model given: use -m PATH, -hf OWNER/NAME[:QUANT] or --demo")
     if len(given) > 1:
         raise InvalidInputError(f"give only one model source, not {' and '.join(given)}")
+    if (revision is not None or offline) and hf is None:
+        raise InvalidInputError("--revision and --offline apply to -hf models only")
     if draft is not None and not draft.is_file():
         raise ModelError(f"draft model file not found: {str(draft)!r}")
     if model is not None:
         if not model.is_file():
             what = "is a directory, not a GGUF file" if model.is_dir() else "not found"
             raise ModelError(f"model file {what}: {str(model)!r}")
+        if draft is None and mtp:
+            draft = _drafter_beside(out, model)
         return ModelChoice(model, draft, model.name)
     if demo:
         from ..demo import DEMO_LABEL, ensure_demo_model
 
         path = ensure_demo_model(on_build=lambda p: out.info(f"building the synthetic demo model (first use) in {p.parent} ..."))
         return ModelChoice(path, draft, DEMO_LABEL, synthetic=True)
-    return _from_hub(out, str(hf), draft)
+    from ._hub import fetch_model
+
+    local = fetch_model(out, str(hf), revision=revision, offline=offline, no_mtp=not mtp or draft is not None)
+    return ModelChoice(local.model, draft if draft is not None else local.mtp, str(hf))
 
 
-def _from_hub(out: Output, spec: str, draft: Path | None) -> ModelChoice:
-    from .. import hub
+def _drafter_beside(out: Output, model: Path) -> Path | None:
+    """The MTP drafter sidecar (mtp-*.gguf) next to a model without MTP layers, if exactly one fits."""
+    from ..gguf_info import read_gguf_info
 
-    paths = hub.resolve_and_download(spec, progress=out.info)  # adapted to the hub API when it lands
-    sidecar = draft if draft is not None else paths.mtp
-    return ModelChoice(paths.model, sidecar, spec)
+    candidates = sorted(p for p in model.parent.glob("mtp-*.gguf") if p.is_file() and p != model)
+    if not candidates:
+        return None
+    info = read_gguf_info(model)
+    if info.has_embedded_mtp or info.is_mtp_drafter:
+        return None
+    fitting = []
+    for path in candidates:
+        try:
+            d = read_gguf_info(path)
+        except ModelError:
+            continue
+        if d.is_mtp_drafter and d.target_embedding_length in (None, info.embedding_length):
+            fitting.append(path)
+    if len(fitting) == 1:
+        out.info(f"MTP: drafter {fitting[0].name} found beside the model (-md chooses another)")
+        return fitting[0]
+    if len(fitting) > 1:
+        out.warn(f"several MTP drafters beside {model.name} ({', '.join(p.name for p in fitting)}): choose one with -md")
+    return None
 
 
 def open_engine(out: Output, choice: ModelChoice, base: ModelConfig, *, require_mtp: bool = False, quiet: bool = False):
-    """Load the model with the runtime options of ``base``; warn (or fail with --require-mtp) when MTP was asked for but is not available.
+    """Load the model with the runtime options of ``base``; warn (or fail with --require-mtp) when MTP
+    was asked for but is not available.
 
     ``quiet``: no warnings (for ``info``, which reports the same facts)."""
     from ..engine import Engine

@@ -1,5 +1,13 @@
 """Options shared by commands, declared once as ``Annotated`` aliases (llama-cli names where they exist),
-and the helpers that turn their values into validated config objects."""
+and the helpers that turn their values into validated config objects.
+
+Every command spells and documents an option the same way, e.g.::
+
+    def run(hf_repo: HfRepoOpt = None, revision: RevisionOpt = None, offline: OfflineOpt = False, ...)
+
+Hub options are passed to ``mtprun.hub`` with ``offline=offline or None``, so that
+``HF_HUB_OFFLINE=1`` applies when the flag is absent.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +30,6 @@ OUTPUT = "Output"
 ModelPathOpt = Annotated[
     Optional[Path],
     typer.Option("-m", "--model", metavar="PATH", help="GGUF model file.", rich_help_panel=MODEL),
-]
-HfRepoOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "-hf", "--hf-repo", metavar="REPO[:QUANT]",
-        help="Hugging Face repository, e.g. unsloth/Qwen3.6-27B-MTP-GGUF:UD-Q4_K_XL (downloaded on first use; an mtp-*.gguf sidecar is fetched too).",
-        rich_help_panel=MODEL,
-    ),
 ]
 DraftPathOpt = Annotated[
     Optional[Path],
@@ -58,6 +58,57 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("-t", "--threads", metavar="N
 GpuLayersOpt = Annotated[int, typer.Option("-ngl", "--n-gpu-layers", metavar="N", help="Layers to offload to the GPU (-1: all).", rich_help_panel=MODEL)]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log and the full statistics table.", rich_help_panel=OUTPUT)]
 ColorOpt = Annotated[Optional[bool], typer.Option("--color/--no-color", help="Colour output (default: when writing to a terminal).", show_default=False, rich_help_panel=OUTPUT)]
+
+# --- Hugging Face Hub (run, chat, info, download) -------------------------------------------------
+HUB_PANEL = "Hugging Face Hub"
+SPEC_HELP = (
+    "Model on the Hugging Face Hub, as in llama.cpp's -hf: OWNER/NAME[:QUANT], e.g. "
+    "unsloth/gemma-4-12b-it-GGUF:UD-Q4_K_XL. Without a quant: Q4_K_M, else Q8_0, else the first model file."
+)
+
+HfSpecArg = Annotated[str, typer.Argument(metavar="OWNER/NAME[:QUANT]", help=SPEC_HELP, show_default=False)]
+HfRepoOpt = Annotated[
+    Optional[str],
+    typer.Option("-hf", "--hf-repo", metavar="OWNER/NAME[:QUANT]", help=SPEC_HELP + " Its mtp-*.gguf drafter sidecar is fetched too.", rich_help_panel=HUB_PANEL),
+]
+RevisionOpt = Annotated[
+    Optional[str],
+    typer.Option("--revision", help="Branch, tag or commit of the repository (default: main).", rich_help_panel=HUB_PANEL),
+]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        help="Use only what is already downloaded; no network (same as HF_HUB_OFFLINE=1).",
+        rich_help_panel=HUB_PANEL,
+    ),
+]
+LocalDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--local-dir",
+        help="Put the files in this folder (like `hf download --local-dir`) instead of the shared Hugging Face cache.",
+        file_okay=False,
+        rich_help_panel=HUB_PANEL,
+    ),
+]
+NoMtpSidecarOpt = Annotated[
+    bool,
+    typer.Option("--no-mtp", help="Do not fetch the MTP sidecar (mtp-*.gguf).", rich_help_panel=HUB_PANEL),
+]
+MmprojOpt = Annotated[
+    bool,
+    typer.Option("--mmproj", help="Also fetch the multimodal projector (mmproj-*.gguf).", rich_help_panel=HUB_PANEL),
+]
+IncludeOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--include",
+        metavar="PATTERN",
+        help="Also fetch the repository files matching this glob (repeatable), as in `hf download --include`.",
+        rich_help_panel=HUB_PANEL,
+    ),
+]
 
 # --- sampling (llama-cli defaults) -----------------------------------------------------------------
 NPredictOpt = Annotated[

@@ -95,6 +95,8 @@ def chat(
     model_arg: ModelArg = None,
     model: o.ModelPathOpt = None,
     hf_repo: o.HfRepoOpt = None,
+    revision: o.RevisionOpt = None,
+    offline: o.OfflineOpt = False,
     model_draft: o.DraftPathOpt = None,
     demo: o.DemoOpt = False,
     system_prompt: o.SystemPromptOpt = None,
@@ -135,7 +137,9 @@ def chat(
         kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
         base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=spec_draft_n_max, verbose=verbose)
         reader = MessageReader(out)
-        choice = choose_model(out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo)
+        choice = choose_model(
+            out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
+        )
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
             template = ChatTemplate.for_model(

@@ -11,7 +11,7 @@ from ..errors import InvalidInputError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
 from ._model import choose_model, open_engine
-from .ui import Output, human_bytes, human_count
+from .ui import Output, human_size, human_count
 
 ModelArg = Annotated[Optional[str], typer.Argument(metavar="MODEL", help="GGUF model file (same as -m).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.", rich_help_panel=o.OUTPUT)]
@@ -67,6 +67,8 @@ def info(
     model_arg: ModelArg = None,
     model: o.ModelPathOpt = None,
     hf_repo: o.HfRepoOpt = None,
+    revision: o.RevisionOpt = None,
+    offline: o.OfflineOpt = False,
     model_draft: o.DraftPathOpt = None,
     demo: o.DemoOpt = False,
     json_output: JsonOpt = False,
@@ -79,7 +81,7 @@ def info(
         if model_arg is not None and model is not None:
             raise InvalidInputError("give the model once: as an argument or with -m")
         model_path = Path(model_arg) if model_arg is not None else model
-        choice = choose_model(out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo)
+        choice = choose_model(out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, revision=revision, offline=offline)
         base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose)
         with open_engine(out, choice, base, quiet=True) as eng:
             facts = model_facts(choice, eng.info)
@@ -89,7 +91,7 @@ def info(
         rows = [
             ("model", facts["model"]),
             ("file", facts["path"]),
-            ("size", human_bytes(facts["size_bytes"]) + (f" (+ {human_bytes(facts['draft_size_bytes'])} drafter)" if facts["draft_size_bytes"] else "")),
+            ("size", human_size(facts["size_bytes"]) + (f" (+ {human_size(facts['draft_size_bytes'])} drafter)" if facts["draft_size_bytes"] else "")),
             ("architecture", facts["architecture"]),
             ("quantization", facts["quantization"] or "unknown"),
             ("parameters", human_count(facts["parameters"])),

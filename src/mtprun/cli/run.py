@@ -53,6 +53,8 @@ def run(
     file: FileOpt = None,
     model: o.ModelPathOpt = None,
     hf_repo: o.HfRepoOpt = None,
+    revision: o.RevisionOpt = None,
+    offline: o.OfflineOpt = False,
     model_draft: o.DraftPathOpt = None,
     demo: o.DemoOpt = False,
     system_prompt: o.SystemPromptOpt = None,
@@ -93,7 +95,9 @@ def run(
         if raw and (system_prompt is not None or chat_template_file is not None or chat_template_kwargs is not None):
             raise InvalidInputError("--raw skips the chat template: -sys, --chat-template-file and --chat-template-kwargs do not apply")
         text = read_prompt(prompt, file)
-        choice = choose_model(out, model=model, hf=hf_repo, draft=model_draft, demo=demo)
+        choice = choose_model(
+            out, model=model, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
+        )
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
             starts_in_reasoning, tags = False, reasoning_tags(info.chat_template)

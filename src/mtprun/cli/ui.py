@@ -24,6 +24,18 @@ from ..chat import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, Segment
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+def human_size(n: int | None) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as the Hub shows them); None -> '?'."""
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
 def sanitize(text: str) -> str:
     """Make untrusted text safe to show on a terminal: control characters become visible escapes."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
@@ -75,6 +87,13 @@ class Output:
         """A renderer for one streamed reply on stdout (``tags``: the reasoning block's tags)."""
         return ReplyStream(self, starts_in_reasoning=starts_in_reasoning, tags=tags)
 
+    def tsv(self, rows: list[tuple[str, ...]]) -> None:
+        """Tab-separated lines on stdout (never wrapped, so `cut -f2` works); cells sanitized."""
+        for row in rows:
+            cells = (sanitize(c).replace("\t", "\\t").replace("\n", "\\n") for c in row)
+            self.out.file.write("\t".join(cells) + "\n")
+        self.out.file.flush()
+
     def json(self, obj: Any) -> None:
         self.out.file.write(json.dumps(obj, ensure_ascii=False) + "\n")
         self.out.file.flush()
@@ -109,6 +128,22 @@ class Output:
             table.add_row(Text(sanitize(key)), Text(sanitize(value)))
         (self.out if to_stdout else self.err).print(table)
 
+    def grid(
+        self,
+        title: str | None,
+        columns: list[str],
+        rows: list[list[str]],
+        *,
+        to_stdout: bool = False,
+        right: tuple[int, ...] = (),
+    ) -> None:
+        """A table with a header row; every cell is untrusted text (printed literally)."""
+        table = Table(title=Text(sanitize(title)) if title else None, box=None, pad_edge=False, title_justify="left")
+        for i, name in enumerate(columns):
+            table.add_column(Text(sanitize(name), style="bold"), justify="right" if i in right else "left", overflow="fold")
+        for row in rows:
+            table.add_row(*(Text(sanitize(cell)) for cell in row))
+        (self.out if to_stdout else self.err).print(table)
 
 class ReplyStream:
     """Streams one reply to stdout as pieces arrive.
@@ -178,16 +213,6 @@ class ReplyStream:
             self._last = text[-1]
             self._started = True
         o.out.file.flush()
-
-
-def human_bytes(n: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def human_count(n: int) -> str:
