@@ -208,3 +208,12 @@ def test_info_reports_mtp_template_and_backend(models):
     assert g["size_bytes"] == models.gemma.model_bytes and g["draft_size_bytes"] == models.gemma.draft_bytes
     alone = json.loads(invoke("info", "-m", str(models.gemma_alone), "--json").stdout)
     assert alone["mtp"] == "none" and not alone["mtp_active"] and "sidecar" in alone["mtp_note"]
+
+
+def test_drafter_beside_a_local_model_is_found_without_md(models):
+    r = invoke("run", "--json", "-m", str(models.gemma.model_path), "-p", "Hi", "-n", "16", *GREEDY)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["stats"]["mtp"]
+    assert f"MTP: drafter {models.gemma.draft_path.name} found beside the model" in r.stderr
+    plain = invoke("run", "--json", "-m", str(models.gemma.model_path), "-p", "Hi", "-n", "16", "--no-mtp", *GREEDY)
+    assert not json.loads(plain.stdout)["stats"]["mtp"] and "drafter" not in plain.stderr
