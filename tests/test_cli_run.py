@@ -203,6 +203,7 @@ def test_info_reports_mtp_template_and_backend(models):
     assert d["architecture"] == "qwen35" and d["mtp"] == "embedded" and d["mtp_active"]
     assert d["chat_template"] is True and d["chat_template_thinking"] is True
     assert d["context_train"] == 4096 and d["size_bytes"] == models.demo.model_bytes
+    assert d["quantization"] == models.demo.spec.dtype.upper() and d["name"] == models.demo.spec.name
     g = json.loads(invoke("info", str(models.gemma.model_path), "-md", str(models.gemma.draft_path), "--json").stdout)
     assert g["mtp"] == "sidecar" and g["draft_path"] == str(models.gemma.draft_path) and g["mtp_active"]
     assert g["size_bytes"] == models.gemma.model_bytes and g["draft_size_bytes"] == models.gemma.draft_bytes

@@ -21,8 +21,8 @@ HELP = f"""Architecture, size, quantization, context, MTP (embedded layers or th
 {EXIT_CODES_HELP}"""
 
 
-def model_facts(choice, info) -> dict:
-    """Everything ``info`` reports, as plain data."""
+def model_facts(choice, info, header=None) -> dict:
+    """Everything ``info`` reports, as plain data (``header``: the file's GGUF header, if read)."""
     if info.mtp_kind == "embedded":
         mtp = "embedded MTP layers"
     elif info.mtp_kind == "sidecar":
@@ -39,7 +39,8 @@ def model_facts(choice, info) -> dict:
         "weights_bytes": info.size_bytes,  # tensor data llama.cpp loaded
         "architecture": info.arch,
         "description": info.description,
-        "quantization": _quantization(info.description),
+        "name": header.name if header is not None else None,
+        "quantization": (header.file_type_name if header is not None else None) or _quantization(info.description),
         "parameters": info.n_params,
         "context_train": info.n_ctx_train,
         "layers": info.n_layer,
@@ -83,13 +84,16 @@ def info(
         model_path = Path(model_arg) if model_arg is not None else model
         choice = choose_model(out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, revision=revision, offline=offline)
         base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose)
+        from ..gguf_info import read_gguf_info
+
+        header = read_gguf_info(choice.path)
         with open_engine(out, choice, base, quiet=True) as eng:
-            facts = model_facts(choice, eng.info)
+            facts = model_facts(choice, eng.info, header)
         if json_output:
             out.json(facts)
             return
         rows = [
-            ("model", facts["model"]),
+            ("model", facts["model"] + (f" ({facts['name']})" if facts["name"] and facts["name"] != facts["model"] else "")),
             ("file", facts["path"]),
             ("size", human_size(facts["size_bytes"]) + (f" (+ {human_size(facts['draft_size_bytes'])} drafter)" if facts["draft_size_bytes"] else "")),
             ("architecture", facts["architecture"]),
