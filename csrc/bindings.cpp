@@ -139,20 +139,29 @@ public:
         }
     }
 
-    // one step: (tokens, from_draft, n_drafted, n_accepted, stop)
-    std::tuple<std::vector<llama_token>, std::vector<bool>, int32_t, int32_t, int32_t> step() {
+    // one step: (tokens, pieces, from_draft, n_drafted, n_accepted, stop); pieces are the tokens'
+    // bytes, so Python is crossed once per step, not per token
+    std::tuple<std::vector<llama_token>, nb::list, std::vector<bool>, int32_t, int32_t, int32_t> step() {
         std::string err;
         mtp_status st;
         mtp_engine * e = get();
         {
             nb::gil_scoped_release release;
             st = mtp_step(e, res_, err);
+            pieces_.clear();
+            for (llama_token t : res_.tokens) {
+                pieces_.push_back(mtp_token_piece(e, t));
+            }
         }
         if (st != MTP_OK) {
             raise(st, err);
         }
+        nb::list pieces;
+        for (const std::string & p : pieces_) {
+            pieces.append(nb::bytes(p.data(), p.size()));
+        }
         std::vector<bool> from_draft(res_.from_draft.begin(), res_.from_draft.end());
-        return { res_.tokens, from_draft, res_.n_drafted, res_.n_accepted, res_.stop };
+        return { res_.tokens, pieces, from_draft, res_.n_drafted, res_.n_accepted, res_.stop };
     }
 
     nb::dict stats() {
@@ -210,8 +219,9 @@ private:
         return eng_;
     }
 
-    mtp_engine *    eng_ = nullptr;
-    mtp_step_result res_;
+    mtp_engine *             eng_ = nullptr;
+    mtp_step_result          res_;
+    std::vector<std::string> pieces_;
 };
 
 } // namespace
@@ -264,7 +274,7 @@ NB_MODULE(_core, m) {
              "top_k"_a, "top_p"_a, "min_p"_a, "repeat_penalty"_a, "repeat_last_n"_a, "presence_penalty"_a, "seed"_a,
              "Start a generation: reuse the cached prefix and process the rest of the prompt.")
         .def("step", &Engine::step,
-             "One speculative step: returns (tokens, from_draft, n_drafted, n_accepted, stop); stop != STOP_NONE ends it.")
+             "One speculative step: returns (tokens, pieces, from_draft, n_drafted, n_accepted, stop); stop != STOP_NONE ends it.")
         .def("stats", &Engine::stats, "Statistics of the current or last generation.")
         .def("next_logits", &Engine::next_logits,
              "The target's logits for the token after the finished conversation (for tests; state is kept).")

@@ -100,9 +100,11 @@ struct gguf_meta {
     int64_t head_k = -1, head_v = -1, head_k_swa = -1, head_v_swa = -1, n_head_kv = -1;
     int64_t n_kv_shared = 0;
     std::vector<bool> swa_pattern; // per layer: sliding-window?
+    int64_t n_head_first = -1;     // query heads of the first layer
+    int64_t n_head_kv_swa_last = -1, n_head_kv_full_last = -1; // KV heads of layers n-2 and n-1
 };
 
-static int64_t gguf_int(const gguf_context * ctx, const std::string & key, int64_t dflt) {
+static int64_t gguf_int(const gguf_context * ctx, const std::string & key, int64_t dflt, size_t idx = 0) {
     const int64_t id = gguf_find_key(ctx, key.c_str());
     if (id < 0) {
         return dflt;
@@ -117,14 +119,14 @@ static int64_t gguf_int(const gguf_context * ctx, const std::string & key, int64
         case GGUF_TYPE_UINT64: return (int64_t) gguf_get_val_u64(ctx, id);
         case GGUF_TYPE_INT64:  return gguf_get_val_i64(ctx, id);
         case GGUF_TYPE_ARRAY: {
-            // per-layer arrays (e.g. head_count_kv): take the first element
-            if (gguf_get_arr_n(ctx, id) == 0) {
+            // per-layer arrays (e.g. head_count_kv): element idx
+            if (gguf_get_arr_n(ctx, id) <= idx) {
                 return dflt;
             }
             const gguf_type t = gguf_get_arr_type(ctx, id);
             const void * d = gguf_get_arr_data(ctx, id);
             if (t == GGUF_TYPE_INT32 || t == GGUF_TYPE_UINT32) {
-                return ((const int32_t *) d)[0];
+                return ((const int32_t *) d)[idx];
             }
             return dflt;
         }
@@ -213,6 +215,11 @@ static bool gguf_meta_read(const std::string & path, gguf_meta & m, std::string 
             return false;
         }
     }
+    m.n_head_first        = gguf_int(ctx, a + "attention.head_count", -1, 0);
+    if (m.n_layer >= 2) {
+        m.n_head_kv_swa_last  = gguf_int(ctx, a + "attention.head_count_kv", m.n_head_kv, m.n_layer - 2);
+        m.n_head_kv_full_last = gguf_int(ctx, a + "attention.head_count_kv", m.n_head_kv, m.n_layer - 1);
+    }
     const int64_t swa_id = gguf_find_key(ctx, (a + "attention.sliding_window_pattern").c_str());
     if (swa_id >= 0 && gguf_get_kv_type(ctx, swa_id) == GGUF_TYPE_ARRAY && gguf_get_arr_type(ctx, swa_id) == GGUF_TYPE_BOOL) {
         const size_t n = gguf_get_arr_n(ctx, swa_id);
@@ -257,6 +264,13 @@ static bool sidecar_fits(const gguf_meta & tgt, const gguf_meta & dft, const std
     if (!tgt.swa_pattern[tgt.n_layer - 2] || tgt.swa_pattern[tgt.n_layer - 1]) {
         err = who + "it reads the target's layers " + i2s(tgt.n_layer - 2) + " (sliding window) and " + i2s(tgt.n_layer - 1) +
               " (full attention), which the target does not have in that layout";
+        return false;
+    }
+    // its query heads attend over the target's KV heads (grouped-query attention)
+    if (dft.n_head_first <= 0 || tgt.n_head_kv_swa_last <= 0 || tgt.n_head_kv_full_last <= 0 ||
+        dft.n_head_first % tgt.n_head_kv_swa_last != 0 || dft.n_head_first % tgt.n_head_kv_full_last != 0) {
+        err = who + "its " + i2s(dft.n_head_first) + " attention heads cannot share the target's " + i2s(tgt.n_head_kv_swa_last) +
+              "/" + i2s(tgt.n_head_kv_full_last) + " KV heads";
         return false;
     }
     return true;
@@ -489,19 +503,6 @@ static std::string backend_description() {
         }
     }
     return gpus.empty() ? "CPU" : gpus + " (+ CPU)";
-}
-
-static std::string meta_str(const llama_model * model, const char * key) {
-    std::vector<char> buf(256);
-    int32_t n = llama_model_meta_val_str(model, key, buf.data(), buf.size());
-    if (n < 0) {
-        return "";
-    }
-    if ((size_t) n >= buf.size()) {
-        buf.resize(n + 1);
-        n = llama_model_meta_val_str(model, key, buf.data(), buf.size());
-    }
-    return std::string(buf.data(), std::max(0, n));
 }
 
 static std::string token_text(const llama_vocab * vocab, llama_token t) {

@@ -234,15 +234,15 @@ class Engine:
         try:
             while stop == core.STOP_NONE:
                 try:
-                    ids, from_draft, n_drafted, n_accepted, stop = native.step()
+                    ids, raw, from_draft, n_drafted, n_accepted, stop = native.step()
                 except core.CoreError as exc:
                     raise _error(exc) from None
                 if stop == core.STOP_EOS:
                     # the end-of-generation token ends the text; it is not part of it
-                    ids, from_draft = ids[:-1], from_draft[:-1]
+                    ids, raw, from_draft = ids[:-1], raw[:-1], from_draft[:-1]
                 pieces = []
-                for tok, drafted in zip(ids, from_draft):
-                    piece = decoder.decode(native.token_piece(tok))
+                for tok, piece_bytes, drafted in zip(ids, raw, from_draft):
+                    piece = decoder.decode(piece_bytes)
                     pieces.append(TokenPiece(tok, piece, drafted))
                     text.append(piece)
                 tokens.extend(ids)
