@@ -218,3 +218,25 @@ def test_drafter_beside_a_local_model_is_found_without_md(models):
     assert f"MTP: drafter {models.gemma.draft_path.name} found beside the model" in r.stderr
     plain = invoke("run", "--json", "-m", str(models.gemma.model_path), "-p", "Hi", "-n", "16", "--no-mtp", *GREEDY)
     assert not json.loads(plain.stdout)["stats"]["mtp"] and "drafter" not in plain.stderr
+
+
+def test_ctrl_c_stops_a_one_shot_run_with_its_text_and_statistics(models):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = [sys.executable, "-m", "mtprun", "run", "-m", str(models.demo.model_path), "-p", "Hi", "-n", "3000",
+            "-c", "4096", "-t", "1", *GREEDY]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.read(20)  # the reply is streaming
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "stopped: interrupted" in err and "Traceback" not in err
+    n = int(err.split(" tokens, ")[0].rsplit("\n", 1)[-1])
+    assert 0 < n < 3000
