@@ -27,6 +27,7 @@ CHAT = "Chat template"
 OUTPUT = "Output"
 
 # --- model -----------------------------------------------------------------------------------------
+ModelArg = Annotated[Optional[str], typer.Argument(metavar="MODEL", help="GGUF model file (same as -m).", show_default=False)]
 ModelPathOpt = Annotated[
     Optional[Path],
     typer.Option("-m", "--model", metavar="PATH", help="GGUF model file.", rich_help_panel=MODEL),
@@ -207,10 +208,3 @@ def model_config(*, ctx_size: int, threads: int | None, n_gpu_layers: int, mtp: 
         )
     except InvalidInputError as exc:
         raise InvalidInputError(f"invalid option value: {exc}") from None
-
-
-def without_mtp(gen: GenerationConfig) -> GenerationConfig:
-    """The same settings with speculation off (the model turned out to have no MTP)."""
-    from dataclasses import replace
-
-    return replace(gen, spec=replace(gen.spec, enabled=False))

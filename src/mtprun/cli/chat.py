@@ -8,20 +8,17 @@ kept) and returns to the prompt; at the prompt it clears the line; Ctrl-D exits.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from pathlib import Path
 
-import typer
 
-from ..chat import ChatTemplate, Conversation
+from ..chat import Conversation
 from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
 from ..events import Result
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
-from ._model import choose_model, open_engine
+from ._model import choose_model, conversation_for, open_engine
 from ._stream import generate
 from .ui import Output
-
-ModelArg = Annotated[Optional[str], typer.Argument(metavar="MODEL", help="GGUF model file (same as -m).", show_default=False)]
 
 HELP = f"""Interactive multi-turn chat with the model's own chat template.
 
@@ -92,7 +89,7 @@ class MessageReader:
 
 
 def chat(
-    model_arg: ModelArg = None,
+    model_arg: o.ModelArg = None,
     model: o.ModelPathOpt = None,
     hf_repo: o.HfRepoOpt = None,
     revision: o.RevisionOpt = None,
@@ -126,8 +123,6 @@ def chat(
     def body() -> None:
         if model_arg is not None and model is not None:
             raise InvalidInputError("give the model once: as an argument or with -m")
-        from pathlib import Path
-
         model_path = Path(model_arg) if model_arg is not None else model
         mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
         gen = o.generation_config(
@@ -142,32 +137,20 @@ def chat(
         )
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
-            template = ChatTemplate.for_model(
-                info.chat_template, model=choice.label, bos_token=info.bos_token, eos_token=info.eos_token, override=chat_template_file,
-            )
-            if template.is_builtin:
-                out.warn(f"{choice.label} has no chat template; using ChatML (give --chat-template-file FILE)")
-            conv = Conversation(
-                template, lambda t, add: eng.tokenize(t, add_special=add, parse_special=True),
-                system=system_prompt, template_kwargs=kwargs, add_bos=info.add_bos,
-            )
-            # fail now, not at the first message, if the template cannot render a conversation
-            template.render([*conv.messages, {"role": "user", "content": "hello"}], kwargs=kwargs)
-            use_mtp = mtp and info.mtp_active
-            cfg = gen if use_mtp or not gen.spec.enabled else o.without_mtp(gen)
-            _banner(out, choice.label, cfg, info)
-            _loop(out, reader, eng, conv, cfg, n_ctx=info.n_ctx)
+            conv = conversation_for(out, eng, choice, system=system_prompt, template_file=chat_template_file, kwargs=kwargs)
+            _banner(out, choice.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx)
+            _loop(out, reader, eng, conv, gen, n_ctx=info.n_ctx)
 
     run_guarded(body)
 
 
-def _banner(out: Output, label: str, cfg, info) -> None:
-    spec = f"MTP on, drafting {cfg.spec.n_max} tokens per step" if cfg.spec.enabled else "MTP off"
-    out.note(f"mtprun chat | {label} | {spec} | context {info.n_ctx} tokens")
+def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int) -> None:
+    spec = f"MTP on, drafting {gen.spec.n_max} tokens per step" if mtp_on else "MTP off"
+    out.note(f"mtprun chat | {label} | {spec} | context {n_ctx} tokens")
     out.info("Type a message and press Enter (end a line with \\ to continue it). /help for commands, Ctrl-D to quit.")
 
 
-def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, cfg, *, n_ctx: int) -> None:
+def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n_ctx: int) -> None:
     last: Result | None = None
     turns = 0
     while True:
@@ -205,7 +188,7 @@ def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, cfg, *, n
             continue
         try:
             reply = out.reply(starts_in_reasoning=turn.starts_in_reasoning, tags=conv.template.reasoning_tags)
-            result = generate(eng, turn.tokens, cfg, reply)
+            result = generate(eng, turn.tokens, gen, reply)
         except ContextOverflowError as exc:
             conv.undo_prompt()
             out.error(f"{exc} (use /clear to start over)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,6 @@ from ._errors import EXIT_CODES_HELP, run_guarded
 from ._model import choose_model, open_engine
 from .ui import Output, human_size, human_count
 
-ModelArg = Annotated[Optional[str], typer.Argument(metavar="MODEL", help="GGUF model file (same as -m).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.", rich_help_panel=o.OUTPUT)]
 
 HELP = f"""Architecture, size, quantization, context, MTP (embedded layers or the sidecar that pairs with the model), chat template and runtime backend of a model.
@@ -65,7 +64,7 @@ def _quantization(description: str) -> str | None:
 
 
 def info(
-    model_arg: ModelArg = None,
+    model_arg: o.ModelArg = None,
     model: o.ModelPathOpt = None,
     hf_repo: o.HfRepoOpt = None,
     revision: o.RevisionOpt = None,

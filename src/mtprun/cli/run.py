@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..chat import ChatTemplate, Conversation, reasoning_tags, split_reasoning
+from ..chat import reasoning_tags, split_reasoning
 from ..errors import InvalidInputError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
-from ._model import choose_model, open_engine
+from ._model import choose_model, conversation_for, open_engine
 from ._stream import generate
 from .ui import Output
 
@@ -104,21 +104,11 @@ def run(
             if raw:
                 tokens = eng.tokenize(text, add_special=True, parse_special=True)
             else:
-                template = ChatTemplate.for_model(
-                    info.chat_template, model=choice.label, bos_token=info.bos_token, eos_token=info.eos_token, override=chat_template_file,
-                )
-                if template.is_builtin:
-                    out.warn(f"{choice.label} has no chat template; using ChatML (give --chat-template-file FILE, or --raw)")
-                conv = Conversation(
-                    template, lambda t, add: eng.tokenize(t, add_special=add, parse_special=True),
-                    system=system_prompt, template_kwargs=kwargs, add_bos=info.add_bos,
-                )
+                conv = conversation_for(out, eng, choice, system=system_prompt, template_file=chat_template_file, kwargs=kwargs)
                 turn = conv.prompt(text)
-                tokens, starts_in_reasoning, tags = turn.tokens, turn.starts_in_reasoning, template.reasoning_tags
-            use_mtp = mtp and info.mtp_active
-            cfg = gen if use_mtp or not gen.spec.enabled else o.without_mtp(gen)
+                tokens, starts_in_reasoning, tags = turn.tokens, turn.starts_in_reasoning, conv.template.reasoning_tags
             reply = None if json_output else out.reply(starts_in_reasoning=starts_in_reasoning, tags=tags)
-            result = generate(eng, tokens, cfg, reply)
+            result = generate(eng, tokens, gen, reply)
             if json_output:
                 reasoning, answer = split_reasoning(result.text, in_reasoning=starts_in_reasoning, tags=tags)
                 out.json({
@@ -129,7 +119,7 @@ def run(
                     "answer": answer,
                     "stop_reason": result.stop_reason,
                     "mtp": result.stats.mtp,
-                    "spec_draft_n_max": cfg.spec.n_max if result.stats.mtp else 0,
+                    "spec_draft_n_max": gen.spec.n_max if result.stats.mtp else 0,
                     "stats": result.stats.as_dict(),
                 })
             else:
