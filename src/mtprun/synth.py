@@ -1,0 +1,1261 @@
+"""Synthetic GGUF models for tests, benchmarks and the demo (nothing is downloaded).
+
+``write_model(spec, out)`` writes a small (or, with the ``bench`` preset, memory-bound) model that
+llama.cpp 0c1e570 (llama-cpp-python 0.3.36) loads exactly like the real thing, with weights chosen
+so that what it generates -- and what its MTP head drafts -- is known in advance.
+
+Architectures and file layout
+-----------------------------
+``qwen35`` -- a Qwen3.5/3.6-style dense hybrid, one file (as converted by ``convert_hf_to_gguf.py``
+from a checkpoint with ``mtp_num_hidden_layers = 1``)::
+
+    token_embd, output_norm, output                       [n_embd, n_vocab] / [n_embd]
+    blk.i  (i < n_layer, (i+1) % full_attention_interval != 0): gated delta net (linear attention)
+        attn_norm, post_attention_norm, attn_qkv, attn_gate, ssm_conv1d, ssm_dt.bias, ssm_a,
+        ssm_alpha, ssm_beta, ssm_norm, ssm_out, ffn_gate, ffn_up, ffn_down
+    blk.i  (every full_attention_interval-th layer): gated full attention
+        attn_norm, post_attention_norm, attn_q (query + gate), attn_k, attn_v, attn_q_norm,
+        attn_k_norm, attn_output, ffn_gate, ffn_up, ffn_down
+    blk.{n_layer}: the MTP block -- a full-attention block plus nextn.eh_proj [2 n_embd, n_embd],
+        nextn.enorm, nextn.hnorm, nextn.shared_head_norm (embeddings and LM head are shared)
+    keys: qwen35.block_count = n_layer + 1, qwen35.nextn_predict_layers = 1,
+        qwen35.full_attention_interval, qwen35.attention.recurrent_layers, qwen35.ssm.*,
+        qwen35.rope.dimension_sections, ...
+
+``gemma4`` -- a Gemma 4-style target (5 sliding-window layers to 1 global layer, the last layer
+global; no per-layer embeddings; global layers use K as V as in the large Gemma 4 models) and,
+next to it, its drafter ``mtp-<name>.gguf`` (arch ``gemma4-assistant``): ``nextn.pre_projection``
+[2 n_embd_target, n_embd], query-only attention layers that read the target's KV cache (its last
+sliding layer n_layer-2 and its last global layer n_layer-1), ``nextn.post_projection``
+[n_embd, n_embd_target] and ``embedding_length_out = n_embd_target``. The target has an untied
+``output`` tensor (real Gemma ties it to ``token_embd``; the oracle needs them to differ).
+
+Tokenizer: a real BPE vocabulary built from the passage in ``CYCLE_TEXT`` (every word of it is one
+token, reachable through merges of its prefixes), all 256 bytes, filler pseudo-words up to
+``n_vocab``, and the chat special tokens. ``qwen35`` uses GPT-2 byte-level BPE (``gpt2`` /
+pre-tokenizer ``qwen35``, ChatML template with ``<think>``); ``gemma4`` uses Gemma 4's own
+SentencePiece-style BPE (``gemma4``: spaces become U+2581, ``<0xNN>`` byte fallback) with the
+``<|turn>`` / ``<|channel>thought`` template. Both templates take ``enable_thinking``.
+
+Weights (``mode``)
+------------------
+``oracle``: the target is a deterministic next-token machine and the MTP head agrees with it on a
+chosen fraction ``agree`` of the tokens (construction below).
+
+``random``: the same construction with a *ring* of L ordinary tokens in seeded random order in
+place of the passage, every sub-block at full scale, and the trunk's sub-blocks also writing
+(seeded, random) into the signal coordinates. The context -- every layer, the gated-delta-net
+states included -- then overrides the planted successor on a few of the steps (measured: 1.4%
+qwen35, 1.2% gemma4), so zeroing any one layer's output changes what is generated, and the MTP
+head, which knows only the planted successor, drafts wrongly exactly there: drafts are partly
+accepted at context-dependent points, so rollbacks of the recurrent and KV state are exercised.
+Random models have no guaranteed margin: near a context override the top two logits come closer
+(top-1 margin over 1800 steps: median 6.7 / 5.1, smallest 0.16 / 0.10 for qwen35 / gemma4, against
+a batched vs one-token difference of at most 1.4e-3 / 2.4e-2 with flash attention).
+
+Oracle construction, with d = n_embd:
+
+1. The cycle ``c_0 .. c_{L-1}`` is the token sequence of ``CYCLE_TEXT`` (distinct words and
+   punctuation), cut to ``L <= d - d//4``. succ(c_k) = c_{k+1 mod L}; every other token (bytes,
+   specials, chat-template text) has successor c_0, so any prompt is answered with the passage.
+2. Each cycle index k owns one *signal* coordinate s_k of the residual stream (a seeded choice of
+   L coordinates); the rest is the *complement*. The embedding of c_k is ``a e_{s_k} + b r_t``
+   (a = 0.8, b = 0.6, r_t a random unit vector in the complement); a token outside the cycle
+   looks like c_{L-1} in the signal part and has its own random complement part.
+3. All sub-blocks (gated delta nets, attention, FFNs) have random weights, but their output
+   projections have zero rows on the signal coordinates: they write only into the complement.
+   Every norm is element-wise, so the signal coordinate of the current token survives all layers
+   untouched and every other signal coordinate stays exactly 0. The layers still compute (their
+   output changes the hidden rows and, through the final RMS norm, the size of the top logit).
+4. The LM head row of succ(c_k) reads s_k with weight w; every other row entry is 0. Hence the
+   target's logits are exactly 0 except for the one token succ(x), whose logit is
+   ``w * a * sqrt(d) / rms-ratio`` (about ``ORACLE_TOP_LOGIT``): greedy decoding follows the
+   cycle, there are no ties, and the top-1 margin equals the top logit: ~20 for qwen35 (measured
+   18-24), ~17.5 for gemma4 after its final logit soft-capping (measured 16.4-21.6).
+5. MTP head. qwen35: ``eh_proj`` maps the token half ``enorm(embed(t))`` signal s_k -> s_{m(k)}
+   (complement -> complement at random), the hidden half only complement -> complement (so h
+   changes the draft's hidden row but never its argmax); the MTP block writes only into the
+   complement; the shared LM head then predicts succ(c_{m(k)}). gemma4-assistant: the same map in
+   ``nextn.pre_projection`` from the target embedding (x sqrt(n_embd)) into the drafter's own
+   signal coordinates, its tied ``token_embd`` is the LM head for those coordinates.
+   m(k) = k for k in the agree set A (a seeded subset of round(agree * L) cycle indices), so the
+   head predicts succ(t) = the target's true next token after t; otherwise m(k) = k + L//2, a
+   confidently wrong token. The head is fed its own hidden row when drafting further, but that row
+   never moves the argmax, so each drafted position is accepted exactly when the token it follows
+   is in A: per-position acceptance ~ agree, ~1.0 at agree = 1. ``SynthResult.simulate_speculative``
+   replays llama.cpp's greedy draft/verify loop on these rules to give exact expected counts.
+
+Everything is a pure function of the spec: the same spec and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import gguf
+import numpy as np
+
+from mtprun.errors import InvalidInputError
+
+__all__ = [
+    "ARCHS",
+    "CYCLE_TEXT",
+    "DTYPES",
+    "MODES",
+    "PRESETS",
+    "SpecSimulation",
+    "SynthResult",
+    "SynthSpec",
+    "demo_spec",
+    "draft_path_for",
+    "weight_bytes",
+    "write_model",
+]
+
+ARCHS = ("qwen35", "gemma4")
+MODES = ("random", "oracle")
+DTYPES = ("f32", "f16", "q8_0")
+
+# The oracle cycle spells this passage (every word and punctuation mark occurs once).
+CYCLE_TEXT = (
+    " Once upon a quiet morning, seven curious foxes wandered through golden meadows toward"
+    " distant hills. Every brave explorer carried bright lanterns and small maps; nobody"
+    " remembered exactly why their journey began! Still they laughed while singing old songs"
+    " beneath tall silver trees: perhaps tomorrow would reveal hidden rivers flowing gently into"
+    " warm sunlit valleys?"
+)
+
+ORACLE_TOP_LOGIT = 20.0  # nominal logit of the one token an oracle model predicts (all others: 0)
+_SIGNAL_A = 0.8  # share of an embedding in its signal coordinate (a^2 + b^2 = 1)
+_ORACLE_GAIN = 0.5  # size of the sub-block outputs (complement only) in oracle models
+# LM-head weight (x 1/sqrt(d)): the final RMS norm leaves ~0.45 sqrt(d) in an oracle model's
+# signal coordinate (measured 0.41-0.52 over 2..12 layers, both arches), so the top logit is ~20.
+_HEAD_W = ORACLE_TOP_LOGIT / 0.45
+# Random models: how strongly the trunk writes into the signal coordinates (vs 1 into the rest),
+# tuned so that the context overrides the planted successor on 1-2% of the steps: more would
+# make near-ties (and so batched vs one-token disagreements) frequent.
+_RANDOM_CONTEXT = MappingProxyType({"qwen35": 0.7, "gemma4": 0.8})
+_MAX_VOCAB = 262144
+_MAX_LAYERS = 128
+
+# Presets: field overrides on top of the SynthSpec defaults (which are the "tiny" preset).
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "tiny": MappingProxyType({}),
+    # >= 300 MB of f16 weights: decoding is bound by memory bandwidth on a CPU.
+    "bench": MappingProxyType({
+        "n_embd": 2048, "n_layer": 4, "n_ff": 3072, "n_vocab": 16384, "dtype": "f16",
+    }),
+})
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What to generate. The defaults are the ``tiny`` preset (a few MB, milliseconds per token).
+
+    ``agree`` is the fraction of the ring's tokens after which the MTP head drafts the planted
+    successor (in random models the target itself sometimes deviates from it). ``n_ff`` and
+    ``draft_n_embd`` of 0 are derived from ``n_embd``; ``draft_*`` only apply to gemma4 (its
+    ``gemma4-assistant`` sidecar). ``name`` is written as ``general.name``.
+    """
+
+    arch: str = "qwen35"
+    mode: str = "oracle"
+    agree: float = 1.0
+    seed: int = 0
+    n_embd: int = 256
+    n_layer: int = 4
+    n_vocab: int = 1024
+    n_ctx: int = 4096
+    dtype: str = "f32"
+    n_ff: int = 0
+    draft_n_embd: int = 0
+    draft_n_layer: int = 2
+    name: str = ""
+
+    @classmethod
+    def preset(cls, name: str, /, **overrides: Any) -> SynthSpec:
+        """The named preset (``tiny`` or ``bench``) with ``overrides`` applied."""
+        if name not in PRESETS:
+            raise InvalidInputError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InvalidInputError(f"unknown SynthSpec field(s): {', '.join(unknown)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def validate(self) -> None:
+        """Raise ``InvalidInputError`` (one line) unless this spec forms a valid model."""
+        _dims(self)
+
+
+def demo_spec() -> SynthSpec:
+    """The model behind ``mtprun --demo``: qwen35 oracle, readable text, ~80% draft acceptance."""
+    return SynthSpec(arch="qwen35", mode="oracle", agree=0.8, seed=0, name="mtprun-demo")
+
+
+def draft_path_for(model_path: str | os.PathLike[str]) -> Path:
+    """Where the gemma4 drafter sidecar of ``model_path`` goes: ``mtp-<name>`` in the same folder."""
+    p = Path(model_path)
+    return p.with_name(f"mtp-{p.name}")
+
+
+@dataclass(frozen=True)
+class SpecSimulation:
+    """Expected outcome of llama.cpp's greedy draft/verify loop (``llama-speculative-simple``)."""
+
+    n_max: int
+    n_predict: int  # tokens produced (as counted by llama-speculative-simple)
+    n_drafted: int
+    n_accept: int
+    reached_by_position: tuple[int, ...]  # drafts whose position i was verified (all before accepted)
+    accepted_by_position: tuple[int, ...]  # ... and accepted at position i
+    tokens: tuple[int, ...]  # the generated tokens
+
+    @property
+    def acceptance(self) -> float:
+        """n_accept / n_drafted, the figure llama-speculative-simple prints as ``accept``."""
+        return self.n_accept / self.n_drafted if self.n_drafted else 0.0
+
+    @property
+    def acceptance_by_position(self) -> tuple[float, ...]:
+        """Acceptance at draft position 1..n_max, given all earlier positions were accepted."""
+        return tuple(a / r if r else 0.0 for r, a in zip(self.reached_by_position, self.accepted_by_position))
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """What ``write_model`` wrote, and what an oracle model will do."""
+
+    spec: SynthSpec
+    model_path: Path
+    draft_path: Path | None  # gemma4 drafter sidecar; None for qwen35 (embedded MTP block)
+    model_bytes: int
+    draft_bytes: int  # 0 without a sidecar
+    weight_bytes: int  # tensor data in all files written
+    seconds: float
+    n_vocab: int
+    bos_id: int
+    eos_id: int
+    eog_ids: tuple[int, ...]
+    add_bos: bool
+    # Oracle models only (None for random models):
+    cycle: tuple[int, ...] | None = None  # token ids, in order; succ(cycle[k]) = cycle[k+1 mod L]
+    cycle_text: str | None = None  # what one turn of the cycle detokenizes to
+    successor: Mapping[int, int] | None = None  # target's greedy next token, for every token id
+    mtp_prediction: Mapping[int, int] | None = None  # MTP head's greedy draft after each token id
+    agree_tokens: frozenset[int] | None = None  # cycle tokens after which the MTP head is right
+    expected_acceptance: float | None = None  # per drafted position: len(agree_tokens) / len(cycle)
+    top_logit: float | None = None  # nominal oracle top logit = top-1 margin (all others are 0)
+
+    def summary(self) -> str:
+        """One line describing what was written."""
+        s = self.spec
+        parts = [f"wrote {self.model_path} ({_mb(self.model_bytes)})"]
+        if self.draft_path is not None:
+            parts.append(f"+ drafter {self.draft_path} ({_mb(self.draft_bytes)})")
+        desc = f"{s.arch} {s.mode}"
+        if self.expected_acceptance is not None:
+            desc += (f" agree={s.agree:g} (cycle of {len(self.cycle or ())} tokens, expected acceptance"
+                     f" per drafted position {self.expected_acceptance:.3f})")
+        parts.append(
+            f"{desc}, n_embd={s.n_embd} n_layer={s.n_layer} n_vocab={self.n_vocab} "
+            f"n_ctx={s.n_ctx} {s.dtype} seed={s.seed}, in {self.seconds:.2f}s"
+        )
+        return " ".join(parts[:-1]) + ": " + parts[-1]
+
+    def greedy_continuation(self, last_token: int, n: int) -> list[int]:
+        """The ``n`` tokens an oracle target generates greedily after a prompt ending in ``last_token``."""
+        succ = self._need(self.successor)
+        out, t = [], last_token
+        for _ in range(n):
+            t = succ[t]
+            out.append(t)
+        return out
+
+    def simulate_speculative(self, last_token: int, n_predict: int, n_max: int) -> SpecSimulation:
+        """Replay llama-speculative-simple's greedy loop (draft-mtp, --temp 0, p_min 0) exactly.
+
+        ``last_token`` is the prompt's last token; ``n_predict`` is its ``-n``; ``n_max`` is
+        ``--spec-draft-n-max``. Counts follow that program's statistics (the context is assumed
+        to have room for the whole generation).
+        """
+        succ = self._need(self.successor)
+        mtp = self._need(self.mtp_prediction)
+        if n_max < 0 or n_predict < 0:
+            raise InvalidInputError("n_max and n_predict must be >= 0")
+        id_last, produced, drafted, accepted = last_token, 0, 0, 0
+        reached, by_pos = [0] * n_max, [0] * n_max
+        tokens: list[int] = []
+        while True:
+            room = max(n_predict - produced - 1, 0)
+            # common_speculative_draft() only truncates a draft to a positive limit: at 0 the
+            # full n_max draft is verified.
+            draft: list[int] = []
+            t = id_last
+            for _ in range(min(n_max, room) if room > 0 else n_max):
+                t = mtp[t]
+                draft.append(t)
+            ids, cur = [], id_last
+            for i, d in enumerate(draft):
+                reached[i] += 1
+                if d != succ[cur]:
+                    break
+                by_pos[i] += 1
+                ids.append(d)
+                cur = d
+            ids.append(succ[cur])
+            drafted += len(draft)
+            accepted += len(ids) - 1
+            produced += len(ids)
+            tokens.extend(ids)
+            id_last = ids[-1]
+            if produced > n_predict:
+                break
+        return SpecSimulation(n_max, produced, drafted, accepted, tuple(reached), tuple(by_pos), tuple(tokens))
+
+    @staticmethod
+    def _need(v: Any) -> Any:
+        if v is None:
+            raise InvalidInputError("only oracle models have a known continuation")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# dimensions and validation
+
+
+@dataclass(frozen=True)
+class _Dims:
+    d: int
+    n_layer: int
+    n_ff: int
+    n_vocab: int
+    head_dim: int  # qwen35 attention head size; gemma4 sliding-layer head size
+    head_dim_full: int  # gemma4 global-layer head size
+    n_head: int
+    n_head_kv: int  # qwen35; gemma4 sliding layers
+    n_head_kv_full: int  # gemma4 global layers
+    # qwen35 gated delta net
+    ssm_d_state: int
+    ssm_n_group: int
+    ssm_dt_rank: int
+    ssm_conv: int
+    full_attn_interval: int
+    # gemma4
+    n_swa: int
+    draft_d: int
+    draft_n_layer: int
+    draft_n_head: int
+    draft_n_ff: int
+    cycle_len: int  # ring length: the oracle's cycle, or the random model's planted ring
+
+
+def _kv_heads(n_head: int, ratio: int) -> int:
+    """The largest divisor of n_head that is at most n_head / ratio (grouped-query attention)."""
+    return max(k for k in range(1, n_head + 1) if n_head % k == 0 and k * ratio <= max(n_head, ratio))
+
+
+def _dims(spec: SynthSpec) -> _Dims:
+    """Validate ``spec`` (one-line InvalidInputError) and derive every dimension from it."""
+    bad = InvalidInputError
+    if spec.arch not in ARCHS:
+        raise bad(f"unknown arch {spec.arch!r} (choose from {', '.join(ARCHS)})")
+    if spec.mode not in MODES:
+        raise bad(f"unknown mode {spec.mode!r} (choose from {', '.join(MODES)})")
+    if spec.dtype not in DTYPES:
+        raise bad(f"unknown dtype {spec.dtype!r} (choose from {', '.join(DTYPES)})")
+    if isinstance(spec.agree, bool) or not isinstance(spec.agree, (int, float)) or not (
+        math.isfinite(spec.agree) and 0.0 <= spec.agree <= 1.0
+    ):
+        raise bad(f"agree must be a number in [0, 1], got {spec.agree!r}")
+    for fname in ("seed", "n_embd", "n_layer", "n_vocab", "n_ctx", "n_ff", "draft_n_embd", "draft_n_layer"):
+        v = getattr(spec, fname)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise bad(f"{fname} must be an integer, got {v!r}")
+    if not 0 <= spec.seed < 2**63:
+        raise bad(f"seed must be in [0, 2^63), got {spec.seed}")
+    d = spec.n_embd
+    if d < 64 or d % 64 or d > 16384:
+        raise bad(f"n_embd must be a multiple of 64 in [64, 16384], got {d}")
+    # qwen35: at least one gated-delta-net layer and one full-attention layer (its KV cache);
+    # gemma4: the drafter reads the target's last sliding (n_layer-2) and global (n_layer-1) layers
+    if not 2 <= spec.n_layer <= _MAX_LAYERS:
+        raise bad(f"n_layer must be in [2, {_MAX_LAYERS}], got {spec.n_layer}")
+    if not 64 <= spec.n_ctx <= 1 << 20:
+        raise bad(f"n_ctx must be in [64, 1048576], got {spec.n_ctx}")
+    min_vocab = _Vocab.minimum_size(spec.arch)
+    if not min_vocab <= spec.n_vocab <= _MAX_VOCAB:
+        raise bad(f"n_vocab must be in [{min_vocab}, {_MAX_VOCAB}] for {spec.arch}'s tokenizer, got {spec.n_vocab}")
+    n_ff = spec.n_ff or (3 * d) // 2
+    if n_ff < 32 or n_ff % 32 or n_ff > 65536:
+        raise bad(f"n_ff must be a multiple of 32 in [32, 65536], got {n_ff}")
+    if not isinstance(spec.name, str) or len(spec.name) > 200 or any(ord(c) < 32 for c in spec.name):
+        raise bad("name must be a printable string of at most 200 characters")
+
+    head_dim = 64 if d <= 512 else 128
+    n_head = max(2, d // head_dim)
+    draft_d = draft_n_layer = draft_n_head = draft_n_ff = 0
+    if spec.arch == "qwen35":
+        n_head_kv = _kv_heads(n_head, 4)
+        head_dim_full = head_dim
+        n_head_kv_full = n_head_kv
+        ssm_d_state = 32 if d <= 512 else 128
+        ssm_n_group = max(1, d // (2 * ssm_d_state))
+        ssm_dt_rank = 2 * ssm_n_group
+        n_swa = 0
+    else:
+        head_dim_full = 2 * head_dim
+        n_head = max(2, d // (2 * head_dim))
+        n_head_kv = _kv_heads(n_head, 2)
+        n_head_kv_full = _kv_heads(n_head, 4)
+        ssm_d_state = ssm_n_group = ssm_dt_rank = 0
+        n_swa = min(512, max(32, spec.n_ctx // 8))
+        draft_d = spec.draft_n_embd or max(128, d // 4 // 64 * 64)
+        if draft_d < 64 or draft_d % 64 or draft_d > 16384:
+            raise bad(f"draft_n_embd must be a multiple of 64 in [64, 16384], got {draft_d}")
+        if draft_d == d:
+            raise bad("draft_n_embd must differ from n_embd (gemma4-assistant needs embedding_length_out != n_embd)")
+        draft_n_layer = spec.draft_n_layer
+        if not 1 <= draft_n_layer <= 16:
+            raise bad(f"draft_n_layer must be in [1, 16], got {draft_n_layer}")
+        # its queries attend to the target's KV heads: a multiple of both kinds of KV head count
+        group = math.lcm(n_head_kv, n_head_kv_full)
+        draft_n_head = max(group, draft_d // head_dim // group * group)
+        draft_n_ff = 2 * draft_d
+    room = min(d, draft_d or d)
+    room -= room // 4  # keep a quarter of the residual stream for the complement
+    if spec.mode == "oracle":
+        cycle_len = min(len(_Vocab.cycle_words()), room)
+    else:
+        cycle_len = min(room, len(_vocab(spec.arch, spec.n_vocab).ordinary_ids()))
+    return _Dims(
+        d=d, n_layer=spec.n_layer, n_ff=n_ff, n_vocab=spec.n_vocab, head_dim=head_dim,
+        head_dim_full=head_dim_full, n_head=n_head, n_head_kv=n_head_kv, n_head_kv_full=n_head_kv_full,
+        ssm_d_state=ssm_d_state, ssm_n_group=ssm_n_group, ssm_dt_rank=ssm_dt_rank, ssm_conv=4,
+        full_attn_interval=min(4, spec.n_layer), n_swa=n_swa, draft_d=draft_d, draft_n_layer=draft_n_layer,
+        draft_n_head=draft_n_head, draft_n_ff=draft_n_ff, cycle_len=cycle_len,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+_BYTE_CHARS = _bytes_to_unicode()
+
+_QWEN_SPECIALS = (
+    ("<|endoftext|>", gguf.TokenType.CONTROL),
+    ("<|im_start|>", gguf.TokenType.CONTROL),
+    ("<|im_end|>", gguf.TokenType.CONTROL),
+    ("<think>", gguf.TokenType.USER_DEFINED),
+    ("</think>", gguf.TokenType.USER_DEFINED),
+)
+_GEMMA_SPECIALS = (
+    ("<pad>", gguf.TokenType.CONTROL),
+    ("<eos>", gguf.TokenType.CONTROL),
+    ("<bos>", gguf.TokenType.CONTROL),
+    ("<unk>", gguf.TokenType.UNKNOWN),
+    ("<mask>", gguf.TokenType.CONTROL),
+    ("<|turn>", gguf.TokenType.CONTROL),
+    ("<turn|>", gguf.TokenType.CONTROL),
+    ("<|think|>", gguf.TokenType.CONTROL),
+    ("<|channel>", gguf.TokenType.USER_DEFINED),
+    ("<channel|>", gguf.TokenType.USER_DEFINED),
+)
+
+_QWEN_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content | trim + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' %}"
+    "{%- if not loop.first %}{{- raise_exception('System message must be at the beginning.') }}{%- endif %}"
+    "{%- elif message.role == 'user' %}"
+    "{{- '<|im_start|>user\\n' + message.content | trim + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{%- set content = message.content | trim %}"
+    "{%- if '</think>' in content %}{%- set content = content.split('</think>')[-1] | trim %}{%- endif %}"
+    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- raise_exception('Unexpected message role.') }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- else %}"
+    "{{- '<think>\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+_GEMMA_TEMPLATE = (
+    "{%- set thinking = enable_thinking is defined and enable_thinking -%}"
+    "{%- set loop_messages = messages -%}"
+    "{{- bos_token -}}"
+    "{%- if thinking or messages[0].role in ['system', 'developer'] -%}"
+    "{{- '<|turn>system\\n' -}}"
+    "{%- if thinking -%}{{- '<|think|>\\n' -}}{%- endif -%}"
+    "{%- if messages[0].role in ['system', 'developer'] -%}"
+    "{{- messages[0].content | trim -}}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{{- '<turn|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message.role not in ['user', 'assistant'] -%}"
+    "{{- raise_exception('Unexpected message role.') -}}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message.role == 'assistant' else message.role -%}"
+    "{%- set content = message.content -%}"
+    "{%- if role == 'model' and '<channel|>' in content -%}{%- set content = content.split('<channel|>')[-1] -%}{%- endif -%}"
+    "{{- '<|turn>' + role + '\\n' + content | trim + '<turn|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|turn>model\\n' -}}"
+    "{%- if not thinking -%}{{- '<|channel>thought\\n<channel|>' -}}{%- endif -%}"
+    "{%- endif -%}"
+)
+
+
+class _Vocab:
+    """A BPE vocabulary in which every word of CYCLE_TEXT is a single token.
+
+    Words are built by merges of their prefixes (``▁w ▁wo ▁wor ...``); every merge's left side
+    starts with the space symbol, so inside one pre-token only one chain of merges can apply and
+    llama.cpp's BPE always yields the whole word. The vocabulary does not depend on the seed.
+    """
+
+    def __init__(self, arch: str, n_vocab: int) -> None:
+        self.arch = arch
+        self.spm = arch == "gemma4"  # Gemma 4's SentencePiece-style BPE; else GPT-2 byte-level
+        self.space = "\u2581" if self.spm else _BYTE_CHARS[0x20]
+        self.tokens: list[str] = []
+        self.types: list[int] = []
+        self.merges: list[str] = []
+        self.index: dict[str, int] = {}
+        specials = _GEMMA_SPECIALS if self.spm else _QWEN_SPECIALS
+        if self.spm:
+            for text, ttype in specials:
+                self._add(text, ttype)
+            for b in range(256):
+                self._add(f"<0x{b:02X}>", gguf.TokenType.BYTE)
+            for ch in [self.space, "\n", "\t"] + [chr(c) for c in range(0x21, 0x7F)]:
+                self._add(ch, gguf.TokenType.NORMAL)
+        else:
+            for b in range(256):
+                self._add(_BYTE_CHARS[b], gguf.TokenType.NORMAL)
+        for word in self.cycle_words():
+            self._add_word(self._sym(word))
+        n_specials_after = 0 if self.spm else len(specials)
+        self._fill(n_vocab - n_specials_after)
+        if not self.spm:
+            for text, ttype in specials:
+                self._add(text, ttype)
+        assert len(self.tokens) == n_vocab, (len(self.tokens), n_vocab)
+
+    @staticmethod
+    def cycle_words() -> list[str]:
+        """CYCLE_TEXT split the way both pre-tokenizers split it: ' word' and punctuation."""
+        out: list[str] = []
+        for chunk in CYCLE_TEXT.split(" ")[1:]:
+            word = chunk.rstrip(",.;:!?")
+            out.append(" " + word)
+            out.extend(chunk[len(word):])
+        return out
+
+    @classmethod
+    def minimum_size(cls, arch: str) -> int:
+        key = ("min", arch)
+        if key not in _VOCAB_CACHE:
+            _VOCAB_CACHE[key] = cls._base_size(arch)
+        return _VOCAB_CACHE[key]
+
+    @classmethod
+    def _base_size(cls, arch: str) -> int:
+        spm = arch == "gemma4"
+        space = "\u2581" if spm else _BYTE_CHARS[0x20]
+        base = {(_BYTE_CHARS[b] if not spm else f"<0x{b:02X}>") for b in range(256)}
+        if spm:
+            base |= {space, "\n", "\t"} | {chr(c) for c in range(0x21, 0x7F)}
+        words = set()
+        for w in cls.cycle_words():
+            s = w.replace(" ", space) if spm else "".join(_BYTE_CHARS[b] for b in w.encode())
+            for k in range(2, len(s) + 1):
+                words.add(s[:k])
+        n_special = len(_GEMMA_SPECIALS if spm else _QWEN_SPECIALS)
+        return len(base | words) + n_special
+
+    def _sym(self, text: str) -> str:
+        if self.spm:
+            return text.replace(" ", self.space)
+        return "".join(_BYTE_CHARS[b] for b in text.encode("utf-8"))
+
+    def _add(self, text: str, ttype: int) -> int:
+        if text in self.index:
+            return self.index[text]
+        self.index[text] = len(self.tokens)
+        self.tokens.append(text)
+        self.types.append(int(ttype))
+        return self.index[text]
+
+    def _add_word(self, sym: str) -> None:
+        for k in range(2, len(sym) + 1):
+            if sym[:k] not in self.index:
+                self.merges.append(f"{sym[:k - 1]} {sym[k - 1]}")
+                self._add(sym[:k], gguf.TokenType.NORMAL)
+
+    def _fill(self, target: int) -> None:
+        """Add pseudo-words (one new token and merge each) until there are ``target`` tokens."""
+        rng = np.random.default_rng(20240531)  # fixed: the tokenizer must not depend on the seed
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        stems = [self.space]
+        while len(self.tokens) < target:
+            stem = stems[int(rng.integers(len(stems)))]
+            word = stem + letters[int(rng.integers(26))]
+            if word in self.index:
+                continue
+            self.merges.append(f"{stem} {word[-1]}")
+            self._add(word, gguf.TokenType.NORMAL)
+            if len(word) < 9:
+                stems.append(word)
+
+    def id(self, text: str) -> int:
+        return self.index[text]
+
+    def ordinary_ids(self) -> list[int]:
+        """Multi-character ordinary tokens (words, word prefixes, filler words)."""
+        return [i for i, (tok, ty) in enumerate(zip(self.tokens, self.types))
+                if ty == gguf.TokenType.NORMAL and len(tok) > 1]
+
+    def cycle_ids(self) -> list[int]:
+        return [self.id(self._sym(w)) for w in self.cycle_words()]
+
+    def write(self, w: gguf.GGUFWriter) -> None:
+        if self.spm:
+            w.add_string("tokenizer.ggml.model", "gemma4")
+        else:
+            w.add_string("tokenizer.ggml.model", "gpt2")
+            w.add_string("tokenizer.ggml.pre", "qwen35")
+        w.add_array("tokenizer.ggml.tokens", self.tokens)
+        if self.spm:
+            w.add_array("tokenizer.ggml.scores", [float(-i) for i in range(len(self.tokens))])
+        w.add_array("tokenizer.ggml.token_type", self.types)
+        w.add_array("tokenizer.ggml.merges", self.merges)
+        if self.spm:
+            w.add_uint32("tokenizer.ggml.bos_token_id", self.id("<bos>"))
+            w.add_uint32("tokenizer.ggml.eos_token_id", self.id("<eos>"))
+            w.add_uint32("tokenizer.ggml.unknown_token_id", self.id("<unk>"))
+            w.add_uint32("tokenizer.ggml.padding_token_id", self.id("<pad>"))
+            w.add_bool("tokenizer.ggml.add_bos_token", True)
+            w.add_bool("tokenizer.ggml.add_space_prefix", False)
+            w.add_string("tokenizer.chat_template", _GEMMA_TEMPLATE)
+        else:
+            w.add_uint32("tokenizer.ggml.eos_token_id", self.id("<|im_end|>"))
+            w.add_uint32("tokenizer.ggml.padding_token_id", self.id("<|endoftext|>"))
+            w.add_uint32("tokenizer.ggml.bos_token_id", self.id("<|endoftext|>"))
+            w.add_bool("tokenizer.ggml.add_bos_token", False)
+            w.add_string("tokenizer.chat_template", _QWEN_TEMPLATE)
+
+    @property
+    def bos_id(self) -> int:
+        return self.id("<bos>") if self.spm else self.id("<|endoftext|>")
+
+    @property
+    def eos_id(self) -> int:
+        return self.id("<eos>") if self.spm else self.id("<|im_end|>")
+
+    @property
+    def eog_ids(self) -> tuple[int, ...]:
+        if self.spm:
+            return (self.id("<eos>"), self.id("<turn|>"))
+        return (self.id("<|endoftext|>"), self.id("<|im_end|>"))
+
+
+_VOCAB_CACHE: dict[Any, Any] = {}
+
+
+def _vocab(arch: str, n_vocab: int) -> _Vocab:
+    key = (arch, n_vocab)
+    if key not in _VOCAB_CACHE:
+        _VOCAB_CACHE[key] = _Vocab(arch, n_vocab)
+    return _VOCAB_CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+
+
+def _rng(seed: int, *tags: str) -> np.random.Generator:
+    """An independent, stable random stream for (seed, tags...)."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, seed >> 32, *(zlib.crc32(t.encode()) for t in tags)])
+
+
+_DRY_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("synth_dry_run", default=False)
+
+
+def _gauss(seed: int, tag: str, shape: tuple[int, ...], std: float) -> np.ndarray:
+    if _DRY_RUN.get():  # weight_bytes(): shapes only (zero pages are never touched)
+        return np.zeros(shape, dtype=np.float32)
+    return _rng(seed, tag).standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+
+@dataclass
+class _Plan:
+    """Token-level plan shared by both modes (see the module docstring).
+
+    ``ring`` is the oracle's cycle (the passage) or, in random mode, a seeded random order of
+    ordinary tokens; ring[k] owns signal coordinate ``signal[k]`` and its planted successor is
+    ring[k+1]. ``context`` is how strongly the trunk's sub-blocks write into the signal
+    coordinates (0 for oracle models: then the ring is followed exactly).
+    """
+
+    ring: list[int]  # token ids
+    alias: np.ndarray  # [n_vocab] ring index each token behaves like
+    agree: list[bool]  # per ring index: the MTP head drafts the planted successor
+    mtp_index: list[int]  # m(k): the ring index whose successor the MTP head drafts after ring[k]
+    signal: np.ndarray  # [L] target signal coordinates
+    draft_signal: np.ndarray | None  # [L] gemma4-assistant signal coordinates
+    gain: float  # size of the sub-block outputs in the complement
+    context: float  # size of the trunk sub-block outputs in the signal coordinates
+    jitter: float  # random spread of the norm weights
+
+    @property
+    def L(self) -> int:
+        return len(self.ring)
+
+
+def _plan(spec: SynthSpec, dims: _Dims, vocab: _Vocab) -> _Plan:
+    L = dims.cycle_len
+    if spec.mode == "oracle":
+        ring = vocab.cycle_ids()[:L]
+        alias = np.full(dims.n_vocab, L - 1, dtype=np.int64)
+        gain, context, jitter = _ORACLE_GAIN / math.sqrt(max(1.0, dims.n_layer / 4)), 0.0, 0.0
+    else:
+        pool = vocab.ordinary_ids()
+        ring = [pool[int(i)] for i in _rng(spec.seed, "ring").permutation(len(pool))[:L]]
+        alias = _rng(spec.seed, "alias").integers(0, L, dims.n_vocab)
+        gain, context, jitter = 1.0, _RANDOM_CONTEXT[spec.arch], 0.1
+    alias[ring] = np.arange(L)
+    agree = _agree_set(spec.seed, L, spec.agree)
+    mtp_index = [k if agree[k] else (k + L // 2) % L for k in range(L)]
+    signal = _rng(spec.seed, "signal").permutation(dims.d)[:L]
+    draft_signal = _rng(spec.seed, "draft-signal").permutation(dims.draft_d)[:L] if dims.draft_d else None
+    return _Plan(ring, alias, agree, mtp_index, signal, draft_signal, gain, context, jitter)
+
+
+def _agree_set(seed: int, L: int, p: float) -> list[bool]:
+    """round(p L) ring indices after which the MTP head is right, spread so that along the ring
+    P(next in A | in A) and P(next in A | this and previous in A) are also close to p: then every
+    draft position, not just the first, is accepted with probability ~p (best of 256 seeded
+    random choices)."""
+    n = int(round(p * L))
+    rng = _rng(seed, "agree")
+    best, best_score = [False] * L, math.inf
+    for _ in range(256 if 0 < n < L else 1):
+        a = np.zeros(L, dtype=bool)
+        a[rng.permutation(L)[:n]] = True
+        a1, a2 = np.roll(a, -1), np.roll(a, -2)
+        pairs, triples = int((a & a1).sum()), int((a & a1 & a2).sum())
+        score = abs(pairs / max(n, 1) - p) + abs(triples / max(pairs, 1) - p)
+        if score < best_score:
+            best, best_score = a.tolist(), score
+    return best
+
+
+class _Tensors:
+    """Named float32 tensors (numpy order: [ne1, ne0]) plus the rules to store them."""
+
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
+        self.items: list[tuple[str, np.ndarray]] = []
+
+    def add(self, name: str, arr: np.ndarray) -> None:
+        self.items.append((name, np.ascontiguousarray(arr, dtype=np.float32)))
+
+    def storage(self, name: str, arr: np.ndarray) -> str:
+        """How a tensor is stored, by convert_hf_to_gguf.py's rules: norms, 1-D tensors, the
+        convolution and non-".weight" tensors stay f32; q8_0 needs rows of 32k values (else f16)."""
+        if arr.ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or ".ssm_conv1d." in name:
+            return "f32"
+        if self.dtype == "q8_0" and arr.shape[-1] % 32:
+            return "f16"
+        return self.dtype
+
+    def nbytes(self) -> int:
+        sizes = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
+        return int(sum(arr.size * sizes[self.storage(name, arr)] for name, arr in self.items))
+
+    def write(self, w: gguf.GGUFWriter) -> int:
+        """Hand every tensor to ``w`` in its storage type (and drop the float32 copies)."""
+        total = 0
+        items, self.items = self.items, []
+        while items:
+            name, arr = items.pop(0)
+            kind = self.storage(name, arr)
+            if kind == "q8_0":
+                data = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
+                w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            else:
+                data = arr if kind == "f32" else arr.astype(np.float16)
+                w.add_tensor(name, data)
+            total += data.nbytes
+        return total
+
+    @property
+    def file_type(self) -> int:
+        return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[self.dtype].value
+
+
+def _out_proj(seed: int, tag: str, n_out: int, n_in: int, gain: float, signal: np.ndarray, signal_gain: float) -> np.ndarray:
+    """A sub-block's output projection [n_out, n_in]: ``gain`` into the complement, ``signal_gain``
+    into the signal coordinates (0: it never touches them)."""
+    w = _gauss(seed, tag, (n_out, n_in), gain / math.sqrt(n_in))
+    w[signal] *= np.float32(signal_gain / gain)
+    return w
+
+
+def _norm(n: int, seed: int = 0, tag: str = "", jitter: float = 0.0, value: float = 1.0) -> np.ndarray:
+    v = np.full(n, value, dtype=np.float32)
+    if jitter:
+        v += _gauss(seed, tag, (n,), jitter * value)
+    return v
+
+
+def _embeddings(spec: SynthSpec, dims: _Dims, plan: _Plan, row_norm: float) -> np.ndarray:
+    """token_embd [n_vocab, d]: a e_{signal[alias(t)]} + b r_t (r_t random in the complement)."""
+    V, d = dims.n_vocab, dims.d
+    comp = np.ones(d, dtype=bool)
+    comp[plan.signal] = False
+    r = _gauss(spec.seed, "token_embd", (V, int(comp.sum())), 1.0)
+    r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), np.float32(1e-30))
+    b = math.sqrt(1.0 - _SIGNAL_A**2)
+    e = np.zeros((V, d), dtype=np.float32)
+    e[:, comp] = b * r
+    e[np.arange(V), plan.signal[plan.alias]] = _SIGNAL_A
+    return e * np.float32(row_norm)
+
+
+def _lm_head(dims: _Dims, plan: _Plan, signal: np.ndarray, d: int) -> np.ndarray:
+    """LM head [n_vocab, d]: row ring[k+1] reads signal[k]; every other entry is 0."""
+    w = np.zeros((dims.n_vocab, d), dtype=np.float32)
+    L = plan.L
+    for k in range(L):
+        w[plan.ring[(k + 1) % L], signal[k]] = _HEAD_W / math.sqrt(d)
+    return w
+
+
+def _signal_map(plan: _Plan, src_signal: np.ndarray, dst_signal: np.ndarray, n_dst: int, n_src: int) -> np.ndarray:
+    """[n_dst, n_src] matrix sending the src signal coordinate of k to the dst one of m(k)."""
+    m = np.zeros((n_dst, n_src), dtype=np.float32)
+    for k in range(plan.L):
+        m[dst_signal[plan.mtp_index[k]], src_signal[k]] = 1.0
+    return m
+
+
+def _complement_map(seed: int, tag: str, n_dst: int, n_src: int, gain: float,
+                    dst_signal: np.ndarray, src_signal: np.ndarray) -> np.ndarray:
+    """Random [n_dst, n_src] map that reads and writes only complement coordinates."""
+    m = _gauss(seed, tag, (n_dst, n_src), gain / math.sqrt(n_src))
+    m[dst_signal] = 0.0
+    m[:, src_signal] = 0.0
+    return m
+
+
+def _qwen35_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> None:
+    s, d, sig, jit = spec.seed, dims.d, plan.signal, plan.jitter
+    hd, nh, nkv = dims.head_dim, dims.n_head, dims.n_head_kv
+    key_dim = dims.ssm_d_state * dims.ssm_n_group
+    value_dim = dims.ssm_d_state * dims.ssm_dt_rank
+    conv_dim = 2 * key_dim + value_dim
+
+    t.add("token_embd.weight", _embeddings(spec, dims, plan, math.sqrt(d)))
+    t.add("output_norm.weight", _norm(d, s, "output_norm", jit))
+    t.add("output.weight", _lm_head(dims, plan, sig, d))
+
+    # qwen35 adds sub-block outputs to the residual stream unnormalized: 2x is about unit size
+    def ffn(p: str, il: int, context: float) -> None:
+        t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 2 * plan.gain, sig, 2 * context))
+
+    def attention(p: str, il: int, context: float) -> None:
+        t.add(f"{p}.attn_q.weight", _gauss(s, f"{il}.attn_q", (2 * nh * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_k.weight", _gauss(s, f"{il}.attn_k", (nkv * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_v.weight", _gauss(s, f"{il}.attn_v", (nkv * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"{il}.q_norm", jit))
+        t.add(f"{p}.attn_k_norm.weight", _norm(hd, s, f"{il}.k_norm", jit))
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 2 * plan.gain, sig, 2 * context))
+
+    for il in range(dims.n_layer):
+        p = f"blk.{il}"
+        t.add(f"{p}.attn_norm.weight", _norm(d, s, f"{il}.attn_norm", jit))
+        t.add(f"{p}.post_attention_norm.weight", _norm(d, s, f"{il}.post_attention_norm", jit))
+        if (il + 1) % dims.full_attn_interval != 0:
+            nv = dims.ssm_dt_rank
+            t.add(f"{p}.attn_qkv.weight", _gauss(s, f"{il}.attn_qkv", (conv_dim, d), 1 / math.sqrt(d)))
+            t.add(f"{p}.attn_gate.weight", _gauss(s, f"{il}.attn_gate", (value_dim, d), 1 / math.sqrt(d)))
+            t.add(f"{p}.ssm_conv1d.weight", _gauss(s, f"{il}.ssm_conv1d", (conv_dim, dims.ssm_conv), 0.5))
+            # per-head decay exp(-a * softplus(alpha + dt_bias)): a in [1, 16], dt in [1e-3, 0.1]
+            r = _rng(s, f"{il}.ssm_params")
+            a = np.exp(r.uniform(0.0, math.log(16.0), nv)).astype(np.float32)
+            dt = np.exp(r.uniform(math.log(1e-3), math.log(0.1), nv)).astype(np.float32)
+            t.add(f"{p}.ssm_a", -a)
+            t.add(f"{p}.ssm_dt.bias", np.log(np.expm1(dt)).astype(np.float32))
+            t.add(f"{p}.ssm_alpha.weight", _gauss(s, f"{il}.ssm_alpha", (nv, d), 0.5 / math.sqrt(d)))
+            t.add(f"{p}.ssm_beta.weight", _gauss(s, f"{il}.ssm_beta", (nv, d), 1 / math.sqrt(d)))
+            t.add(f"{p}.ssm_norm.weight", _norm(dims.ssm_d_state, s, f"{il}.ssm_norm", jit))
+            t.add(f"{p}.ssm_out.weight", _out_proj(s, f"{il}.ssm_out", d, value_dim, 2 * plan.gain, sig, 2 * plan.context))
+        else:
+            attention(p, il, plan.context)
+        ffn(p, il, plan.context)
+
+    # the MTP block, blk.{n_layer}: like the trunk, but it never writes into the signal coordinates
+    il = dims.n_layer
+    p = f"blk.{il}"
+    t.add(f"{p}.attn_norm.weight", _norm(d, s, f"{il}.attn_norm", jit))
+    t.add(f"{p}.post_attention_norm.weight", _norm(d, s, f"{il}.post_attention_norm", jit))
+    attention(p, il, 0.0)
+    ffn(p, il, 0.0)
+    tok = _signal_map(plan, sig, sig, d, d) + _complement_map(s, "nextn.eh_proj.e", d, d, 0.5, sig, sig)
+    hid = _complement_map(s, "nextn.eh_proj.h", d, d, 0.5, sig, sig)
+    t.add(f"{p}.nextn.eh_proj.weight", np.concatenate([tok, hid], axis=1))
+    t.add(f"{p}.nextn.enorm.weight", _norm(d, s, "nextn.enorm", jit))
+    t.add(f"{p}.nextn.hnorm.weight", _norm(d, s, "nextn.hnorm", jit))
+    t.add(f"{p}.nextn.shared_head_norm.weight", _norm(d, s, "nextn.shared_head_norm", jit))
+
+
+def _gemma4_layer_is_swa(il: int, n_layer: int) -> bool:
+    return not ((il + 1) % 6 == 0 or il == n_layer - 1)
+
+
+def _rope_freqs(hd: int) -> np.ndarray:
+    """Gemma 4's proportional RoPE on global layers: rotate the first quarter of the dimensions."""
+    n_rot = hd // 2 // 4
+    return np.array([1.0] * n_rot + [1e30] * (hd // 2 - n_rot), dtype=np.float32)
+
+
+def _gemma4_target_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> None:
+    s, d, sig, jit = spec.seed, dims.d, plan.signal, plan.jitter
+    # Gemma scales token_embd by sqrt(n_embd): rows of norm 1 give a residual stream of RMS 1
+    t.add("token_embd.weight", _embeddings(spec, dims, plan, 1.0))
+    t.add("output.weight", _lm_head(dims, plan, sig, d))
+    t.add("output_norm.weight", _norm(d, s, "output_norm", jit))
+    rope_freqs_done = False
+    for il in range(dims.n_layer):
+        p = f"blk.{il}"
+        swa = _gemma4_layer_is_swa(il, dims.n_layer)
+        hd = dims.head_dim if swa else dims.head_dim_full
+        nkv = dims.n_head_kv if swa else dims.n_head_kv_full
+        nh = dims.n_head
+        t.add(f"{p}.attn_norm.weight", _norm(d, s, f"{il}.attn_norm", jit))
+        t.add(f"{p}.attn_q.weight", _gauss(s, f"{il}.attn_q", (nh * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_k.weight", _gauss(s, f"{il}.attn_k", (nkv * hd, d), 1 / math.sqrt(d)))
+        if swa:  # global layers use K as V (attention_k_eq_v), as in the large Gemma 4 models
+            t.add(f"{p}.attn_v.weight", _gauss(s, f"{il}.attn_v", (nkv * hd, d), 1 / math.sqrt(d)))
+        # the post-norms below set the sub-block sizes; these rows set signal vs complement
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 1.0, sig, plan.context))
+        # Gemma 4 does not scale q.k (f_attention_scale = 1): norms of hd^-1/4 keep scores ~N(0, 1)
+        t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"{il}.q_norm", jit, hd**-0.25))
+        t.add(f"{p}.attn_k_norm.weight", _norm(hd, s, f"{il}.k_norm", jit, hd**-0.25))
+        t.add(f"{p}.post_attention_norm.weight", _norm(d, s, f"{il}.post_attention_norm", jit, plan.gain))
+        t.add(f"{p}.layer_output_scale.weight", np.ones(1, dtype=np.float32))
+        if not swa and not rope_freqs_done:
+            t.add("rope_freqs.weight", _rope_freqs(hd))
+            rope_freqs_done = True
+        t.add(f"{p}.ffn_norm.weight", _norm(d, s, f"{il}.ffn_norm", jit))
+        t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 1.0, sig, plan.context))
+        t.add(f"{p}.post_ffw_norm.weight", _norm(d, s, f"{il}.post_ffw_norm", jit, plan.gain))
+
+
+def _gemma4_draft_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> None:
+    s, D, da, jit = spec.seed, dims.d, dims.draft_d, plan.jitter
+    sig_t, sig_a = plan.signal, plan.draft_signal
+    assert sig_a is not None
+    # the drafter's token_embd is only its (tied) LM head; its input is the target's embedding
+    t.add("token_embd.weight", _lm_head(dims, plan, sig_a, da))
+    t.add("output_norm.weight", _norm(da, s, "draft.output_norm", jit))
+    # the target embedding x sqrt(D) has RMS 1, its signal entry is a sqrt(D): rescale to sqrt(da)
+    tok = _signal_map(plan, sig_t, sig_a, da, D) * np.float32(math.sqrt(da / D))
+    tok += _complement_map(s, "draft.pre_projection.e", da, D, 0.5, sig_a, sig_t)
+    hid = _complement_map(s, "draft.pre_projection.h", da, D, 0.5, sig_a, sig_t)
+    t.add("nextn.pre_projection.weight", np.concatenate([tok, hid], axis=1))
+    post = _complement_map(s, "draft.post_projection", D, da, 1.0, sig_t, sig_a)
+    post[sig_t, sig_a] = 1.0
+    t.add("nextn.post_projection.weight", post)
+    rope_freqs_done = False
+    for il in range(dims.draft_n_layer):
+        p = f"blk.{il}"
+        swa = il != dims.draft_n_layer - 1
+        hd = dims.head_dim if swa else dims.head_dim_full
+        nh = dims.draft_n_head
+        t.add(f"{p}.attn_norm.weight", _norm(da, s, f"draft.{il}.attn_norm", jit))
+        t.add(f"{p}.attn_q.weight", _gauss(s, f"draft.{il}.attn_q", (nh * hd, da), 1 / math.sqrt(da)))
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"draft.{il}.attn_output", da, nh * hd, 1.0, sig_a, 0.0))
+        t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"draft.{il}.q_norm", jit, hd**-0.25))
+        t.add(f"{p}.post_attention_norm.weight", _norm(da, s, f"draft.{il}.post_attention_norm", jit, plan.gain))
+        t.add(f"{p}.layer_output_scale.weight", np.ones(1, dtype=np.float32))
+        if not swa and not rope_freqs_done:
+            t.add("rope_freqs.weight", _rope_freqs(hd))
+            rope_freqs_done = True
+        t.add(f"{p}.ffn_norm.weight", _norm(da, s, f"draft.{il}.ffn_norm", jit))
+        t.add(f"{p}.ffn_gate.weight", _gauss(s, f"draft.{il}.ffn_gate", (dims.draft_n_ff, da), 1 / math.sqrt(da)))
+        t.add(f"{p}.ffn_up.weight", _gauss(s, f"draft.{il}.ffn_up", (dims.draft_n_ff, da), 1 / math.sqrt(da)))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"draft.{il}.ffn_down", da, dims.draft_n_ff, 1.0, sig_a, 0.0))
+        t.add(f"{p}.post_ffw_norm.weight", _norm(da, s, f"draft.{il}.post_ffw_norm", jit, plan.gain))
+
+
+# --------------------------------------------------------------------------------------------
+# metadata
+
+
+def _general(w: gguf.GGUFWriter, spec: SynthSpec, t: _Tensors, name: str) -> None:
+    w.add_string("general.type", "model")
+    w.add_string("general.name", name)
+    w.add_string("general.description",
+                 f"mtprun synthetic model: arch={spec.arch} mode={spec.mode} agree={spec.agree:g} seed={spec.seed}")
+    w.add_uint32("general.file_type", t.file_type)
+    w.add_uint32("general.quantization_version", gguf.GGML_QUANT_VERSION)
+
+
+def _default_name(spec: SynthSpec) -> str:
+    return spec.name or f"mtprun-synth-{spec.arch}-{spec.mode}"
+
+
+def _qwen35_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
+    a = "qwen35"
+    n_all = dims.n_layer + 1
+    w.add_uint32(f"{a}.block_count", n_all)
+    w.add_uint32(f"{a}.context_length", spec.n_ctx)
+    w.add_uint32(f"{a}.embedding_length", dims.d)
+    w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
+    w.add_uint32(f"{a}.attention.head_count", dims.n_head)
+    w.add_uint32(f"{a}.attention.head_count_kv", dims.n_head_kv)
+    w.add_uint32(f"{a}.attention.key_length", dims.head_dim)
+    w.add_uint32(f"{a}.attention.value_length", dims.head_dim)
+    w.add_float32(f"{a}.rope.freq_base", 10_000_000.0)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
+    n_rot = dims.head_dim // 4  # partial_rotary_factor 0.25
+    t_h = round(n_rot / 2 * 11 / 32)  # Qwen3.5's mrope_section [11, 11, 10] at n_rot 64, scaled
+    w.add_array(f"{a}.rope.dimension_sections", [t_h, t_h, n_rot // 2 - 2 * t_h, 0])
+    w.add_uint32(f"{a}.rope.dimension_count", n_rot)
+    w.add_uint32(f"{a}.ssm.conv_kernel", dims.ssm_conv)
+    w.add_uint32(f"{a}.ssm.state_size", dims.ssm_d_state)
+    w.add_uint32(f"{a}.ssm.group_count", dims.ssm_n_group)
+    w.add_uint32(f"{a}.ssm.time_step_rank", dims.ssm_dt_rank)
+    w.add_uint32(f"{a}.ssm.inner_size", dims.ssm_d_state * dims.ssm_dt_rank)
+    recurrent = [(i + 1) % dims.full_attn_interval != 0 for i in range(dims.n_layer)] + [False]
+    w.add_array(f"{a}.attention.recurrent_layers", recurrent)
+    w.add_uint32(f"{a}.full_attention_interval", dims.full_attn_interval)
+    w.add_uint32(f"{a}.nextn_predict_layers", 1)
+
+
+def _gemma4_common_kv(w: gguf.GGUFWriter, a: str, spec: SynthSpec, dims: _Dims, n_layer: int, swa: list[bool]) -> None:
+    w.add_uint32(f"{a}.block_count", n_layer)
+    w.add_uint32(f"{a}.context_length", spec.n_ctx)
+    w.add_uint32(f"{a}.attention.key_length", dims.head_dim_full)
+    w.add_uint32(f"{a}.attention.value_length", dims.head_dim_full)
+    w.add_uint32(f"{a}.attention.key_length_swa", dims.head_dim)
+    w.add_uint32(f"{a}.attention.value_length_swa", dims.head_dim)
+    w.add_float32(f"{a}.rope.freq_base", 1_000_000.0)
+    w.add_float32(f"{a}.rope.freq_base_swa", 10_000.0)
+    w.add_uint32(f"{a}.rope.dimension_count", dims.head_dim_full)
+    w.add_uint32(f"{a}.rope.dimension_count_swa", dims.head_dim)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_uint32(f"{a}.attention.sliding_window", dims.n_swa)
+    w.add_array(f"{a}.attention.sliding_window_pattern", swa)
+    w.add_array(f"{a}.attention.head_count_kv", [dims.n_head_kv if x else dims.n_head_kv_full for x in swa])
+    w.add_uint32(f"{a}.attention.shared_kv_layers", 0)
+    w.add_uint32(f"{a}.embedding_length_per_layer_input", 0)
+
+
+def _gemma4_target_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
+    a = "gemma4"
+    swa = [_gemma4_layer_is_swa(i, dims.n_layer) for i in range(dims.n_layer)]
+    _gemma4_common_kv(w, a, spec, dims, dims.n_layer, swa)
+    w.add_uint32(f"{a}.embedding_length", dims.d)
+    w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
+    w.add_uint32(f"{a}.attention.head_count", dims.n_head)
+    w.add_float32(f"{a}.final_logit_softcapping", 30.0)
+
+
+def _gemma4_draft_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
+    a = "gemma4-assistant"
+    swa = [i != dims.draft_n_layer - 1 for i in range(dims.draft_n_layer)]
+    _gemma4_common_kv(w, a, spec, dims, dims.draft_n_layer, swa)
+    w.add_uint32(f"{a}.embedding_length", dims.draft_d)
+    w.add_uint32(f"{a}.embedding_length_out", dims.d)
+    w.add_uint32(f"{a}.feed_forward_length", dims.draft_n_ff)
+    w.add_uint32(f"{a}.attention.head_count", dims.draft_n_head)
+    w.add_uint32(f"{a}.nextn_predict_layers", dims.draft_n_layer)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def _write_gguf(path: Path, arch: str, kv: Any, vocab: _Vocab, tensors: _Tensors) -> int:
+    """Write one GGUF file at ``path`` (a fresh temp file); returns its tensor-data bytes."""
+    w = gguf.GGUFWriter(path, arch)
+    try:
+        kv(w, tensors)
+        vocab.write(w)
+        n = tensors.write(w)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()
+    return n
+
+
+def _check_out(out: str | os.PathLike[str]) -> Path:
+    try:
+        p = Path(os.fspath(out))
+    except TypeError:
+        raise InvalidInputError(f"output path must be a path, got {out!r}") from None
+    if not p.name or p.name in (".", ".."):
+        raise InvalidInputError(f"output path must name a file: {str(p)!r}")
+    if p.is_dir():
+        raise InvalidInputError(f"output path is a directory: {p}")
+    if not p.parent.is_dir():
+        raise InvalidInputError(f"output directory does not exist: {p.parent}")
+    return p
+
+
+def _build(spec: SynthSpec, dims: _Dims, plan: _Plan) -> list[tuple[bool, str, _Tensors]]:
+    """The tensors of each file to write, in order: [(is_drafter, arch, tensors)]."""
+    tgt = _Tensors(spec.dtype)
+    if spec.arch == "qwen35":
+        _qwen35_tensors(spec, dims, plan, tgt)
+        return [(False, "qwen35", tgt)]
+    dft = _Tensors(spec.dtype)
+    _gemma4_draft_tensors(spec, dims, plan, dft)
+    _gemma4_target_tensors(spec, dims, plan, tgt)
+    return [(True, "gemma4-assistant", dft), (False, "gemma4", tgt)]
+
+
+def weight_bytes(spec: SynthSpec) -> int:
+    """Tensor data bytes ``write_model(spec, ...)`` would write (all files), without writing."""
+    dims = _dims(spec)
+    plan = _plan(spec, dims, _vocab(spec.arch, dims.n_vocab))
+    token = _DRY_RUN.set(True)
+    try:
+        return sum(t.nbytes() for _, _, t in _build(spec, dims, plan))
+    finally:
+        _DRY_RUN.reset(token)
+
+
+def _new_temp(final: Path) -> Path:
+    """A new empty file next to ``final`` (mode 0666 & ~umask, like a plain open())."""
+    for _ in range(100):
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write to {final.parent}: {exc.strerror}") from None
+        return tmp
+    raise InvalidInputError(f"cannot create a temporary file in {final.parent}")
+
+
+def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
+    """Validate ``spec``, then write the model to ``out`` (and, for gemma4, ``mtp-<name>`` beside it).
+
+    Files appear atomically (temp file in the same folder, then ``os.replace``); on bad input
+    nothing is written and ``InvalidInputError`` says why in one line.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(spec, SynthSpec):
+        raise InvalidInputError(f"spec must be a SynthSpec, got {type(spec).__name__}")
+    dims = _dims(spec)
+    path = _check_out(out)
+    draft_path = draft_path_for(path) if spec.arch == "gemma4" else None
+
+    vocab = _vocab(spec.arch, dims.n_vocab)
+    plan = _plan(spec, dims, vocab)
+    name = _default_name(spec)
+
+    kv_writers = {
+        "qwen35": lambda w, t: (_general(w, spec, t, name), _qwen35_kv(w, spec, dims)),
+        "gemma4": lambda w, t: (_general(w, spec, t, name), _gemma4_target_kv(w, spec, dims)),
+        "gemma4-assistant": lambda w, t: (_general(w, spec, t, f"{name}-assistant"), _gemma4_draft_kv(w, spec, dims)),
+    }
+    # for gemma4 the drafter comes first: a complete target then always has its sidecar
+    jobs = [(draft_path if is_drafter else path, arch, kv_writers[arch], tensors)
+            for is_drafter, arch, tensors in _build(spec, dims, plan)]
+
+    temps: list[tuple[Path, Path]] = []
+    n_weight_bytes = 0
+    try:
+        for final, arch, kv, tensors in jobs:
+            tmp = _new_temp(final)
+            temps.append((tmp, final))
+            n_weight_bytes += _write_gguf(tmp, arch, kv, vocab, tensors)
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in temps:
+            if tmp.exists():
+                tmp.unlink()
+
+    extra: dict[str, Any] = {}
+    if spec.mode == "oracle":
+        L = plan.L
+        succ = {i: plan.ring[(int(plan.alias[i]) + 1) % L] for i in range(dims.n_vocab)}
+        mtp = {i: plan.ring[(plan.mtp_index[int(plan.alias[i])] + 1) % L] for i in range(dims.n_vocab)}
+        agree = frozenset(c for k, c in enumerate(plan.ring) if plan.agree[k])
+        words = _Vocab.cycle_words()[:L]
+        extra = dict(
+            cycle=tuple(plan.ring),
+            cycle_text="".join(words),
+            successor=MappingProxyType(succ),
+            mtp_prediction=MappingProxyType(mtp),
+            agree_tokens=agree,
+            expected_acceptance=len(agree) / L,
+            top_logit=ORACLE_TOP_LOGIT,
+        )
+    return SynthResult(
+        spec=spec,
+        model_path=path,
+        draft_path=draft_path,
+        model_bytes=path.stat().st_size,
+        draft_bytes=draft_path.stat().st_size if draft_path else 0,
+        weight_bytes=n_weight_bytes,
+        seconds=time.perf_counter() - t0,
+        n_vocab=dims.n_vocab,
+        bos_id=vocab.bos_id,
+        eos_id=vocab.eos_id,
+        eog_ids=vocab.eog_ids,
+        add_bos=vocab.spm,
+        **extra,
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
