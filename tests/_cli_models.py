@@ -1,40 +1,46 @@
-"""Synthetic models for the CLI tests, built once per test session (imported by the test modules)."""
+"""The synthetic models the CLI tests use (built through conftest's ``synth_model``), imported by the
+CLI test modules together with a per-test cache directory."""
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 
-from mtprun.synth import SynthResult, SynthSpec, demo_spec, write_model
+from mtprun.synth import SynthResult, demo_spec
 
 
 @dataclass(frozen=True)
 class CliModels:
-    demo: SynthResult  # qwen35 oracle with embedded MTP, the --demo model
-    gemma: SynthResult  # gemma4 oracle target + mtp- drafter sidecar beside it
-    gemma_alone: Path  # the same gemma4 target in a folder without its sidecar: no MTP
+    demo: SynthResult  # the --demo model: qwen35 oracle with embedded MTP layers
+    gemma: SynthResult  # gemma4 oracle target + mtp- drafter sidecar
+    gemma_pair: Path  # the gemma4 target in a folder holding only it and its drafter
+    gemma_alone: Path  # the gemma4 target in a folder without a drafter: no MTP
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory) -> CliModels:
+def models(synth_model, tmp_path_factory) -> CliModels:
+    demo = synth_model(**asdict(demo_spec()))
+    gemma = synth_model(arch="gemma4", mode="oracle", agree=0.8, seed=1)
     root = tmp_path_factory.mktemp("cli-models")
-    demo = write_model(demo_spec(), root / "demo.gguf")
-    (root / "gemma").mkdir()
-    gemma = write_model(SynthSpec(arch="gemma4", mode="oracle", agree=0.8, seed=1), root / "gemma" / "gemma.gguf")
+    (root / "pair").mkdir()
+    (root / "alone").mkdir()
+    pair = root / "pair" / "gemma.gguf"
+    shutil.copy(gemma.model_path, pair)
+    shutil.copy(gemma.draft_path, root / "pair" / f"mtp-{pair.name}")
     alone = root / "alone" / "gemma.gguf"
-    alone.parent.mkdir()
     shutil.copy(gemma.model_path, alone)
-    return CliModels(demo, gemma, alone)
+    return CliModels(demo, gemma, pair, alone)
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """Nothing may touch the user's home: every cache points into the test's own directory."""
+    """Each test gets its own mtprun cache (the demo model is built there) and Hugging Face home."""
     monkeypatch.setenv("MTPRUN_CACHE", str(tmp_path / "mtprun-cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("MTPRUN_DEBUG", raising=False)

@@ -68,7 +68,7 @@ def test_broken_template_fails_at_start_naming_the_model(models, tmp_path):
     done = chat(["-m", str(models.demo.model_path), "--chat-template-file", str(bad)], input="Hello\n")
     assert done.returncode == 3 and done.stdout == ""
     line = done.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "demo.gguf" in line and "bad.jinja" in line
+    assert line.startswith("error: ") and models.demo.model_path.name in line and "bad.jinja" in line
 
 
 def test_unknown_command_is_reported_and_exit_ends_the_chat(models):

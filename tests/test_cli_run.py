@@ -167,7 +167,7 @@ def test_failing_chat_template_names_the_model_and_the_template(models, tmp_path
     r = invoke("run", "-m", str(models.demo.model_path), "-p", "hi", "--chat-template-file", str(bad))
     assert r.exit_code == 3 and r.stdout == ""
     line = r.stderr.strip().splitlines()[-1]
-    assert "demo.gguf" in line and "bad.jinja" in line and "rejects everything" in line
+    assert models.demo.model_path.name in line and "bad.jinja" in line and "rejects everything" in line
     good = tmp_path / "good.jinja"
     good.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
     d = run_json("-m", str(models.demo.model_path), "-p", "Hello", "-n", "4", "--chat-template-file", str(good))
@@ -212,11 +212,11 @@ def test_info_reports_mtp_template_and_backend(models):
 
 
 def test_drafter_beside_a_local_model_is_found_without_md(models):
-    r = invoke("run", "--json", "-m", str(models.gemma.model_path), "-p", "Hi", "-n", "16", *GREEDY)
+    r = invoke("run", "--json", "-m", str(models.gemma_pair), "-p", "Hi", "-n", "16", *GREEDY)
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["stats"]["mtp"]
-    assert f"MTP: drafter {models.gemma.draft_path.name} found beside the model" in r.stderr
-    plain = invoke("run", "--json", "-m", str(models.gemma.model_path), "-p", "Hi", "-n", "16", "--no-mtp", *GREEDY)
+    assert "MTP: drafter mtp-gemma.gguf found beside the model" in r.stderr
+    plain = invoke("run", "--json", "-m", str(models.gemma_pair), "-p", "Hi", "-n", "16", "--no-mtp", *GREEDY)
     assert not json.loads(plain.stdout)["stats"]["mtp"] and "drafter" not in plain.stderr
 
 
