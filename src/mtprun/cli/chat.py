@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
 from ..chat import Conversation
 from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
 from ..events import Result
