@@ -426,3 +426,21 @@ def test_bad_generation_values_raise_clear_errors(synth_model):
         eng.tokenize("hello")
     with pytest.raises(EngineClosedError):
         list(eng.generate([1, 2, 3], greedy(5, spec=True)))
+
+
+def test_draft_p_min_stops_drafting_when_the_head_is_unsure(synth_model):
+    """The oracle head's drafts are sure but not certain: at temperature 3 its top token has a
+    probability of about 0.99 (a logit margin of ~30). A p-min above that drafts nothing, one
+    below it drafts as usual."""
+    model = synth_model(arch="qwen35", mode="oracle", agree=0.7)
+    with open_engine(model) as eng:
+        prompt = eng.tokenize(PROMPTS[0])
+
+        def with_p_min(p_min: float) -> Result:
+            cfg = GenerationConfig(max_tokens=40, sampling=SamplingConfig(temperature=3.0, top_k=0, top_p=1.0, min_p=0.0, seed=1),
+                                   spec=SpecConfig(n_max=3, p_min=p_min))
+            return run(eng, prompt, cfg)
+
+        unsure, sure = with_p_min(0.999), with_p_min(0.5)
+        assert unsure.stats.mtp and unsure.stats.n_drafted == 0 and unsure.stats.n_generated > 0
+        assert sure.stats.n_drafted > 0

@@ -31,3 +31,28 @@ def test_one_copy_of_libllama_when_llama_cpp_is_imported_too():
         llama = [p for p in libs if "libllama" in p]
         base = [p for p in libs if "libggml-base" in p]
         assert len(llama) == 1 and len(base) == 1, (order, libs)
+
+
+def test_a_mismatched_llama_cpp_python_is_refused_with_a_fix(monkeypatch):
+    """If llama-cpp-python is reinstalled at another version after mtprun was built, importing the
+    engine fails with a message naming both versions and how to rebuild, instead of crashing."""
+    import importlib
+
+    import pytest
+
+    import mtprun._native as native
+
+    from mtprun.errors import MtprunError
+
+    real = native.metadata.version
+    monkeypatch.setattr(native.metadata, "version", lambda name: "0.3.99" if name == "llama-cpp-python" else real(name))
+    try:
+        with pytest.raises(MtprunError) as info:
+            importlib.reload(native)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(native)
+    message = str(info.value)
+    assert isinstance(info.value, ImportError)
+    assert "0.3.99" in message and native.core.build_llama_cpp_python_version() in message
+    assert "pip install --force-reinstall" in message
