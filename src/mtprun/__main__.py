@@ -1,4 +1,4 @@
-"""``python -m mtprun``: the CLI."""
+"""``python -m mtprun``: the same as the ``mtprun`` command."""
 
 from .cli.app import main
 

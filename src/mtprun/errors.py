@@ -73,3 +73,7 @@ class EngineClosedError(MtprunError):
     """The engine was used after ``close()``."""
 
     exit_code = 1
+
+
+class ChatTemplateError(ModelError):
+    """A chat template (from a model file or ``--chat-template-file``) failed to compile or render."""

@@ -13,7 +13,7 @@ import typer
 from .. import hub
 from ._errors import run_guarded
 from ._hub import progress_printer, render_plan, report_mtp, report_notes
-from ._options import HfSpecArg, IncludeOpt, LocalDirOpt, MmprojOpt, NoMtpOpt, OfflineOpt, RevisionOpt
+from ._options import HfSpecArg, IncludeOpt, LocalDirOpt, MmprojOpt, NoMtpSidecarOpt, OfflineOpt, RevisionOpt
 from .ui import Output
 
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (files, sizes, reasons) and stop.")]
@@ -24,7 +24,7 @@ def download(
     spec: HfSpecArg,
     include: IncludeOpt = None,
     mmproj: MmprojOpt = False,
-    no_mtp: NoMtpOpt = False,
+    no_mtp: NoMtpSidecarOpt = False,
     revision: RevisionOpt = None,
     local_dir: LocalDirOpt = None,
     offline: OfflineOpt = False,

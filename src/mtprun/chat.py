@@ -1,0 +1,432 @@
+"""Chat: messages → prompt text through the model's own (untrusted) Jinja template, and the
+reasoning/answer split of a streamed reply. No Rich, no ggml.
+
+- :class:`ChatTemplate` renders messages the way Hugging Face ``apply_chat_template`` does
+  (``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token``, ``raise_exception``,
+  ``strftime_now``, ``tojson``, plus template kwargs such as ``enable_thinking``), in Jinja2's
+  immutable sandbox with limits on the few operations that can exhaust memory. Any failure becomes
+  a :class:`~mtprun.errors.ChatTemplateError` that names the model.
+- :class:`Conversation` keeps the messages and the token ids the engine has already processed, so
+  each turn hands the engine the whole conversation but only new tokens need processing.
+- :class:`ReasoningSplitter` turns streamed text pieces into reasoning and answer segments,
+  handling ``<think>``/``</think>`` tags split across pieces and prompts that open the block.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ChatTemplateError, InvalidInputError
+
+# The fallback for models without a template: ChatML, which many GGUF chat models use.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+MAX_TEMPLATE_OUTPUT = 1 << 24  # characters a repetition or power in a template may produce
+
+Role = Literal["system", "user", "assistant"]
+
+
+def parse_template_kwargs(text: str | None) -> dict[str, Any]:
+    """Parse ``--chat-template-kwargs`` (a JSON object) or raise InvalidInputError."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--chat-template-kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {text!r}")
+    reserved = {"messages", "add_generation_prompt", "bos_token", "eos_token"} & value.keys()
+    if reserved:
+        raise InvalidInputError(f"--chat-template-kwargs cannot set {', '.join(sorted(reserved))}")
+    return value
+
+
+def _make_environment():
+    from jinja2 import nodes
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Generation(Extension):
+        """``{% generation %}...{% endgeneration %}`` (HF assistant masks): renders its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    class _Sandbox(ImmutableSandboxedEnvironment):
+        # The sandbox blocks unsafe attributes, mutation and huge ranges; also bound the two
+        # operators that can allocate without limit ("x" * 10**12, 10**10**10).
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**":
+                if isinstance(right, (int, float)) and abs(right) > 1024:
+                    raise OverflowError("exponent too large in chat template")
+                return left**right
+            if isinstance(left, (str, list, tuple)) and isinstance(right, int):
+                size = len(left) * right
+            elif isinstance(right, (str, list, tuple)) and isinstance(left, int):
+                size = len(right) * left
+            else:
+                size = 0
+            if size > MAX_TEMPLATE_OUTPUT:
+                raise OverflowError("repetition too large in chat template")
+            return left * right
+
+    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _Generation], autoescape=False)
+
+    def tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False):
+        return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+
+    def raise_exception(message):
+        from jinja2.exceptions import TemplateError
+
+        raise TemplateError(message)
+
+    def strftime_now(fmt):
+        return datetime.now().strftime(fmt)
+
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env
+
+
+def _describe(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    lineno = getattr(exc, "lineno", None)
+    where = f" (line {lineno})" if lineno else ""
+    return f"{msg}{where}"
+
+
+class ChatTemplate:
+    """A compiled chat template; rendering is sandboxed and failures name the model."""
+
+    def __init__(self, source: str, *, model: str, bos_token: str = "", eos_token: str = "", origin: str = "model") -> None:
+        """``model`` names the model in errors; ``origin`` says where the template came from:
+        ``"model"`` (its GGUF metadata), ``"file"`` (``--chat-template-file``) or ``"builtin"``."""
+        self.source = source
+        self.model = model
+        self.bos_token = bos_token or ""
+        self.eos_token = eos_token or ""
+        self.origin = origin
+        try:
+            self._template = _make_environment().from_string(source)
+        except Exception as exc:  # TemplateSyntaxError, and anything a malformed source provokes
+            raise ChatTemplateError(f"{self._what()} does not compile: {_describe(exc)}{self._hint()}") from None
+
+    @classmethod
+    def for_model(
+        cls, template: str | None, *, model: str, bos_token: str = "", eos_token: str = "", override: Path | None = None
+    ) -> ChatTemplate:
+        """The template to use: ``override`` (a file) if given, else the model's, else ChatML (origin "builtin")."""
+        if override is not None:
+            try:
+                source = Path(override).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidInputError(f"cannot read chat template file {str(override)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+            return cls(source, model=model, bos_token=bos_token, eos_token=eos_token, origin=f"file {override}")
+        if template:
+            return cls(template, model=model, bos_token=bos_token, eos_token=eos_token, origin="model")
+        return cls(CHATML_TEMPLATE, model=model, bos_token=bos_token, eos_token=eos_token, origin="builtin")
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.origin == "builtin"
+
+    @property
+    def reasoning_tags(self) -> tuple[str, str]:
+        return reasoning_tags(self.source)
+
+    def _what(self) -> str:
+        if self.origin == "model":
+            return f"the chat template of model {self.model!r}"
+        if self.origin == "builtin":
+            return f"the built-in ChatML template (used for model {self.model!r})"
+        return f"chat template {self.origin[5:]!r} (for model {self.model!r})"
+
+    def _hint(self) -> str:
+        return "; give another with --chat-template-file FILE, or use --raw" if self.origin == "model" else ""
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, kwargs: Mapping[str, Any] | None = None) -> str:
+        """Render ``messages`` (dicts with ``role`` and ``content``) to prompt text."""
+        context: dict[str, Any] = {
+            "tools": None,
+            "documents": None,
+            **(kwargs or {}),
+            "messages": [dict(m) for m in messages],
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        }
+        try:
+            text = self._template.render(context)
+        except RecursionError:
+            raise ChatTemplateError(f"{self._what()} failed to render: recursion too deep{self._hint()}") from None
+        except MemoryError:
+            raise ChatTemplateError(f"{self._what()} failed to render: out of memory{self._hint()}") from None
+        except Exception as exc:  # TemplateError, SecurityError, TypeError, ... from untrusted code
+            raise ChatTemplateError(f"{self._what()} failed to render: {_describe(exc)}{self._hint()}") from None
+        return text
+
+    def generation_prompt(self, messages: Sequence[Mapping[str, Any]], kwargs: Mapping[str, Any] | None = None) -> str:
+        """The text the template adds for ``add_generation_prompt`` (e.g. ``<|im_start|>assistant\\n<think>\\n``)."""
+        with_prompt = self.render(messages, add_generation_prompt=True, kwargs=kwargs)
+        without = self.render(messages, add_generation_prompt=False, kwargs=kwargs)
+        return with_prompt[len(without):] if with_prompt.startswith(without) else ""
+
+
+# --- reasoning split -----------------------------------------------------------------------------
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+GEMMA4_THOUGHT = ("<|channel>thought", "<channel|>")  # Gemma 4's thought channel
+
+
+def reasoning_tags(template: str | None) -> tuple[str, str]:
+    """The tags that frame a reasoning block for a chat template: Gemma 4's thought channel when the
+    template uses it, else ``<think>``/``</think>`` (Qwen, DeepSeek and most others)."""
+    if template and "<|channel>" in template and "<channel|>" in template:
+        return GEMMA4_THOUGHT
+    return THINK_OPEN, THINK_CLOSE
+
+SegmentKind = Literal["reasoning", "answer", "open", "close"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of streamed text: ``reasoning`` or ``answer`` text, or the ``open``/``close`` tag itself.
+
+    ``from_draft`` is the flag the text was fed with (True: accepted MTP drafts); a tag, always one
+    segment, counts as drafted only when all of it was."""
+
+    kind: SegmentKind
+    text: str
+    from_draft: bool = False
+
+
+def opens_reasoning(generation_prompt: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:
+    """Whether a generation prompt leaves a reasoning block open (the reply starts inside it)."""
+    i = generation_prompt.rfind(open_tag)
+    return i >= 0 and generation_prompt.find(close_tag, i) < 0
+
+
+class ReasoningSplitter:
+    """Splits streamed text into reasoning and answer.
+
+    A reply may open a reasoning block only at its start (after whitespace), or start inside one
+    when the prompt opened it (``in_reasoning=True``); after the block closes, everything is
+    answer. Tags split across pieces are recognised: text that might be the start of a tag is held
+    back until the next piece (or :meth:`flush`) decides.
+    """
+
+    def __init__(self, *, in_reasoning: bool = False, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> None:
+        self.open_tag, self.close_tag = open_tag, close_tag
+        self.state: Literal["start", "reasoning", "answer"] = "reasoning" if in_reasoning else "start"
+        self._buf = ""
+        self._flags: list[bool] = []
+
+    def feed(self, text: str, from_draft: bool = False) -> list[Segment]:
+        self._buf += text
+        self._flags += [from_draft] * len(text)
+        out: list[Segment] = []
+        while self._buf:
+            if self.state == "answer":
+                self._emit(out, "answer", len(self._buf))
+                break
+            if self.state == "start":
+                stripped = self._buf.lstrip()
+                lead = len(self._buf) - len(stripped)
+                if stripped.startswith(self.open_tag):
+                    self._emit(out, "answer", lead)
+                    self._emit(out, "open", len(self.open_tag), whole=True)
+                    self.state = "reasoning"
+                    continue
+                if self.open_tag.startswith(stripped):  # whitespace and maybe a partial tag: wait
+                    break
+                self.state = "answer"
+                continue
+            # reasoning
+            i = self._buf.find(self.close_tag)
+            if i >= 0:
+                self._emit(out, "reasoning", i)
+                self._emit(out, "close", len(self.close_tag), whole=True)
+                self.state = "answer"
+                continue
+            keep = _partial_suffix(self._buf, self.close_tag)
+            self._emit(out, "reasoning", len(self._buf) - keep)
+            break
+        return out
+
+    def flush(self) -> list[Segment]:
+        """End of the reply: whatever is held back is plain text of the current section."""
+        out: list[Segment] = []
+        self._emit(out, "reasoning" if self.state == "reasoning" else "answer", len(self._buf))
+        return out
+
+    def _emit(self, out: list[Segment], kind: SegmentKind, n: int, *, whole: bool = False) -> None:
+        """Move ``n`` characters to ``out``; text is grouped by draft flag, a tag (``whole``) is one segment."""
+        if n <= 0:
+            return
+        text, flags = self._buf[:n], self._flags[:n]
+        self._buf, self._flags = self._buf[n:], self._flags[n:]
+        if whole:
+            out.append(Segment(kind, text, all(flags)))
+            return
+        start = 0
+        for j in range(1, n + 1):  # group characters with the same draft flag
+            if j == n or flags[j] != flags[start]:
+                out.append(Segment(kind, text[start:j], flags[start]))
+                start = j
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:k]):
+            return k
+    return 0
+
+
+def split_reasoning(text: str, *, in_reasoning: bool = False, tags: tuple[str, str] = (THINK_OPEN, THINK_CLOSE)) -> tuple[str, str]:
+    """(reasoning, answer) of a whole reply, without the tags."""
+    sp = ReasoningSplitter(in_reasoning=in_reasoning, open_tag=tags[0], close_tag=tags[1])
+    segs = sp.feed(text) + sp.flush()
+    return (
+        "".join(s.text for s in segs if s.kind == "reasoning"),
+        "".join(s.text for s in segs if s.kind == "answer"),
+    )
+
+
+# --- conversation --------------------------------------------------------------------------------
+
+Tokenize = Callable[[str, bool], list[int]]
+"""``tokenize(text, add_special)`` with special tokens parsed (the engine's tokenizer)."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What to hand the engine for one reply."""
+
+    tokens: list[int]  # the whole conversation so far, ending with the generation prompt
+    text: str  # the rendered prompt text
+    n_new: int  # tokens not already known from earlier turns (those the engine must process)
+    starts_in_reasoning: bool  # the template opened a reasoning block in the generation prompt
+
+
+class Conversation:
+    """A chat's messages plus the exact token ids the engine has processed and generated.
+
+    The first turn renders the conversation with the template and tokenizes it. Later turns keep
+    every earlier token id exactly as the engine saw or generated it and append only what the
+    template puts after the last reply: the end of the assistant message, the new user message and
+    the generation prompt (found by rendering the conversation with a unique placeholder as the
+    last reply). The engine's cache then covers everything but the new tokens -- which matters
+    for hybrid models (Qwen3.5/3.6) whose recurrent state cannot be rewound to a shared prefix.
+
+    As in llama-cli's conversation mode, the model thus sees its earlier replies as it wrote them,
+    reasoning included, even where the template would drop earlier reasoning when rendering the
+    whole conversation anew. If the template does not render the reply where expected, the whole
+    conversation is rendered and tokenized again (the engine reuses what still matches).
+    """
+
+    def __init__(
+        self,
+        template: ChatTemplate,
+        tokenize: Tokenize,
+        *,
+        system: str | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+        add_bos: bool = True,
+    ) -> None:
+        self.template = template
+        self.tokenize = tokenize
+        self.system = system
+        self.template_kwargs = dict(template_kwargs or {})
+        self.add_bos = add_bos
+        self.messages: list[dict[str, str]] = []
+        self._tokens: list[int] = []  # what the engine has seen (prompts + replies) ...
+        self._text = ""  # ... and the text those tokens spell
+        self._undo: tuple[list[dict[str, str]], list[int], str] | None = None
+        self.clear()
+
+    def clear(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self._tokens, self._text = [], ""
+        self._undo = None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self._tokens)
+
+    def _tokenize_full(self, text: str) -> list[int]:
+        bos = self.template.bos_token
+        add = self.add_bos and not (bos and text.startswith(bos))
+        return self.tokenize(text, add)
+
+    def _after_last_reply(self, user: dict[str, str]) -> str | None:
+        """What the template renders after the last reply when ``user`` follows it (None: unknown)."""
+        placeholder = "MTPRUN" + secrets.token_hex(12) + "REPLY"
+        messages = [*self.messages[:-1], {"role": "assistant", "content": placeholder}, user]
+        text = self.template.render(messages, add_generation_prompt=True, kwargs=self.template_kwargs)
+        i = text.find(placeholder)
+        if i < 0 or text.find(placeholder, i + 1) >= 0:
+            return None
+        return text[i + len(placeholder):]
+
+    def prompt(self, user_text: str) -> Turn:
+        """Add a user message and return the tokens for the assistant's reply."""
+        user = {"role": "user", "content": user_text}
+        messages = [*self.messages, user]
+        gen = self.template.generation_prompt(messages, self.template_kwargs)
+        suffix = None
+        if self._tokens and self.messages and self.messages[-1]["role"] == "assistant":
+            suffix = self._after_last_reply(user)
+        if suffix is not None:
+            rest = self.tokenize(suffix, False)
+            tokens, text, n_new = self._tokens + rest, self._text + suffix, len(rest)
+        else:
+            text = self.template.render(messages, add_generation_prompt=True, kwargs=self.template_kwargs)
+            tokens = self._tokenize_full(text)
+            n_new = len(tokens) - _common_prefix(tokens, self._tokens)
+        self._undo = (self.messages, self._tokens, self._text)
+        self.messages = messages
+        self._tokens, self._text = tokens, text
+        return Turn(tokens=tokens, text=text, n_new=n_new, starts_in_reasoning=opens_reasoning(gen, *self.template.reasoning_tags))
+
+    def add_reply(self, text: str, tokens: Iterable[int]) -> None:
+        """Record the assistant's reply: its text (as generated) and the token ids that spell it."""
+        self.messages.append({"role": "assistant", "content": text})
+        self._undo = None
+        self._tokens = self._tokens + list(tokens)
+        self._text = self._text + text
+
+    def undo_prompt(self) -> None:
+        """Forget the last :meth:`prompt` when no reply was recorded (e.g. it did not fit the context)."""
+        if self._undo is not None and self.messages and self.messages[-1]["role"] == "user":
+            self.messages, self._tokens, self._text = self._undo
+        self._undo = None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

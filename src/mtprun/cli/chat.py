@@ -1,0 +1,201 @@
+"""``mtprun chat``: interactive multi-turn chat with the model's own chat template.
+
+The conversation stays in the engine's cache between turns; each turn only the new tokens are
+processed. Ctrl-C stops the reply being generated (the engine is cancelled, the partial reply is
+kept) and returns to the prompt; at the prompt it clears the line; Ctrl-D exits.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..chat import Conversation
+from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
+from ..events import Result
+from . import _options as o
+from ._errors import EXIT_CODES_HELP, run_guarded
+from ._model import choose_model, conversation_for, open_engine
+from ._stream import generate
+from .ui import Output
+
+HELP = f"""Interactive multi-turn chat with the model's own chat template.
+
+Type a message and press Enter; end a line with \\ to continue the message on the next line. Commands: /help, /clear, /stats, /exit. Ctrl-C stops the reply being generated, Ctrl-D exits.
+
+{EXIT_CODES_HELP}"""
+
+COMMANDS_HELP = """\
+  /help    show this help
+  /clear   forget the conversation (the system prompt stays)
+  /stats   full statistics of the last reply
+  /exit    quit (Ctrl-D too)
+  End a line with \\ to continue the message on the next line.
+  Ctrl-C stops the reply being generated; at the prompt it clears the line."""
+
+PROMPT = "> "
+CONTINUATION = ". "
+
+
+class ClosedInput(InvalidInputError):
+    """stdin is closed or empty: there is nothing to chat with."""
+
+
+class MessageReader:
+    """Reads one message per call; a trailing backslash continues it. None at end of input."""
+
+    def __init__(self, out: Output) -> None:
+        stdin = sys.stdin
+        if stdin is None or stdin.closed:
+            raise ClosedInput("stdin is closed: mtprun chat reads messages from a terminal or from stdin")
+        self.out = out
+        self.stdin = stdin
+        self.interactive = stdin.isatty()
+        if self.interactive:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:  # pragma: no cover - not on every platform
+                pass
+
+    def _line(self, prompt: str) -> str:
+        if self.interactive:
+            return input(prompt)
+        line = self.stdin.readline()
+        if not line:
+            raise EOFError
+        return line[:-1] if line.endswith("\n") else line
+
+    def read(self) -> str | None:
+        lines: list[str] = []
+        while True:
+            try:
+                line = self._line(CONTINUATION if lines else PROMPT)
+            except KeyboardInterrupt:  # Ctrl-C at the prompt: drop what was typed, ask again
+                self.out.out.file.write("\n")
+                self.out.out.file.flush()
+                lines = []
+                continue
+            except EOFError:
+                if self.interactive:
+                    self.out.out.file.write("\n")
+                    self.out.out.file.flush()
+                return "\n".join(lines) if lines else None
+            if line.endswith("\\"):
+                lines.append(line[:-1])
+                continue
+            lines.append(line)
+            return "\n".join(lines)
+
+
+def chat(
+    model_arg: o.ModelArg = None,
+    model: o.ModelPathOpt = None,
+    hf_repo: o.HfRepoOpt = None,
+    revision: o.RevisionOpt = None,
+    offline: o.OfflineOpt = False,
+    model_draft: o.DraftPathOpt = None,
+    demo: o.DemoOpt = False,
+    system_prompt: o.SystemPromptOpt = None,
+    chat_template_file: o.ChatTemplateFileOpt = None,
+    chat_template_kwargs: o.ChatTemplateKwargsOpt = None,
+    n_predict: o.NPredictOpt = None,
+    ctx_size: o.CtxSizeOpt = 4096,
+    threads: o.ThreadsOpt = None,
+    n_gpu_layers: o.GpuLayersOpt = -1,
+    temp: o.TempOpt = 0.8,
+    top_k: o.TopKOpt = 40,
+    top_p: o.TopPOpt = 0.95,
+    min_p: o.MinPOpt = 0.05,
+    repeat_penalty: o.RepeatPenaltyOpt = 1.0,
+    presence_penalty: o.PresencePenaltyOpt = 0.0,
+    seed: o.SeedOpt = -1,
+    spec_draft_n_max: o.SpecDraftNMaxOpt = 2,
+    draft_p_min: o.DraftPMinOpt = 0.0,
+    no_mtp: o.NoMtpOpt = False,
+    spec_type: o.SpecTypeOpt = None,
+    require_mtp: o.RequireMtpOpt = False,
+    color: o.ColorOpt = None,
+    verbose: o.VerboseOpt = False,
+) -> None:
+    out = Output(color=color, verbose=verbose)
+
+    def body() -> None:
+        if model_arg is not None and model is not None:
+            raise InvalidInputError("give the model once: as an argument or with -m")
+        model_path = Path(model_arg) if model_arg is not None else model
+        mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
+        gen = o.generation_config(
+            n_predict=n_predict, demo=demo, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+            presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=spec_draft_n_max, p_min=draft_p_min,
+        )
+        kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
+        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=spec_draft_n_max, verbose=verbose)
+        reader = MessageReader(out)
+        choice = choose_model(
+            out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
+        )
+        with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
+            info = eng.info
+            conv = conversation_for(out, eng, choice, system=system_prompt, template_file=chat_template_file, kwargs=kwargs)
+            _banner(out, choice.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx)
+            _loop(out, reader, eng, conv, gen, n_ctx=info.n_ctx)
+
+    run_guarded(body)
+
+
+def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int) -> None:
+    spec = f"MTP on, drafting {gen.spec.n_max} tokens per step" if mtp_on else "MTP off"
+    out.note(f"mtprun chat | {label} | {spec} | context {n_ctx} tokens")
+    out.info("Type a message and press Enter (end a line with \\ to continue it). /help for commands, Ctrl-D to quit.")
+
+
+def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n_ctx: int) -> None:
+    last: Result | None = None
+    turns = 0
+    while True:
+        message = reader.read()
+        if message is None:
+            if turns == 0 and not reader.interactive:
+                raise ClosedInput("no input on stdin: mtprun chat reads messages from a terminal or from stdin")
+            return
+        command = message.strip()
+        if command.startswith("/"):
+            name = command.split()[0]
+            if name in ("/exit", "/quit"):
+                return
+            if name == "/help":
+                out.note(COMMANDS_HELP)
+            elif name == "/clear":
+                conv.clear()
+                out.info("conversation cleared")
+            elif name == "/stats":
+                if last is None:
+                    out.info("no reply yet")
+                else:
+                    out.stats_table(last.stats, last.stop_reason, title="last reply")
+                    out.info(f"conversation: {conv.n_tokens} of {n_ctx} context tokens")
+            else:
+                out.warn(f"unknown command {name} (type /help)")
+            continue
+        if not command:
+            continue
+        turns += 1
+        try:
+            turn = conv.prompt(message)
+        except ChatTemplateError as exc:
+            out.error(str(exc))
+            continue
+        try:
+            reply = out.reply(starts_in_reasoning=turn.starts_in_reasoning, tags=conv.template.reasoning_tags)
+            result = generate(eng, turn.tokens, gen, reply)
+        except ContextOverflowError as exc:
+            conv.undo_prompt()
+            out.error(f"{exc} (use /clear to start over)")
+            continue
+        conv.add_reply(result.text, result.tokens)
+        last = result
+        out.stats_line(result.stats, result.stop_reason)
+        if out.verbose:
+            out.stats_table(result.stats, result.stop_reason, title="reply")
+        if result.stop_reason == "context":
+            out.warn("the context is full: use /clear to start over, or a larger -c")

@@ -1,0 +1,111 @@
+"""``mtprun info``: what a model is and how mtprun would run it (MTP, chat template, backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import InvalidInputError
+from . import _options as o
+from ._errors import EXIT_CODES_HELP, run_guarded
+from ._model import choose_model, open_engine
+from .ui import Output, human_size, human_count
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.", rich_help_panel=o.OUTPUT)]
+
+HELP = f"""Architecture, size, quantization, context, MTP (embedded layers or the sidecar that pairs with the model), chat template and runtime backend of a model.
+
+{EXIT_CODES_HELP}"""
+
+
+def model_facts(choice, info, header=None) -> dict:
+    """Everything ``info`` reports, as plain data (``header``: the file's GGUF header, if read)."""
+    if info.mtp_kind == "embedded":
+        mtp = "embedded MTP layers"
+    elif info.mtp_kind == "sidecar":
+        mtp = f"sidecar {info.draft_path}"
+    else:
+        mtp = "none"
+    template = info.chat_template
+    return {
+        "model": choice.label,
+        "synthetic": choice.synthetic,
+        "path": str(choice.path),
+        "size_bytes": choice.path.stat().st_size,  # the file on disk
+        "draft_size_bytes": info.draft_path.stat().st_size if info.draft_path else None,
+        "weights_bytes": info.size_bytes,  # tensor data llama.cpp loaded
+        "architecture": info.arch,
+        "description": info.description,
+        "name": header.name if header is not None else None,
+        "quantization": (header.file_type_name if header is not None else None) or _quantization(info.description),
+        "parameters": info.n_params,
+        "context_train": info.n_ctx_train,
+        "layers": info.n_layer,
+        "embedding": info.n_embd,
+        "vocab": info.n_vocab,
+        "mtp": info.mtp_kind,
+        "mtp_detail": mtp,
+        "mtp_active": info.mtp_active,
+        "mtp_note": info.mtp_note,
+        "draft_path": str(info.draft_path) if info.draft_path else None,
+        "chat_template": template is not None,
+        "chat_template_thinking": bool(template and "<think>" in template),
+        "backend": info.backend,
+        "system_info": getattr(info, "system_info", None),
+    }
+
+
+def _quantization(description: str) -> str | None:
+    # llama.cpp's model description is "<arch> <size> <file type>", e.g. "qwen35 27B Q4_K - Medium"
+    parts = description.split(" ", 2)
+    return parts[2] if len(parts) == 3 else None
+
+
+def info(
+    model_arg: o.ModelArg = None,
+    model: o.ModelPathOpt = None,
+    hf_repo: o.HfRepoOpt = None,
+    revision: o.RevisionOpt = None,
+    offline: o.OfflineOpt = False,
+    model_draft: o.DraftPathOpt = None,
+    demo: o.DemoOpt = False,
+    json_output: JsonOpt = False,
+    color: o.ColorOpt = None,
+    verbose: o.VerboseOpt = False,
+) -> None:
+    out = Output(color=color, verbose=verbose)
+
+    def body() -> None:
+        if model_arg is not None and model is not None:
+            raise InvalidInputError("give the model once: as an argument or with -m")
+        model_path = Path(model_arg) if model_arg is not None else model
+        choice = choose_model(out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, revision=revision, offline=offline)
+        base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose)
+        from ..gguf_info import read_gguf_info
+
+        header = read_gguf_info(choice.path)
+        with open_engine(out, choice, base, quiet=True) as eng:
+            facts = model_facts(choice, eng.info, header)
+        if json_output:
+            out.json(facts)
+            return
+        rows = [
+            ("model", facts["model"] + (f" ({facts['name']})" if facts["name"] and facts["name"] != facts["model"] else "")),
+            ("file", facts["path"]),
+            ("size", human_size(facts["size_bytes"]) + (f" (+ {human_size(facts['draft_size_bytes'])} drafter)" if facts["draft_size_bytes"] else "")),
+            ("architecture", facts["architecture"]),
+            ("quantization", facts["quantization"] or "unknown"),
+            ("parameters", human_count(facts["parameters"])),
+            ("trained context", f"{facts['context_train']} tokens"),
+            ("layers / embedding / vocab", f"{facts['layers']} / {facts['embedding']} / {facts['vocab']}"),
+            ("MTP", facts["mtp_detail"] + ("" if facts["mtp_active"] else f" (MTP off: {facts['mtp_note'] or 'not available'})")),
+            ("chat template", ("yes" + (", with thinking" if facts["chat_template_thinking"] else "")) if facts["chat_template"] else "none (ChatML fallback)"),
+            ("backend", facts["backend"]),
+        ]
+        if verbose and facts["system_info"]:
+            rows.append(("system", facts["system_info"]))
+        out.table(facts["model"], rows, to_stdout=True)
+
+    run_guarded(body)

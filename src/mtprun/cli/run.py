@@ -1,0 +1,132 @@
+"""``mtprun run``: one-shot generation. The generated text goes to stdout and nothing else does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..chat import reasoning_tags, split_reasoning
+from ..errors import InvalidInputError
+from . import _options as o
+from ._errors import EXIT_CODES_HELP, run_guarded
+from ._model import choose_model, conversation_for, open_engine
+from ._stream import generate
+from .ui import Output
+
+PromptOpt = Annotated[Optional[str], typer.Option("-p", "--prompt", metavar="TEXT", help="The prompt.", show_default=False)]
+FileOpt = Annotated[Optional[Path], typer.Option("-f", "--file", metavar="FILE", help="Read the prompt from FILE ('-': stdin).", show_default=False)]
+RawOpt = Annotated[bool, typer.Option("--raw", help="Use the prompt as it is, without the chat template.", rich_help_panel=o.CHAT)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (text, stop reason, every statistic) instead of streaming text.", rich_help_panel=o.OUTPUT)]
+
+HELP = f"""One-shot generation: the reply to a prompt from -p, -f or stdin.
+
+The generated text goes to stdout, statistics and warnings to stderr, so `mtprun run ... > out.txt` and pipes get only the text. The prompt is wrapped in the model's chat template unless --raw is given.
+
+{EXIT_CODES_HELP}"""
+
+
+def read_prompt(prompt: str | None, file: Path | None) -> str:
+    """The prompt from -p, -f FILE (or '-'), or stdin when it is not a terminal."""
+    if prompt is not None and file is not None:
+        raise InvalidInputError("give the prompt with -p or -f, not both")
+    if prompt is not None:
+        return prompt
+    if file is not None and str(file) != "-":
+        try:
+            return file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"cannot read prompt file {str(file)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    stdin = sys.stdin
+    if stdin is None or stdin.closed or (file is None and stdin.isatty()):
+        raise InvalidInputError("no prompt: give -p TEXT, -f FILE, or pipe the prompt on stdin")
+    text = stdin.read()
+    if not text.strip():
+        raise InvalidInputError("no prompt: stdin was empty (give -p TEXT or -f FILE)")
+    return text
+
+
+def run(
+    prompt: PromptOpt = None,
+    file: FileOpt = None,
+    model: o.ModelPathOpt = None,
+    hf_repo: o.HfRepoOpt = None,
+    revision: o.RevisionOpt = None,
+    offline: o.OfflineOpt = False,
+    model_draft: o.DraftPathOpt = None,
+    demo: o.DemoOpt = False,
+    system_prompt: o.SystemPromptOpt = None,
+    raw: RawOpt = False,
+    chat_template_file: o.ChatTemplateFileOpt = None,
+    chat_template_kwargs: o.ChatTemplateKwargsOpt = None,
+    n_predict: o.NPredictOpt = None,
+    ctx_size: o.CtxSizeOpt = 4096,
+    threads: o.ThreadsOpt = None,
+    n_gpu_layers: o.GpuLayersOpt = -1,
+    temp: o.TempOpt = 0.8,
+    top_k: o.TopKOpt = 40,
+    top_p: o.TopPOpt = 0.95,
+    min_p: o.MinPOpt = 0.05,
+    repeat_penalty: o.RepeatPenaltyOpt = 1.0,
+    presence_penalty: o.PresencePenaltyOpt = 0.0,
+    seed: o.SeedOpt = -1,
+    spec_draft_n_max: o.SpecDraftNMaxOpt = 2,
+    draft_p_min: o.DraftPMinOpt = 0.0,
+    no_mtp: o.NoMtpOpt = False,
+    spec_type: o.SpecTypeOpt = None,
+    require_mtp: o.RequireMtpOpt = False,
+    json_output: JsonOpt = False,
+    color: o.ColorOpt = None,
+    verbose: o.VerboseOpt = False,
+) -> None:
+    out = Output(color=color, verbose=verbose)
+
+    def body() -> None:
+        # everything the user typed is checked before a model is downloaded, built or loaded
+        mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
+        gen = o.generation_config(
+            n_predict=n_predict, demo=demo, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+            presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=spec_draft_n_max, p_min=draft_p_min,
+        )
+        kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
+        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=spec_draft_n_max, verbose=verbose)
+        if raw and (system_prompt is not None or chat_template_file is not None or chat_template_kwargs is not None):
+            raise InvalidInputError("--raw skips the chat template: -sys, --chat-template-file and --chat-template-kwargs do not apply")
+        text = read_prompt(prompt, file)
+        choice = choose_model(
+            out, model=model, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
+        )
+        with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
+            info = eng.info
+            starts_in_reasoning, tags = False, reasoning_tags(info.chat_template)
+            if raw:
+                tokens = eng.tokenize(text, add_special=True, parse_special=True)
+            else:
+                conv = conversation_for(out, eng, choice, system=system_prompt, template_file=chat_template_file, kwargs=kwargs)
+                turn = conv.prompt(text)
+                tokens, starts_in_reasoning, tags = turn.tokens, turn.starts_in_reasoning, conv.template.reasoning_tags
+            reply = None if json_output else out.reply(starts_in_reasoning=starts_in_reasoning, tags=tags)
+            result = generate(eng, tokens, gen, reply)
+            if json_output:
+                reasoning, answer = split_reasoning(result.text, in_reasoning=starts_in_reasoning, tags=tags)
+                out.json({
+                    "model": choice.label,
+                    "synthetic": choice.synthetic,
+                    "text": result.text,
+                    "reasoning": reasoning,
+                    "answer": answer,
+                    "stop_reason": result.stop_reason,
+                    "mtp": result.stats.mtp,
+                    "spec_draft_n_max": gen.spec.n_max if result.stats.mtp else 0,
+                    "stats": result.stats.as_dict(),
+                })
+            else:
+                out.stats_line(result.stats, result.stop_reason)
+                if verbose:
+                    out.stats_table(result.stats, result.stop_reason)
+        if result.stop_reason == "cancelled":
+            raise typer.Exit(130)
+
+    run_guarded(body)
