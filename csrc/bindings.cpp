@@ -83,6 +83,7 @@ public:
         d["eos_token"] = nb::bytes(i.eos_token.data(), i.eos_token.size());
         d["add_bos"] = i.add_bos;
         d["backend"] = i.backend;
+        d["system_info"] = i.system_info;
         return d;
     }
 

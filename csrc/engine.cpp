@@ -684,6 +684,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     info.eos_token     = token_text(e->vocab, llama_vocab_eos(e->vocab));
     info.add_bos       = llama_vocab_get_add_bos(e->vocab);
     info.backend       = backend_description();
+    info.system_info   = llama_print_system_info();
 
     e->stats.speculative = false;
     state_clear(e);

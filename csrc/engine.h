@@ -67,6 +67,7 @@ struct mtp_model_info {
     std::string eos_token;
     bool        add_bos      = false;
     std::string backend;
+    std::string system_info;                  // llama.cpp's CPU/backend feature line
 };
 
 struct mtp_sampling_params {

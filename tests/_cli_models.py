@@ -14,7 +14,8 @@ from mtprun.synth import SynthResult, demo_spec
 
 @dataclass(frozen=True)
 class CliModels:
-    demo: SynthResult  # the --demo model: qwen35 oracle with embedded MTP layers
+    demo: SynthResult  # the --demo model: qwen35 oracle with embedded MTP layers, replies end
+    endless: SynthResult  # the same without an end-of-generation token: replies run to -n
     gemma: SynthResult  # gemma4 oracle target + mtp- drafter sidecar
     gemma_pair: Path  # the gemma4 target in a folder holding only it and its drafter
     gemma_alone: Path  # the gemma4 target in a folder without a drafter: no MTP
@@ -23,6 +24,7 @@ class CliModels:
 @pytest.fixture(scope="session")
 def models(synth_model, tmp_path_factory) -> CliModels:
     demo = synth_model(**asdict(demo_spec()))
+    endless = synth_model(**{**asdict(demo_spec()), "end_with_eos": False})
     gemma = synth_model(arch="gemma4", mode="oracle", agree=0.8, seed=1)
     root = tmp_path_factory.mktemp("cli-models")
     (root / "pair").mkdir()
@@ -32,7 +34,7 @@ def models(synth_model, tmp_path_factory) -> CliModels:
     shutil.copy(gemma.draft_path, root / "pair" / f"mtp-{pair.name}")
     alone = root / "alone" / "gemma.gguf"
     shutil.copy(gemma.model_path, alone)
-    return CliModels(demo, gemma, pair, alone)
+    return CliModels(demo, endless, gemma, pair, alone)
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ def private_cache_dirs(tmp_path_factory: pytest.TempPathFactory):
         "HF_HUB_CACHE": home / ".cache" / "huggingface" / "hub",
         "HF_HUB_OFFLINE": "1",
         "LLAMA_CACHE": home / ".cache" / "llama.cpp",
-        "MTPRUN_CACHE_DIR": home / ".cache" / "mtprun",
+        "MTPRUN_CACHE": home / ".cache" / "mtprun",
     }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():

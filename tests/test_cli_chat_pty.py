@@ -34,7 +34,7 @@ def log(child) -> str:
 
 def test_chat_turns_stats_ctrl_c_and_ctrl_d_in_a_terminal(models, tmp_path):
     # 1500-token replies: long enough that Ctrl-C surely lands inside the first one
-    child = spawn(["-m", str(models.demo.model_path), "--temp", "0", "-n", "1500", "-t", "1",
+    child = spawn(["-m", str(models.endless.model_path), "--temp", "0", "-n", "1500", "-t", "1",
                    "--chat-template-kwargs", '{"enable_thinking": false}'], tmp_path)
     try:
         child.expect("mtprun chat .* MTP on, drafting 2 tokens per step")

@@ -189,9 +189,9 @@ def test_demo_model_is_built_once_cached_and_labelled_synthetic(tmp_path):
     assert d["synthetic"] is True and d["model"] == "synthetic demo model" and d["stats"]["mtp"]
 
 
-def test_demo_replies_stop_by_default(tmp_path):
+def test_demo_replies_end_by_themselves(models):
     d = json.loads(invoke("run", "--demo", "-p", "Hi", "--json", *GREEDY).stdout)
-    assert d["stop_reason"] == "length" and d["stats"]["generated_tokens"] == 256
+    assert d["stop_reason"] == "eos" and d["text"] == models.demo.cycle_text
 
 
 def test_info_reports_mtp_template_and_backend(models):
@@ -225,7 +225,7 @@ def test_ctrl_c_stops_a_one_shot_run_with_its_text_and_statistics(models):
     import time
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    args = [sys.executable, "-m", "mtprun", "run", "-m", str(models.demo.model_path), "-p", "Hi", "-n", "3000",
+    args = [sys.executable, "-m", "mtprun", "run", "-m", str(models.endless.model_path), "-p", "Hi", "-n", "3000",
             "-c", "4096", "-t", "1", *GREEDY]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:

@@ -86,6 +86,7 @@ class ModelInfo:
     eos_token: str
     add_bos: bool
     backend: str
+    system_info: str  # llama.cpp's feature line (CPU instruction sets, backends)
 
 
 class Engine:
@@ -142,6 +143,7 @@ class Engine:
             eos_token=_text(raw["eos_token"]),
             add_bos=raw["add_bos"],
             backend=raw["backend"],
+            system_info=raw["system_info"].strip(),
         )
         self._busy = threading.Lock()
 

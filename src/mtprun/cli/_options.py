@@ -45,14 +45,12 @@ DemoOpt = Annotated[
     typer.Option(
         "--demo",
         help=(
-            "Use a small synthetic MTP model, built on first use and cached (it only recites a fixed passage). "
-            "It never ends a reply by itself, so replies stop at 256 tokens unless -n is given, and its "
-            "template's thinking is off unless --chat-template-kwargs says otherwise."
+            "Use a small synthetic MTP model, built on first use and cached (each reply recites a fixed passage). "
+            "Its template's thinking is off unless --chat-template-kwargs says otherwise."
         ),
         rich_help_panel=MODEL,
     ),
 ]
-DEMO_N_PREDICT = 256
 DEMO_TEMPLATE_KWARGS = {"enable_thinking": False}
 CtxSizeOpt = Annotated[int, typer.Option("-c", "--ctx-size", metavar="N", help="Context size in tokens (0: the model's training context).", rich_help_panel=MODEL)]
 ThreadsOpt = Annotated[Optional[int], typer.Option("-t", "--threads", metavar="N", help="CPU threads (default: llama.cpp's choice).", rich_help_panel=MODEL)]
@@ -179,12 +177,11 @@ def mtp_wanted(no_mtp: bool, spec_type: SpecType | None, require_mtp: bool) -> b
 
 
 def generation_config(
-    *, n_predict: int | None, demo: bool = False, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
+    *, n_predict: int | None, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
     presence_penalty: float, seed: int, mtp: bool, n_max: int, p_min: float,
 ) -> GenerationConfig:
     """Validated generation settings (raises InvalidInputError naming the option)."""
-    if n_predict is None:
-        n_predict = DEMO_N_PREDICT if demo else -1
+    n_predict = -1 if n_predict is None else n_predict
     if seed < -1:
         raise InvalidInputError(f"--seed must be -1 (random) or a non-negative integer, got {seed}")
     try:

@@ -53,7 +53,7 @@ def model_facts(choice, info, header=None) -> dict:
         "chat_template": template is not None,
         "chat_template_thinking": bool(template and "<think>" in template),
         "backend": info.backend,
-        "system_info": getattr(info, "system_info", None),
+        "system_info": info.system_info,
     }
 
 
