@@ -70,8 +70,9 @@ def med(xs: list[float]) -> float:
 BENCH_SHAPE = {"n_layer": 12, "n_ff": 4096}
 
 
-def build_model(cache: Path, agree: float, preset: str) -> Path:
-    spec = SynthSpec.preset(preset, arch="qwen35", mode="oracle", agree=agree, seed=1, **BENCH_SHAPE)
+def build_model(cache: Path, agree: float, preset: str, dtype: str | None = None) -> Path:
+    shape = {**BENCH_SHAPE, **({"dtype": dtype} if dtype else {})}
+    spec = SynthSpec.preset(preset, arch="qwen35", mode="oracle", agree=agree, seed=1, **shape)
     key = hashlib.sha256(repr(spec).encode()).hexdigest()[:10]
     path = cache / f"bench-qwen35-oracle-{agree:g}-{key}.gguf"
     if not path.exists():
@@ -123,6 +124,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--preset", default="bench")
+    ap.add_argument("--dtype", choices=["f32", "f16", "q8_0"], help="weight type (default: the preset's, f16)")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("MTPRUN_BENCH_CACHE", "/tmp/mtprun-bench")))
     ap.add_argument("--ref-bin", type=Path, default=os.environ.get("MTPRUN_LLAMA_REF_BIN"))
     args = ap.parse_args()
@@ -133,7 +135,7 @@ def main() -> int:
           f"{args.reps} reps (medians), flash attention off" + (f", reference {ref}" if ref else ", no reference binary"))
     prompt_text = " Once upon a quiet morning, seven curious foxes"
     for agree in args.agree:
-        path = build_model(args.cache, agree, args.preset)
+        path = build_model(args.cache, agree, args.preset, args.dtype)
         base = ModelConfig(path=path, n_ctx=args.ctx, n_threads=args.threads, flash_attn=False)
         plain_eng = Engine(ModelConfig(**{**base.__dict__, "mtp": False}))
         mtp_eng = Engine(base)
