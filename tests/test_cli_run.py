@@ -240,3 +240,18 @@ def test_ctrl_c_stops_a_one_shot_run_with_its_text_and_statistics(models):
     assert "stopped: interrupted" in err and "Traceback" not in err
     n = int(err.split(" tokens, ")[0].rsplit("\n", 1)[-1])
     assert 0 < n < 3000
+
+
+def test_of_several_drafters_beside_a_model_the_one_named_after_it_is_used(models, tmp_path):
+    import shutil
+
+    shutil.copy(models.gemma.model_path, tmp_path / "a.gguf")
+    shutil.copy(models.gemma.draft_path, tmp_path / "mtp-a.gguf")
+    shutil.copy(models.gemma.draft_path, tmp_path / "mtp-other.gguf")
+    r = invoke("run", "--json", "-m", str(tmp_path / "a.gguf"), "-p", "Hi", "-n", "8", *GREEDY)
+    assert r.exit_code == 0 and json.loads(r.stdout)["stats"]["mtp"], r.stderr
+    assert "drafter mtp-a.gguf found" in r.stderr
+    (tmp_path / "mtp-a.gguf").unlink()
+    (tmp_path / "mtp-b.gguf").write_bytes((tmp_path / "mtp-other.gguf").read_bytes())
+    r = invoke("run", "--json", "-m", str(tmp_path / "a.gguf"), "-p", "Hi", "-n", "8", *GREEDY)
+    assert "several MTP drafters" in r.stderr and not json.loads(r.stdout)["stats"]["mtp"]

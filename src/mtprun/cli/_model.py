@@ -70,9 +70,11 @@ def _drafter_beside(out: Output, model: Path) -> Path | None:
             continue
         if d.is_mtp_drafter and d.target_embedding_length in (None, info.embedding_length):
             fitting.append(path)
-    if len(fitting) == 1:
-        out.info(f"MTP: drafter {fitting[0].name} found beside the model (-md chooses another)")
-        return fitting[0]
+    named = [p for p in fitting if p.name == f"mtp-{model.name}"]  # the generator's / a user's own pairing
+    if len(fitting) == 1 or named:
+        chosen = named[0] if named else fitting[0]
+        out.info(f"MTP: drafter {chosen.name} found beside the model (-md chooses another)")
+        return chosen
     if len(fitting) > 1:
         out.warn(f"several MTP drafters beside {model.name} ({', '.join(p.name for p in fitting)}): choose one with -md")
     return None
