@@ -513,6 +513,38 @@ static std::string token_text(const llama_vocab * vocab, llama_token t) {
     return s ? s : "";
 }
 
+// physical cores (hyper-threads slow llama.cpp's decoding down), as llama.cpp's own tools count
+// them on Linux; elsewhere, or when that fails, the logical CPU count
+static int32_t default_threads() {
+    const int32_t logical = (int32_t) std::max(1u, std::thread::hardware_concurrency());
+#if defined(__linux__)
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    std::vector<std::pair<int, int>> cores; // (physical id, core id)
+    int phys = 0;
+    while (std::getline(f, line)) {
+        const size_t colon = line.find(':');
+        if (colon == std::string::npos) {
+            continue;
+        }
+        const std::string key = line.substr(0, line.find_last_not_of(" \t", colon - 1) + 1);
+        const int value = std::atoi(line.c_str() + colon + 1);
+        if (key == "physical id") {
+            phys = value;
+        } else if (key == "core id") {
+            const std::pair<int, int> c = { phys, value };
+            if (std::find(cores.begin(), cores.end(), c) == cores.end()) {
+                cores.push_back(c);
+            }
+        }
+    }
+    if (!cores.empty() && (int32_t) cores.size() <= logical) {
+        return (int32_t) cores.size();
+    }
+#endif
+    return logical;
+}
+
 void mtp_engine_free(mtp_engine * e) {
     if (!e) {
         return;
@@ -577,7 +609,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     e->n_vocab = llama_vocab_n_tokens(e->vocab);
 
     const int32_t n_threads = params.n_threads > 0 ? params.n_threads
-                            : (int32_t) std::max(1u, std::thread::hardware_concurrency());
+                            : default_threads();
     const int32_t cap = params.n_draft_capacity;
 
     // what the files offer

@@ -40,7 +40,7 @@ struct mtp_model_params {
     std::string draft_path;        // drafter sidecar GGUF; empty: embedded MTP layers or none
     int32_t n_ctx            = 4096; // 0: the model's training context
     int32_t n_batch          = 512;
-    int32_t n_threads        = 0;    // 0: hardware concurrency
+    int32_t n_threads        = 0;    // 0: physical cores
     int32_t n_gpu_layers     = -1;   // -1: all
     int32_t flash_attn       = -1;   // -1 auto, 0 off, 1 on
     bool    use_mtp          = true; // false: plain decoding only, MTP layers are not loaded

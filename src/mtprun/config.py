@@ -31,7 +31,7 @@ class ModelConfig:
     draft_path: Path | None = None  # mtp-*.gguf sidecar (Gemma 4 assistant); None: embedded or none
     n_ctx: int = 4096  # 0: the model's training context
     n_batch: int = 512
-    n_threads: int | None = None  # None: llama.cpp's default
+    n_threads: int | None = None  # None: the number of physical cores
     n_gpu_layers: int = -1  # -1: all layers (when llama-cpp-python was built with a GPU backend)
     flash_attn: bool | None = None  # None: llama.cpp decides
     mtp: bool = True  # False: plain decoding; MTP layers and drafter are not loaded

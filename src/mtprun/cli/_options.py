@@ -53,7 +53,7 @@ DemoOpt = Annotated[
 ]
 DEMO_TEMPLATE_KWARGS = {"enable_thinking": False}
 CtxSizeOpt = Annotated[int, typer.Option("-c", "--ctx-size", metavar="N", help="Context size in tokens (0: the model's training context).", rich_help_panel=MODEL)]
-ThreadsOpt = Annotated[Optional[int], typer.Option("-t", "--threads", metavar="N", help="CPU threads (default: llama.cpp's choice).", rich_help_panel=MODEL)]
+ThreadsOpt = Annotated[Optional[int], typer.Option("-t", "--threads", metavar="N", help="CPU threads (default: the number of physical cores).", rich_help_panel=MODEL)]
 GpuLayersOpt = Annotated[int, typer.Option("-ngl", "--n-gpu-layers", metavar="N", help="Layers to offload to the GPU (-1: all).", rich_help_panel=MODEL)]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log and the full statistics table.", rich_help_panel=OUTPUT)]
 ColorOpt = Annotated[Optional[bool], typer.Option("--color/--no-color", help="Colour output (default: when writing to a terminal).", show_default=False, rich_help_panel=OUTPUT)]
