@@ -28,7 +28,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cinttypes>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
