@@ -24,6 +24,8 @@ nb::handle g_core_error_type;
     throw core_error{ (int) status, message };
 }
 
+nb::list memory_list(const std::vector<mtp_memory_entry> & entries); // defined at the end of this file
+
 class Engine {
 public:
     Engine(const std::string & path, const std::string & draft_path, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
@@ -84,6 +86,7 @@ public:
         d["add_bos"] = i.add_bos;
         d["backend"] = i.backend;
         d["system_info"] = i.system_info;
+        d["memory"] = memory_list(i.memory);
         return d;
     }
 
@@ -281,4 +284,47 @@ NB_MODULE(_core, m) {
              "The target's logits for the token after the finished conversation (for tests; state is kept).")
         .def("cancel", &Engine::cancel, "Make the running generation stop at the next step (thread-safe).")
         .def("reset", &Engine::reset, "Forget the cached conversation.");
+
+    m.def("devices", []() {
+        nb::list out;
+        for (const mtp_device_memory & d : mtp_memory_devices()) {
+            nb::dict x;
+            x["name"] = d.name;
+            x["description"] = d.description;
+            x["type"] = d.type;
+            x["free"] = d.free;
+            x["total"] = d.total;
+            out.append(x);
+        }
+        return out;
+    }, "The backend devices (name, description, type: cpu/gpu/igpu/accel) with free and total memory in bytes.");
+    m.def("context_memory", [](uintptr_t ctx) {
+        std::vector<mtp_memory_entry> entries;
+        mtp_memory_collect(reinterpret_cast<const llama_context *>(ctx), "other", false, entries);
+        return memory_list(entries);
+    }, "address"_a,
+    "llama.cpp's memory breakdown of a llama_context created elsewhere in this process through the same "
+    "libllama (e.g. llama-cpp-python's), given its address; for checking mtprun against llama.cpp's defaults.");
 }
+
+namespace {
+
+// llama.cpp's memory breakdown of an engine's contexts, one dict per (context, buffer type)
+nb::list memory_list(const std::vector<mtp_memory_entry> & entries) {
+    nb::list out;
+    for (const mtp_memory_entry & m : entries) {
+        nb::dict x;
+        x["context"] = m.context;
+        x["buffer"] = m.buffer;
+        x["device"] = m.device;
+        x["host"] = m.host;
+        x["shared_model"] = m.shared_model;
+        x["model"] = m.model;
+        x["state"] = m.state;
+        x["compute"] = m.compute;
+        out.append(x);
+    }
+    return out;
+}
+
+} // namespace
