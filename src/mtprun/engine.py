@@ -31,6 +31,7 @@ from ._native import core
 from .config import GenerationConfig, ModelConfig
 from .errors import ContextOverflowError, EngineClosedError, InvalidInputError, ModelError, MtprunError
 from .events import GenerationStats, Result, Step, StopReason, TokenPiece
+from .memory import MeasuredMemory, measured
 
 __all__ = ["Engine", "ModelInfo"]
 
@@ -87,6 +88,7 @@ class ModelInfo:
     add_bos: bool
     backend: str
     system_info: str  # llama.cpp's feature line (CPU instruction sets, backends)
+    memory: MeasuredMemory | None = None  # what llama.cpp allocated for the contexts (its breakdown)
 
 
 class Engine:
@@ -144,6 +146,7 @@ class Engine:
             add_bos=raw["add_bos"],
             backend=raw["backend"],
             system_info=raw["system_info"].strip(),
+            memory=measured(raw.get("memory", ())),
         )
         self._busy = threading.Lock()
 
@@ -309,3 +312,11 @@ def _interruptible(fn, *args, cancel):
     if interrupted is not None:
         raise interrupted
     return box.get("value")
+
+
+def gpu_free_bytes() -> int | None:
+    """Free memory of the first GPU llama.cpp sees (ggml_backend_dev_memory), or None without one."""
+    for dev in core.devices():
+        if dev["type"] in ("gpu", "igpu"):
+            return int(dev["free"])
+    return None

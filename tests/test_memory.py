@@ -1,0 +1,194 @@
+"""Memory: mtprun's contexts never allocate more than llama.cpp's defaults for the same model,
+context and draft length; the header-only estimate matches what llama.cpp allocated; the GPU fit
+decision; plain greedy output equal to llama-completion's with flash attention on and off."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+
+import pytest
+
+from mtprun import GenerationConfig, ModelConfig, SamplingConfig, SpecConfig
+from mtprun._native import core
+from mtprun.engine import Engine
+from mtprun.gguf_info import read_gguf_info
+from mtprun.memory import estimate, measured, mtp_fit
+
+import _llama
+import llama_cpp.llama_cpp as L
+
+ARCHS = ["qwen35", "gemma4"]  # gemma4: the gemma4-assistant sidecar
+
+
+def open_engine(model, **kw) -> Engine:
+    kw.setdefault("flash_attn", False)
+    kw.setdefault("n_threads", 1)
+    return Engine(ModelConfig(path=model.model_path, draft_path=model.draft_path, **kw))
+
+
+def _by_context(entries, which):
+    rows = [e for e in entries if e["context"] == which]
+    return sum(e["state"] for e in rows), sum(e["compute"] for e in rows)
+
+
+def llama_cpp_reference(model, *, n_ctx: int, n_max: int, flash_attn: bool) -> tuple[dict, dict | None]:
+    """State and compute bytes of the target and MTP contexts as llama.cpp's tools create them
+    (common_context_params_to_llama with common_params' defaults, common_speculative_init_result for
+    the MTP context), through llama-cpp-python's own context creation; measured with llama.cpp's
+    memory breakdown."""
+    _llama.quiet()
+    mp = L.llama_model_default_params()
+    mp.load_mtp = model.draft_path is None
+    tgt = L.llama_model_load_from_file(str(model.model_path).encode(), mp)
+    dft_model = None
+    contexts = []
+    try:
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 2048, 512, 1
+        cp.n_outputs_max, cp.n_outputs_max_per_seq = 0, 1
+        cp.n_rs_seq = n_max  # params.speculative.need_n_rs_seq() with draft-mtp
+        cp.swa_full = False  # common_params.swa_full
+        cp.kv_unified = False
+        cp.flash_attn_type = 1 if flash_attn else 0
+        cp.n_threads = cp.n_threads_batch = 1
+        ctx = L.llama_init_from_model(tgt, cp)
+        assert ctx
+        contexts.append(ctx)
+        dp = cp
+        dp.ctx_type = 1  # LLAMA_CONTEXT_TYPE_MTP
+        dp.n_ctx = L.llama_n_ctx(ctx)
+        dp.n_rs_seq = 0
+        dp.ctx_other = ctx
+        if model.draft_path is not None:
+            dmp = L.llama_model_default_params()
+            dmp.load_mtp = True
+            dft_model = L.llama_model_load_from_file(str(model.draft_path).encode(), dmp)
+        dctx = L.llama_init_from_model(dft_model or tgt, dp)
+        assert dctx
+        contexts.append(dctx)
+        mem = [core.context_memory(ctypes.cast(c, ctypes.c_void_p).value) for c in contexts]
+        return tuple(dict(zip(("state", "compute"), _by_context([dict(e, context="x") for e in m], "x"))) for m in mem)
+    finally:
+        for c in reversed(contexts):
+            L.llama_free(c)
+        if dft_model:
+            L.llama_model_free(dft_model)
+        L.llama_model_free(tgt)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("n_ctx", [1024, 8192])
+def test_allocated_memory_is_at_most_llama_cpp_defaults(synth_model, arch, n_ctx):
+    model = synth_model(arch=arch)
+    n_max = 3
+    with open_engine(model, n_ctx=n_ctx, n_draft_capacity=n_max) as eng:
+        assert eng.info.mtp_active
+        raw = eng._core.info()["memory"]
+    ref_tgt, ref_dft = llama_cpp_reference(model, n_ctx=n_ctx, n_max=n_max, flash_attn=False)
+    state, compute = _by_context(raw, "target")
+    assert 0 < state <= ref_tgt["state"]
+    assert 0 < compute <= ref_tgt["compute"]
+    d_state, d_compute = _by_context(raw, "draft")
+    assert d_state <= ref_dft["state"]
+    assert 0 < d_compute <= ref_dft["compute"]
+
+
+def test_sliding_window_cache_is_not_the_whole_context(synth_model):
+    # swa_full off: at a long context the sliding-window layers hold n_swa + n_ubatch cells, so the
+    # state grows only with the global layers' cache
+    model = synth_model(arch="gemma4")
+    est = {c: estimate(read_gguf_info(model.model_path), read_gguf_info(model.draft_path), n_ctx=c, n_draft=2, flash_attn=False) for c in (8192, 32768)}
+    assert est[8192].kv_swa == est[32768].kv_swa > 0
+    with open_engine(model, n_ctx=32768, n_draft_capacity=2) as eng:
+        assert eng.info.memory.state == est[32768].kv
+
+
+def test_recurrent_snapshots_follow_the_draft_length(synth_model):
+    model = synth_model(arch="qwen35")
+    states = {}
+    for n in (1, 4):
+        with open_engine(model, n_ctx=1024, n_draft_capacity=n) as eng:
+            states[n] = eng.info.memory.state
+    with open_engine(model, n_ctx=1024, n_draft_capacity=4, mtp=False) as eng:
+        plain = eng.info.memory
+    est = estimate(read_gguf_info(model.model_path), n_ctx=1024, n_draft=1)
+    # one more snapshot per extra draft token; no snapshots (and no MTP context) without MTP
+    assert states[4] - states[1] == 3 * est.recurrent
+    assert plain.state == states[1] - est.recurrent
+    assert plain.mtp_state == plain.mtp_compute == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("flash_attn", [False, True])
+@pytest.mark.parametrize("mtp", [True, False])
+def test_estimate_within_ten_percent_of_measured(synth_model, arch, flash_attn, mtp):
+    model = synth_model(arch=arch)
+    est = estimate(
+        read_gguf_info(model.model_path), read_gguf_info(model.draft_path) if model.draft_path else None,
+        n_ctx=4096, n_draft=2, mtp=mtp, flash_attn=flash_attn,
+    )
+    with open_engine(model, n_ctx=4096, n_draft_capacity=2, mtp=mtp, flash_attn=flash_attn) as eng:
+        got = eng.info.memory
+    # weights and KV/recurrent state are exact; compute buffers are modelled
+    assert est.weights + est.mtp_weights == pytest.approx(got.weights + got.mtp_weights, abs=4096)
+    assert est.kv + est.recurrent + est.mtp_snapshots == got.state
+    assert est.mtp_kv == got.mtp_state
+    assert est.total == pytest.approx(got.total, rel=0.10)
+    assert (est.mtp_total > 0) == mtp
+
+
+def test_measured_counts_shared_weights_once():
+    rows = [
+        {"context": "target", "buffer": "CPU", "device": "CPU", "host": True, "shared_model": False, "model": 100, "state": 10, "compute": 5},
+        {"context": "draft", "buffer": "CPU", "device": "CPU", "host": True, "shared_model": True, "model": 100, "state": 3, "compute": 2},
+        {"context": "target", "buffer": "CUDA0", "device": "CUDA0", "host": False, "shared_model": False, "model": 50, "state": 0, "compute": 7},
+    ]
+    m = measured(rows)
+    assert (m.weights, m.mtp_weights, m.state, m.compute, m.mtp_state, m.mtp_compute) == (150, 0, 10, 12, 3, 2)
+    assert m.total == 177
+    assert m.devices == {"": 120, "CUDA0": 57}
+
+
+@pytest.mark.parametrize(
+    "free, plain, head, keep",
+    [
+        (None, 10 << 30, 2 << 30, True),  # no GPU in use: nothing to decide
+        (24 << 30, 20 << 30, 2 << 30, True),  # fits with room to spare
+        (24 << 30, 22 << 30, 2 << 30, False),  # the head would eat the margin: run plain
+        (24 << 30, 30 << 30, 2 << 30, False),  # not even the model fits: drop the head anyway
+        (24 << 30, 20 << 30, 0, True),  # no head to load
+    ],
+)
+def test_mtp_fit_decision(free, plain, head, keep):
+    d = mtp_fit(gpu_free=free, plain_bytes=plain, mtp_bytes=head)
+    assert d.mtp is keep
+    assert (d.reason is None) == keep
+    if not keep:
+        assert "MiB" in d.reason
+
+
+@pytest.mark.parametrize("n_ctx", [1, 2, 8])
+def test_tiny_context_opens_and_reports_overflow(synth_model, n_ctx):
+    model = synth_model(arch="qwen35")
+    with open_engine(model, n_ctx=n_ctx, n_draft_capacity=6) as eng:
+        assert eng.info.n_ctx >= n_ctx
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_plain_greedy_equals_llama_completion(llama_ref_bin, synth_model, arch, flash_attn):
+    model = synth_model(arch=arch, mode="random", agree=0.7)
+    prompt = " Once upon a quiet"
+    n = 24
+    out = subprocess.run(
+        [str(llama_ref_bin / "llama-completion"), "-m", str(model.model_path), "-p", prompt, "-n", str(n),
+         "--temp", "0", "--seed", "0", "-c", "1024", "-no-cnv", "-t", "1", "-fa", "on" if flash_attn else "off"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    expected = out.stdout.split(prompt, 1)[1].rstrip("\n")
+    with open_engine(model, n_ctx=1024, flash_attn=flash_attn, mtp=False) as eng:
+        tokens = eng.tokenize(prompt, add_special=True, parse_special=True)
+        cfg = GenerationConfig(max_tokens=n, sampling=SamplingConfig(temperature=0.0), spec=SpecConfig(enabled=False))
+        result = [e for e in eng.generate(tokens, cfg)][-1]
+    assert result.text.rstrip("\n") == expected
