@@ -4,19 +4,16 @@ decision; plain greedy output equal to llama-completion's with flash attention o
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 
 import pytest
 
 from mtprun import GenerationConfig, ModelConfig, SamplingConfig, SpecConfig
-from mtprun._native import core
 from mtprun.engine import Engine
 from mtprun.gguf_info import read_gguf_info
 from mtprun.memory import estimate, measured, mtp_fit
 
 import _llama
-import llama_cpp.llama_cpp as L
 
 ARCHS = ["qwen35", "gemma4"]  # gemma4: the gemma4-assistant sidecar
 
@@ -32,51 +29,6 @@ def _by_context(entries, which):
     return sum(e["state"] for e in rows), sum(e["compute"] for e in rows)
 
 
-def llama_cpp_reference(model, *, n_ctx: int, n_max: int, flash_attn: bool) -> tuple[dict, dict | None]:
-    """State and compute bytes of the target and MTP contexts as llama.cpp's tools create them
-    (common_context_params_to_llama with common_params' defaults, common_speculative_init_result for
-    the MTP context), through llama-cpp-python's own context creation; measured with llama.cpp's
-    memory breakdown."""
-    _llama.quiet()
-    mp = L.llama_model_default_params()
-    mp.load_mtp = model.draft_path is None
-    tgt = L.llama_model_load_from_file(str(model.model_path).encode(), mp)
-    dft_model = None
-    contexts = []
-    try:
-        cp = L.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 2048, 512, 1
-        cp.n_outputs_max, cp.n_outputs_max_per_seq = 0, 1
-        cp.n_rs_seq = n_max  # params.speculative.need_n_rs_seq() with draft-mtp
-        cp.swa_full = False  # common_params.swa_full
-        cp.kv_unified = False
-        cp.flash_attn_type = 1 if flash_attn else 0
-        cp.n_threads = cp.n_threads_batch = 1
-        ctx = L.llama_init_from_model(tgt, cp)
-        assert ctx
-        contexts.append(ctx)
-        dp = cp
-        dp.ctx_type = 1  # LLAMA_CONTEXT_TYPE_MTP
-        dp.n_ctx = L.llama_n_ctx(ctx)
-        dp.n_rs_seq = 0
-        dp.ctx_other = ctx
-        if model.draft_path is not None:
-            dmp = L.llama_model_default_params()
-            dmp.load_mtp = True
-            dft_model = L.llama_model_load_from_file(str(model.draft_path).encode(), dmp)
-        dctx = L.llama_init_from_model(dft_model or tgt, dp)
-        assert dctx
-        contexts.append(dctx)
-        mem = [core.context_memory(ctypes.cast(c, ctypes.c_void_p).value) for c in contexts]
-        return tuple(dict(zip(("state", "compute"), _by_context([dict(e, context="x") for e in m], "x"))) for m in mem)
-    finally:
-        for c in reversed(contexts):
-            L.llama_free(c)
-        if dft_model:
-            L.llama_model_free(dft_model)
-        L.llama_model_free(tgt)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("n_ctx", [1024, 8192])
 def test_allocated_memory_is_at_most_llama_cpp_defaults(synth_model, arch, n_ctx):
@@ -85,13 +37,16 @@ def test_allocated_memory_is_at_most_llama_cpp_defaults(synth_model, arch, n_ctx
     with open_engine(model, n_ctx=n_ctx, n_draft_capacity=n_max) as eng:
         assert eng.info.mtp_active
         raw = eng._core.info()["memory"]
-    ref_tgt, ref_dft = llama_cpp_reference(model, n_ctx=n_ctx, n_max=n_max, flash_attn=False)
+    # the reference: the contexts llama.cpp's tools create, through llama-cpp-python
+    ref_tgt, ref_dft = _llama.reference_memory(model.model_path, model.draft_path, n_ctx=n_ctx, n_max=n_max, flash_attn=False)
+    ref_state, ref_compute = _by_context([dict(r, context="target") for r in ref_tgt], "target")
     state, compute = _by_context(raw, "target")
-    assert 0 < state <= ref_tgt["state"]
-    assert 0 < compute <= ref_tgt["compute"]
+    assert 0 < state <= ref_state
+    assert 0 < compute <= ref_compute
+    ref_d_state, ref_d_compute = _by_context([dict(r, context="draft") for r in ref_dft], "draft")
     d_state, d_compute = _by_context(raw, "draft")
-    assert d_state <= ref_dft["state"]
-    assert 0 < d_compute <= ref_dft["compute"]
+    assert d_state <= ref_d_state
+    assert 0 < d_compute <= ref_d_compute
 
 
 def test_sliding_window_cache_is_not_the_whole_context(synth_model):
