@@ -298,6 +298,31 @@ NB_MODULE(_core, m) {
         }
         return out;
     }, "The backend devices (name, description, type: cpu/gpu/igpu/accel) with free and total memory in bytes.");
+    m.def("memory_dry_run", [](const std::string & path, const std::string & draft_path, int32_t n_ctx, int32_t n_batch,
+                               int32_t n_gpu_layers, int32_t flash_attn, bool use_mtp, int32_t n_draft_capacity) {
+        mtp_model_params p;
+        p.path = path;
+        p.draft_path = draft_path;
+        p.n_ctx = n_ctx;
+        p.n_batch = n_batch;
+        p.n_gpu_layers = n_gpu_layers;
+        p.flash_attn = flash_attn;
+        p.use_mtp = use_mtp;
+        p.n_draft_capacity = n_draft_capacity;
+        std::vector<mtp_memory_entry> entries;
+        std::string err;
+        bool ok;
+        {
+            nb::gil_scoped_release release;
+            ok = mtp_memory_dry_run(p, entries, err);
+        }
+        if (!ok) {
+            raise(MTP_ERR_MODEL, err);
+        }
+        return memory_list(entries);
+    }, "path"_a, "draft_path"_a, "n_ctx"_a, "n_batch"_a, "n_gpu_layers"_a, "flash_attn"_a, "use_mtp"_a, "n_draft_capacity"_a,
+    "What the engine's contexts would allocate (llama.cpp's breakdown rows), from llama.cpp's no_alloc dry "
+    "run: no weights are read. Raises CoreError(status, message).");
     m.def("context_memory", [](uintptr_t ctx) {
         std::vector<mtp_memory_entry> entries;
         mtp_memory_collect(reinterpret_cast<const llama_context *>(ctx), "other", false, entries);

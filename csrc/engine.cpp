@@ -617,37 +617,9 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     info.mtp_kind  = has_sidecar ? MTP_KIND_SIDECAR : (meta_tgt.n_nextn > 0 ? MTP_KIND_EMBEDDED : MTP_KIND_NONE);
     e->recurrent   = llama_model_is_recurrent(e->model_tgt) || llama_model_is_hybrid(e->model_tgt);
 
-    // The target context, as llama.cpp's tools create theirs (common_context_params_to_llama with
-    // common_params' defaults; llama-cli, llama-completion, llama-speculative-simple). Every field
-    // left at llama_context_default_params() is what those tools use too: n_seq_max 1, type_k/type_v
-    // F16, offload_kqv, op_offload, kv_unified off, rope/yarn/pooling/attention from the model,
-    // n_outputs_max_per_seq 1, no embeddings, no callbacks. Deliberate differences:
-    //  - swa_full off, as common_params (llama_context_default_params() turns it on): the
-    //    sliding-window cache holds n_swa + n_ubatch cells, not the whole context. Speculative
-    //    rollback stays within the last decoded ubatch, whose overwritten cells were already
-    //    outside every later token's window; prompt-cache reuse that reaches further back is
-    //    checked with mtp_memory_can_resume (memory.cpp).
-    //  - n_batch = n_ubatch = max(params.n_batch, cap + 1) (512 by default) where llama.cpp has
-    //    n_batch 2048, n_ubatch 512: the compute buffer follows n_ubatch, so it is the same; the
-    //    prompt is fed n_batch at a time.
-    //  - n_outputs_max = cap + 1 (one verify pass) where llama.cpp reserves n_batch outputs: a
-    //    smaller output buffer and compute graph.
-    //  - n_rs_seq = cap only when an MTP head can run (llama.cpp: n_max whenever draft-mtp is
-    //    asked for), 0 otherwise: recurrent-state snapshots for rolling back rejected drafts.
-    //  - no_perf on (mtprun keeps its own timings), threads = physical cores as cpu_get_num_math.
+    // the contexts as llama.cpp's tools create theirs; the choices are documented in memory.cpp
     const bool mtp_possible = params.use_mtp && (has_sidecar || meta_tgt.n_nextn > 0);
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx           = (uint32_t) params.n_ctx;
-    cp.n_batch         = (uint32_t) std::max(params.n_batch, cap + 1);
-    cp.n_ubatch        = cp.n_batch;
-    cp.n_seq_max       = 1;
-    cp.n_threads       = n_threads;
-    cp.n_threads_batch = n_threads;
-    cp.flash_attn_type = (llama_flash_attn_type) params.flash_attn;
-    cp.no_perf         = true;
-    cp.swa_full        = false;
-    cp.n_rs_seq        = mtp_possible ? (uint32_t) cap : 0; // recurrent snapshots for rollback
-    cp.n_outputs_max   = (uint32_t) (cap + 1);
+    llama_context_params cp = mtp_target_context_params(params, mtp_possible, n_threads);
 
     e->ctx_tgt = llama_init_from_model(e->model_tgt, cp);
     if (!e->ctx_tgt) {
@@ -671,15 +643,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     } else if (info.mtp_kind == MTP_KIND_EMBEDDED && n_nextn <= 0) {
         info.mtp_note = "llama.cpp did not load the model's MTP layers";
     } else {
-        llama_context_params dp = cp;
-        dp.ctx_type      = LLAMA_CONTEXT_TYPE_MTP;
-        dp.ctx_other     = e->ctx_tgt;
-        // the MTP context as common_speculative_init_result makes it (the target's parameters,
-        // its n_ctx, no snapshots, ctx_other = the target), except: one output row, since every
-        // head decode asks for the last position's logits only
-        dp.n_ctx         = (uint32_t) e->n_ctx;
-        dp.n_rs_seq      = 0;
-        dp.n_outputs_max = 1;
+        llama_context_params dp = mtp_draft_context_params(cp, e->ctx_tgt);
         if (has_sidecar) {
             llama_model_params dmp = llama_model_default_params();
             dmp.n_gpu_layers = params.n_gpu_layers;

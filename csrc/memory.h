@@ -6,7 +6,9 @@
 #include <string>
 #include <vector>
 
-struct llama_context;
+#include "llama.h"
+
+struct mtp_model_params;
 
 // one buffer type of one context
 struct mtp_memory_entry {
@@ -40,3 +42,14 @@ std::vector<mtp_device_memory> mtp_memory_devices();
 // (swa_full off) keeps only the last n_swa + n_ubatch positions, so resuming further back than
 // its window reaches needs a fresh start (llama.cpp's server checks seq_pos_min the same way)
 bool mtp_memory_can_resume(llama_context * ctx, int32_t pos);
+
+// the target context's parameters for a run of p (mtp_possible: an MTP head will be attached)
+llama_context_params mtp_target_context_params(const mtp_model_params & p, bool mtp_possible, int32_t n_threads);
+
+// the MTP context's parameters, from the target's (cp) and its context
+llama_context_params mtp_draft_context_params(const llama_context_params & cp, llama_context * ctx_tgt);
+
+// what a run of p would allocate, without reading any weights: llama.cpp's no_alloc dry run (the
+// way its -fit measures), with the contexts created as mtp_engine_init creates them; false and
+// err when llama.cpp cannot build them
+bool mtp_memory_dry_run(const mtp_model_params & p, std::vector<mtp_memory_entry> & out, std::string & err);

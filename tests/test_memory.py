@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from mtprun import GenerationConfig, ModelConfig, SamplingConfig, SpecConfig
-from mtprun.engine import Engine
+from mtprun.engine import Engine, dry_run
 from mtprun.gguf_info import read_gguf_info
 from mtprun.memory import estimate, measured, mtp_fit
 
@@ -173,3 +173,72 @@ def test_resume_behind_the_sliding_window_starts_over(synth_model):
         fresh_logits = list(eng._core.next_logits())
     assert resumed.tokens == fresh.tokens
     assert resumed_logits == pytest.approx(fresh_logits, abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("mtp", [True, False])
+def test_dry_run_predicts_the_allocation(synth_model, arch, mtp):
+    # llama.cpp's no_alloc dry run reads no weights yet sizes every buffer the engine then allocates
+    model = synth_model(arch=arch)
+    cfg = ModelConfig(path=model.model_path, draft_path=model.draft_path, n_ctx=2048, mtp=mtp, n_draft_capacity=3,
+                      flash_attn=True, n_threads=1)
+    predicted = dry_run(cfg)
+    with Engine(cfg) as eng:
+        assert eng.info.memory == predicted
+    assert (predicted.mtp_compute > 0) == mtp
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from mtprun.cli.app import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_info_shows_the_estimate_for_the_asked_context(synth_model):
+    import json
+
+    model = synth_model(arch="qwen35")
+    small = json.loads(_cli("info", str(model.model_path), "-c", "1024", "--spec-draft-n-max", "1", "--json").stdout)["memory_estimate"]
+    big = json.loads(_cli("info", str(model.model_path), "-c", "8192", "--spec-draft-n-max", "4", "--json").stdout)["memory_estimate"]
+    assert big["kv"] == 8 * small["kv"] and big["mtp_snapshots"] == 4 * small["mtp_snapshots"] > 0
+    assert small["compute_source"] == "llama.cpp" and small["mtp_total"] == small["total"] - small["plain_total"] > 0
+    r = _cli("info", str(model.model_path), "-c", "1024")
+    assert r.exit_code == 0 and "--no-mtp saves" in r.stdout and "MTP rollback snapshots" in r.stdout
+    bad = _cli("info", str(model.model_path), "--spec-draft-n-max", "0")
+    assert bad.exit_code == 2 and "--spec-draft-n-max" in bad.stderr
+
+
+def test_run_reports_what_llama_cpp_allocated(synth_model):
+    import json
+
+    model = synth_model(arch="gemma4")
+    args = ["run", "-m", str(model.model_path), "-md", str(model.draft_path), "-p", "Hi", "-n", "4", "--temp", "0", "-c", "1024"]
+    d = json.loads(_cli(*args, "--json").stdout)
+    mem = d["memory"]
+    assert mem["state"] > 0 and mem["mtp_compute"] > 0 and mem["mtp_weights"] > 0 and mem["devices"] == {"": mem["total"]}
+    r = _cli(*args, "--verbose")
+    assert r.exit_code == 0 and "memory allocated" in r.stderr
+
+
+def test_mtp_is_dropped_when_the_gpu_cannot_hold_it(synth_model, monkeypatch):
+    import json
+
+    import mtprun.engine
+
+    model = synth_model(arch="qwen35")
+    est = estimate(read_gguf_info(model.model_path), n_ctx=1024, n_draft=2)
+    # a GPU whose free memory holds the plain model but not the head beside it
+    monkeypatch.setattr(mtprun.engine, "gpu_free_bytes", lambda: est.plain_total + (256 << 20) + est.mtp_total // 2)
+    args = ["run", "-m", str(model.model_path), "-p", "Hi", "-n", "4", "--temp", "0", "-c", "1024"]
+    r = _cli(*args, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["mtp"] is False
+    assert "MTP is off" in r.stderr and "GPU" in r.stderr
+    strict = _cli(*args, "--require-mtp")
+    assert strict.exit_code == 3 and "does not fit" in strict.stderr
+    monkeypatch.setattr(mtprun.engine, "gpu_free_bytes", lambda: est.total + (1 << 30))
+    assert json.loads(_cli(*args, "--json").stdout)["mtp"] is True

@@ -320,3 +320,18 @@ def gpu_free_bytes() -> int | None:
         if dev["type"] in ("gpu", "igpu"):
             return int(dev["free"])
     return None
+
+
+def dry_run(config: ModelConfig) -> MeasuredMemory:
+    """What loading ``config`` would allocate, from llama.cpp's no_alloc dry run (the way its -fit
+    measures: no weights are read), with the engine's contexts. Run it on files an Engine has
+    already accepted: llama.cpp's own loader is all that checks them here."""
+    flash = -1 if config.flash_attn is None else int(config.flash_attn)
+    try:
+        rows = core.memory_dry_run(
+            os.fspath(config.path), os.fspath(config.draft_path) if config.draft_path is not None else "",
+            config.n_ctx, config.n_batch, config.n_gpu_layers, flash, config.mtp, config.n_draft_capacity,
+        )
+    except core.CoreError as exc:
+        raise _error(exc) from None
+    return measured(rows)

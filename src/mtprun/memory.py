@@ -18,7 +18,7 @@ and buffer type) as the engine reports it, so the estimate can be checked.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Mapping
 
 from .gguf_info import GgufInfo
@@ -51,6 +51,11 @@ class MemoryEstimate:
     compute: int  # target compute buffers
     mtp_kv: int  # the MTP context's own KV cache (0 when it shares the target's)
     mtp_compute: int  # the MTP context's compute buffers
+    compute_source: str = "model"  # "model": mtprun's model of the graphs; "llama.cpp": its no_alloc dry run
+
+    def with_dry_run(self, dry: MeasuredMemory) -> MemoryEstimate:
+        """This estimate with the compute buffers llama.cpp's dry run reserved (no weights read)."""
+        return replace(self, compute=dry.compute, mtp_compute=dry.mtp_compute, compute_source="llama.cpp")
 
     @property
     def mtp_total(self) -> int:
@@ -154,6 +159,12 @@ class _Hparams:
         self.n_embd_r = max(0, d_conv - 1) * (d_inner + 2 * n_group * d_state)
         self.n_embd_s = d_state * d_inner
         self.d_inner = d_inner
+        self.conv_dim = d_inner + 2 * n_group * d_state if d_conv else 0
+        gated_q = 2 if self.arch.startswith("qwen3") else 1  # Qwen3.5's attention gate rides on Q
+
+        def q_width(layers: range) -> int:
+            return max((gated_q * self.n_head[i] * max(self.k[i], self.v[i]) for i in layers if not self.recr[i]), default=0)
+        self.q_width = q_width
 
     def int(self, key: str, default: int) -> int:
         v = self.g.scalars.get(f"{self.arch}.{key}")
@@ -179,13 +190,15 @@ def _tensor_sum(g: GgufInfo, keep) -> int:
     return sum(n or 0 for name, n in g.tensor_bytes.items() if keep(name))
 
 
-def _compute(n_kv: int, n_kv_swa: int, n_head: int, n_embd: int, n_ff: int, d_inner: int, n_vocab: int,
-             n_outputs: int, flash_attn: bool) -> int:
-    """llama.cpp's reserved compute buffer for one ubatch, modelled: the attention mask (f16 with flash
-    attention, else f32 plus one layer's f32 scores), the activations, the logits of the outputs."""
+def _compute(n_kv: int, n_kv_swa: int, n_head: int, q_width: int, n_embd: int, n_ff: int, conv_dim: int,
+             n_vocab: int, n_outputs: int, flash_attn: bool) -> int:
+    """llama.cpp's reserved compute buffer for one ubatch, modelled on its CPU graphs at 0c1e570: the
+    attention mask (f16 with flash attention; else f32 plus one layer's f32 scores), the widest
+    activations of a layer (attention: 2 x the query width; FFN: 3 x n_ff; gated delta net:
+    3 x its conv width) over two residual rows, and the logits of the outputs."""
     mask = F16 if flash_attn else F32
     attn = N_UBATCH * (n_kv * (mask if flash_attn else F32 * (1 + n_head)) + n_kv_swa * mask)
-    acts = N_UBATCH * F32 * (4 * n_embd + 3 * max(n_ff, d_inner))
+    acts = N_UBATCH * F32 * (max(2 * q_width, 3 * n_ff, 3 * conv_dim) + 2 * n_embd)
     return attn + acts + n_outputs * n_vocab * F32
 
 
@@ -228,19 +241,24 @@ def estimate(target: GgufInfo, draft: GgufInfo | None = None, *, n_ctx: int, n_d
     has_full = any(not h.recr[i] and not h.swa[i] for i in range(h.n_layer))
     n_kv_full = n_cells if has_full else 0
     n_kv_swa = n_swa_cells if any(h.swa[: h.n_layer]) else 0
-    compute = _compute(n_kv_full, n_kv_swa, n_head, h.n_embd, h.n_ff, h.d_inner, h.n_vocab, n_draft + 1, flash_attn)
+    compute = _compute(n_kv_full, n_kv_swa, n_head, h.q_width(range(h.n_layer)), h.n_embd, h.n_ff,
+                       h.conv_dim if any(h.recr[: h.n_layer]) else 0, h.n_vocab, n_draft + 1, flash_attn)
 
     mtp_kv = mtp_compute = 0
     if use_mtp:
         if draft is not None:  # gemma4-assistant: reads the target's KV cache, none of its own
             d = _Hparams(draft)
             d_head = max(d.n_head or [0])
-            mtp_compute = _compute(n_kv_full, n_kv_swa, d_head, d.n_embd, d.n_ff, 0, h.n_vocab, 1, flash_attn)
+            # the assistant's rows enter and leave at the target's width (pre/post projection)
+            d_embd = max(d.n_embd, d.int("embedding_length_out", 0))
+            mtp_compute = _compute(n_kv_full, n_kv_swa, d_head, d.q_width(range(d.n_layer_all)), d_embd, d.n_ff, 0,
+                                   h.n_vocab, 1, flash_attn)
         else:  # embedded: a plain KV cache for the nextn layers
             for il in range(h.n_layer, h.n_layer_all):
                 mtp_kv += n_cells * h.kv_bytes(il, flash_attn)
             d_head = max(h.n_head[h.n_layer:] or [n_head])
-            mtp_compute = _compute(n_cells, 0, d_head, h.n_embd, h.n_ff, 0, h.n_vocab, 1, flash_attn)
+            mtp_compute = _compute(n_cells, 0, d_head, h.q_width(range(h.n_layer, h.n_layer_all)), h.n_embd, h.n_ff, 0,
+                                   h.n_vocab, 1, flash_attn)
 
     return MemoryEstimate(
         n_ctx=n_cells, n_draft=n_draft if use_mtp else 0, flash_attn=flash_attn, weights=weights,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -98,6 +99,11 @@ def info(
         )
         with open_engine(out, choice, base, quiet=True) as eng:
             facts = model_facts(choice, eng.info, header)
+        # the files passed the engine's checks: llama.cpp's dry run sizes the compute buffers
+        from ..engine import dry_run
+
+        est = est.with_dry_run(dry_run(replace(base, path=choice.path, draft_path=choice.draft_path,
+                                               n_ctx=ctx_size, n_draft_capacity=spec_draft_n_max, mtp=True)))
         facts["memory_estimate"] = est.as_dict()
         if json_output:
             out.json(facts)
@@ -118,7 +124,7 @@ def info(
         if verbose and facts["system_info"]:
             rows.append(("system", facts["system_info"]))
         out.table(facts["model"], rows, to_stdout=True)
-        out.table(f"memory estimate at -c {est.n_ctx}, drafting up to {spec_draft_n_max} (flash attention on)", memory_rows(est), to_stdout=True)
+        out.table(f"memory estimate at -c {est.n_ctx}, drafting up to {spec_draft_n_max} (flash attention auto)", memory_rows(est), to_stdout=True)
 
     run_guarded(body)
 
@@ -135,7 +141,7 @@ def memory_rows(est) -> list[tuple[str, str]]:
     if est.recurrent:
         rows.append(("recurrent state", mib(est.recurrent)))
     rows += [
-        ("compute buffers", mib(est.compute)),
+        ("compute buffers", mib(est.compute) + (" (llama.cpp dry run)" if est.compute_source == "llama.cpp" else "")),
         ("plain decoding", mib(est.plain_total)),
         ("MTP head weights", mib(est.mtp_weights)),
     ]
