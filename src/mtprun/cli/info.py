@@ -17,7 +17,7 @@ from .ui import Output, human_size, human_count
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.", rich_help_panel=o.OUTPUT)]
 
-HELP = f"""Architecture, size, quantization, context, MTP (embedded layers or the sidecar that pairs with the model), chat template and runtime backend of a model.
+HELP = f"""Architecture, size, quantization, context, MTP (embedded layers or the sidecar that pairs with the model), chat template and runtime backend of a model, and the memory a run at -c N drafting up to --spec-draft-n-max N will allocate: weights, KV cache, recurrent state, compute buffers, and what MTP adds (what --no-mtp saves).
 
 {EXIT_CODES_HELP}"""
 
