@@ -617,17 +617,9 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     info.mtp_kind  = has_sidecar ? MTP_KIND_SIDECAR : (meta_tgt.n_nextn > 0 ? MTP_KIND_EMBEDDED : MTP_KIND_NONE);
     e->recurrent   = llama_model_is_recurrent(e->model_tgt) || llama_model_is_hybrid(e->model_tgt);
 
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx           = (uint32_t) params.n_ctx;
-    cp.n_batch         = (uint32_t) std::max(params.n_batch, cap + 1);
-    cp.n_ubatch        = cp.n_batch;
-    cp.n_seq_max       = 1;
-    cp.n_threads       = n_threads;
-    cp.n_threads_batch = n_threads;
-    cp.flash_attn_type = (llama_flash_attn_type) params.flash_attn;
-    cp.no_perf         = true;
-    cp.n_rs_seq        = params.use_mtp ? (uint32_t) cap : 0; // recurrent snapshots for rollback
-    cp.n_outputs_max   = (uint32_t) (cap + 1);
+    // the contexts as llama.cpp's tools create theirs; the choices are documented in memory.cpp
+    const bool mtp_possible = params.use_mtp && (has_sidecar || meta_tgt.n_nextn > 0);
+    llama_context_params cp = mtp_target_context_params(params, mtp_possible, n_threads);
 
     e->ctx_tgt = llama_init_from_model(e->model_tgt, cp);
     if (!e->ctx_tgt) {
@@ -651,11 +643,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     } else if (info.mtp_kind == MTP_KIND_EMBEDDED && n_nextn <= 0) {
         info.mtp_note = "llama.cpp did not load the model's MTP layers";
     } else {
-        llama_context_params dp = cp;
-        dp.ctx_type      = LLAMA_CONTEXT_TYPE_MTP;
-        dp.ctx_other     = e->ctx_tgt;
-        dp.n_ctx         = (uint32_t) e->n_ctx;
-        dp.n_rs_seq      = 0;
+        llama_context_params dp = mtp_draft_context_params(cp, e->ctx_tgt);
         if (has_sidecar) {
             llama_model_params dmp = llama_model_default_params();
             dmp.n_gpu_layers = params.n_gpu_layers;
@@ -690,6 +678,8 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     if (e->n_embd_h == 0) {
         e->n_embd_h = llama_model_n_embd_out(e->model_tgt);
     }
+    mtp_memory_collect(e->ctx_tgt, "target", false, info.memory);
+    mtp_memory_collect(e->ctx_dft, "draft", e->model_dft == nullptr, info.memory);
 
     info.arch          = meta_tgt.arch;
     {
@@ -836,7 +826,8 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
             from = std::min(from, e->mtp_len - 1);
         }
         // recurrent state cannot go back arbitrarily far: start over
-        if (e->recurrent || from < 0 || !llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, from, -1)) {
+        if (e->recurrent || from < 0 || !mtp_memory_can_resume(e->ctx_tgt, from) ||
+            !llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, from, -1)) {
             state_clear(e);
             keep = 0;
         } else {

@@ -15,3 +15,22 @@ LLAMA_API float * llama_get_embeddings_nextn_ith(struct llama_context * ctx, int
 
 // the context whose memory or weights a drafter context uses (ctx_other at creation)
 LLAMA_API llama_context * llama_get_ctx_other(struct llama_context * ctx);
+
+// --- device memory (src/llama-ext.h at 0c1e570) ---------------------------------------------------
+#include <map>
+
+// bytes of one buffer type held by a context
+struct llama_memory_breakdown_data {
+    size_t model   = 0; // memory allocated for the model
+    size_t context = 0; // memory allocated for the context (KV cache, recurrent state)
+    size_t compute = 0; // memory allocated for temporary compute buffers
+
+    size_t total() const {
+        return model + context + compute;
+    }
+};
+
+using llama_memory_breakdown = std::map<ggml_backend_buffer_type_t, llama_memory_breakdown_data>;
+
+// what a context allocated, per buffer type: its model's weights, its memory, its compute buffers
+LLAMA_API llama_memory_breakdown llama_get_memory_breakdown(const struct llama_context * ctx);

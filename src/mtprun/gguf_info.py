@@ -39,6 +39,7 @@ MAX_KEY = 65535  # bytes; the GGUF spec's bound for key names
 MAX_TENSOR_NAME = 4096  # bytes; ggml itself allows 64
 MAX_DIMS = 8  # ggml uses 4
 MAX_ARRAY_DEPTH = 3
+MAX_SMALL_ARRAY = 4096  # elements: numeric arrays up to this long are kept (per-layer values)
 DRAFTER_ARCHS = frozenset({"gemma4-assistant"})
 _NEXTN_TENSOR = re.compile(r"^blk\.\d+\.nextn\.")
 _MAGIC = b"GGUF"
@@ -90,6 +91,10 @@ class GgufInfo:
     target_hidden_size: int | None  # eagle3/dflash drafters: hidden size of the target
     scalars: Mapping[str, Scalar] = field(default_factory=dict, repr=False)
     arrays: Mapping[str, tuple[str, int]] = field(default_factory=dict, repr=False)
+    # numeric arrays of at most MAX_SMALL_ARRAY elements (per-layer hyperparameters), read whole
+    small_arrays: Mapping[str, tuple[int | float | bool, ...]] = field(default_factory=dict, repr=False)
+    # bytes of tensor data per tensor name (None: a type whose size is unknown)
+    tensor_bytes: Mapping[str, int | None] = field(default_factory=dict, repr=False)
 
     @property
     def has_embedded_mtp(self) -> bool:
@@ -173,6 +178,7 @@ class _Parser:
         self.size = size
         self.pos = 0
         self.endian = "<"
+        self.small: tuple | None = None  # the last small numeric array read by _value
 
     # --- primitives ------------------------------------------------------------------------------
     def _take(self, n: int) -> bytes:
@@ -223,7 +229,12 @@ class _Parser:
                 raise _Corrupt("arrays nested too deep")
             etype = self._u32()
             count = self._u64()
-            self._skip_array(etype, count, depth)
+            fmt = _SCALAR_FORMATS.get(etype)  # type: ignore[call-overload]
+            if depth == 0 and fmt is not None and count <= MAX_SMALL_ARRAY:
+                n = count * struct.calcsize(fmt)
+                self.small = tuple(struct.unpack(self.endian + fmt * count, self._take(n)))
+            else:
+                self._skip_array(etype, count, depth)
             return (_type_name(etype), count)
         raise _Corrupt(f"unknown value type {vtype}")
 
@@ -279,15 +290,20 @@ class _Parser:
 
         scalars: dict[str, Scalar] = {}
         arrays: dict[str, tuple[str, int]] = {}
+        small_arrays: dict[str, tuple] = {}
         for _ in range(n_kv):
             key = self._string(MAX_KEY, "key")
             vtype = self._u32()
+            self.small = None
             value = self._value(vtype)
             if isinstance(value, tuple):
                 arrays[key] = value
+                if self.small is not None and not key.startswith("tokenizer."):
+                    small_arrays[key] = self.small
             elif value is not None:
                 scalars[key] = value
 
+        tensor_bytes: dict[str, int | None] = {}
         n_params = 0
         nextn = 0
         data_end = 0  # bytes of tensor data the header promises
@@ -306,6 +322,7 @@ class _Parser:
             if _NEXTN_TENSOR.match(name):
                 nextn += 1
             nbytes = _tensor_bytes(ttype, n_elem)
+            tensor_bytes[name] = nbytes
             if nbytes is None:
                 sizes_known = False
             else:
@@ -356,6 +373,8 @@ class _Parser:
             target_hidden_size=arch_int("target_hidden_size"),
             scalars=MappingProxyType(scalars),
             arrays=MappingProxyType(arrays),
+            small_arrays=MappingProxyType(small_arrays),
+            tensor_bytes=MappingProxyType(tensor_bytes),
         )
 
 

@@ -182,6 +182,17 @@ class SynthSpec:
     draft_n_layer: int = 2
     name: str = ""
     end_with_eos: bool = False  # oracle: the passage ends with the end-of-generation token
+    # attention / recurrent geometry, 0: derived from n_embd (set them to copy a real model's KV
+    # cache and recurrent state at a small n_embd; *_full: gemma4's global layers)
+    n_head: int = 0
+    n_head_kv: int = 0
+    head_dim: int = 0
+    n_head_kv_full: int = 0
+    head_dim_full: int = 0
+    n_swa: int = 0  # gemma4 sliding window
+    ssm_d_state: int = 0  # qwen35 gated delta net: head size,
+    ssm_n_group: int = 0  # key (and query) heads,
+    ssm_dt_rank: int = 0  # value heads
 
     @classmethod
     def preset(cls, name: str, /, **overrides: Any) -> SynthSpec:
@@ -433,6 +444,29 @@ def _dims(spec: SynthSpec) -> _Dims:
         group = math.lcm(n_head_kv, n_head_kv_full)
         draft_n_head = max(group, draft_d // head_dim // group * group)
         draft_n_ff = 2 * draft_d
+    geometry = ("n_head", "n_head_kv", "head_dim", "n_head_kv_full", "head_dim_full", "n_swa",
+                "ssm_d_state", "ssm_n_group", "ssm_dt_rank")
+    for fname in geometry:
+        v = getattr(spec, fname)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1 << 16:
+            raise bad(f"{fname} must be an integer in [0, 65536], got {v!r}")
+    n_head = spec.n_head or n_head
+    head_dim = spec.head_dim or head_dim
+    n_head_kv = spec.n_head_kv or (n_head_kv if not spec.n_head else _kv_heads(n_head, 4 if spec.arch == "qwen35" else 2))
+    head_dim_full = spec.head_dim_full or (head_dim if spec.arch == "qwen35" else 2 * head_dim)
+    n_head_kv_full = spec.n_head_kv_full or (n_head_kv if spec.arch == "qwen35" else _kv_heads(n_head, 4))
+    if n_head % n_head_kv or n_head % n_head_kv_full or head_dim % 2 or head_dim_full % 2:
+        raise bad(f"KV heads must divide n_head ({n_head}) and head sizes be even")
+    if spec.arch == "qwen35":
+        ssm_d_state = spec.ssm_d_state or ssm_d_state
+        ssm_n_group = spec.ssm_n_group or ssm_n_group
+        ssm_dt_rank = spec.ssm_dt_rank or ssm_dt_rank
+        if ssm_dt_rank % ssm_n_group:
+            raise bad(f"ssm_n_group ({ssm_n_group}) must divide ssm_dt_rank ({ssm_dt_rank})")
+    else:
+        n_swa = spec.n_swa or n_swa
+        group = math.lcm(n_head_kv, n_head_kv_full)
+        draft_n_head = max(group, draft_d // head_dim // group * group)
     room = min(d, draft_d or d)
     room -= room // 4  # keep a quarter of the residual stream for the complement
     if spec.end_with_eos and spec.mode != "oracle":

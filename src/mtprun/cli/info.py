@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import InvalidInputError
+from ..memory import estimate
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
 from ._model import choose_model, open_engine
@@ -15,7 +17,7 @@ from .ui import Output, human_size, human_count
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.", rich_help_panel=o.OUTPUT)]
 
-HELP = f"""Architecture, size, quantization, context, MTP (embedded layers or the sidecar that pairs with the model), chat template and runtime backend of a model.
+HELP = f"""Architecture, size, quantization, context, MTP (embedded layers or the sidecar that pairs with the model), chat template and runtime backend of a model, and the memory a run at -c N drafting up to --spec-draft-n-max N will allocate: weights, KV cache, recurrent state, compute buffers, and what MTP adds (what --no-mtp saves).
 
 {EXIT_CODES_HELP}"""
 
@@ -71,6 +73,8 @@ def info(
     offline: o.OfflineOpt = False,
     model_draft: o.DraftPathOpt = None,
     demo: o.DemoOpt = False,
+    ctx_size: o.CtxSizeOpt = 4096,
+    spec_draft_n_max: o.SpecDraftNMaxOpt = 2,
     json_output: JsonOpt = False,
     color: o.ColorOpt = None,
     verbose: o.VerboseOpt = False,
@@ -85,9 +89,22 @@ def info(
         base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose)
         from ..gguf_info import read_gguf_info
 
+        if ctx_size < 0 or not 1 <= spec_draft_n_max <= 32:
+            raise InvalidInputError("-c must be >= 0 and --spec-draft-n-max within 1..32")
         header = read_gguf_info(choice.path)
+        # the memory estimate comes from the headers alone, before anything is loaded
+        est = estimate(
+            header, read_gguf_info(choice.draft_path) if choice.draft_path else None,
+            n_ctx=ctx_size, n_draft=spec_draft_n_max,
+        )
         with open_engine(out, choice, base, quiet=True) as eng:
             facts = model_facts(choice, eng.info, header)
+        # the files passed the engine's checks: llama.cpp's dry run sizes the compute buffers
+        from ..engine import dry_run
+
+        est = est.with_dry_run(dry_run(replace(base, path=choice.path, draft_path=choice.draft_path,
+                                               n_ctx=ctx_size, n_draft_capacity=spec_draft_n_max, mtp=True)))
+        facts["memory_estimate"] = est.as_dict()
         if json_output:
             out.json(facts)
             return
@@ -107,5 +124,32 @@ def info(
         if verbose and facts["system_info"]:
             rows.append(("system", facts["system_info"]))
         out.table(facts["model"], rows, to_stdout=True)
+        out.table(f"memory estimate at -c {est.n_ctx}, drafting up to {spec_draft_n_max} (flash attention auto)", memory_rows(est), to_stdout=True)
 
     run_guarded(body)
+
+
+def memory_rows(est) -> list[tuple[str, str]]:
+    """The estimate as table rows (MiB, as llama.cpp logs them)."""
+    def mib(n: int) -> str:
+        return f"{n / 2**20:,.1f} MiB"
+
+    rows = [
+        ("model weights", mib(est.weights)),
+        ("KV cache", mib(est.kv) + (f" (of which sliding-window {mib(est.kv_swa)})" if est.kv_swa else "")),
+    ]
+    if est.recurrent:
+        rows.append(("recurrent state", mib(est.recurrent)))
+    rows += [
+        ("compute buffers", mib(est.compute) + (" (llama.cpp dry run)" if est.compute_source == "llama.cpp" else "")),
+        ("plain decoding", mib(est.plain_total)),
+        ("MTP head weights", mib(est.mtp_weights)),
+    ]
+    if est.mtp_snapshots:
+        rows.append(("MTP rollback snapshots", mib(est.mtp_snapshots)))
+    rows += [
+        ("MTP context KV / compute", f"{mib(est.mtp_kv)} / {mib(est.mtp_compute)}"),
+        ("with MTP", mib(est.total)),
+        ("--no-mtp saves", mib(est.mtp_total)),
+    ]
+    return rows
