@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DiskFullError, InvalidInputError, ModelError
+from .errors import InvalidInputError, ModelError, MtprunError
 
 __all__ = [
     "PROVENANCE_PREFIX",
@@ -521,7 +521,7 @@ def write_graft(plan: GraftPlan, *, progress: ProgressFn | None = None) -> Path:
     _stale_temps(out)
     free = _free_space(out.parent if str(out.parent) else Path("."))
     if free is not None and free < plan.out_size:
-        raise DiskFullError(
+        raise MtprunError(
             f"not enough disk space for {out}: needs {plan.out_size / 1e6:.1f} MB, {free / 1e6:.1f} MB free"
         )
     try:
@@ -554,7 +554,7 @@ def write_graft(plan: GraftPlan, *, progress: ProgressFn | None = None) -> Path:
         os.replace(tmp, out)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise DiskFullError(f"disk full while writing {out} ({exc.strerror}); nothing was written") from None
+            raise MtprunError(f"disk full while writing {out} ({exc.strerror}); nothing was written") from None
         raise
     finally:
         if tmp.exists():
