@@ -62,12 +62,7 @@ class RemoteDonor:
 
     @property
     def provenance(self) -> dict[str, str]:
-        out = {"mtp_repo": self.repo, "mtp_file": self.file}
-        if self.commit:
-            out["mtp_commit"] = self.commit
-        if self.spec.tag:
-            out["mtp_quant"] = self.spec.tag
-        return out
+        return _provenance(self.repo, self.file, self.commit)
 
     @property
     def label(self) -> str:
@@ -324,8 +319,17 @@ def cache_origin(path: str | os.PathLike[str], settings: hub.HubSettings | None 
     parts = rel.parts
     if len(parts) < 4 or not parts[0].startswith("models--") or parts[1] != "snapshots" or not hub._COMMIT.match(parts[2]):
         return None
-    repo = parts[0][len("models--") :].replace("--", "/", 1)
-    out = {"mtp_repo": repo, "mtp_file": "/".join(parts[3:]), "mtp_commit": parts[2]}
+    return _provenance(parts[0][len("models--") :].replace("--", "/", 1), "/".join(parts[3:]), parts[2])
+
+
+def _provenance(repo: str, file: str, commit: str | None) -> dict[str, str]:
+    """The ``mtprun.graft.*`` keys naming a Hub donor (the same for a ranged and a full copy)."""
+    out = {"mtp_repo": repo, "mtp_file": file}
+    if commit:
+        out["mtp_commit"] = commit
+    quant = hub.quant_label(file)
+    if quant:
+        out["mtp_quant"] = quant
     return out
 
 
