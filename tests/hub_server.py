@@ -17,7 +17,7 @@ Two real HTTP servers (ephemeral ports, one thread per request):
 
 Knobs for tests: ``cut(path, after_bytes, times)`` drops the connection mid-body; ``stall(path,
 after_bytes)`` sends part of the body and then hangs until ``release()``; ``requests`` records
-every request (server, method, path, headers); ``sent`` counts the body bytes served per file; ``declared_size`` makes the listing and headers
+every request (server, method, path, headers); ``sent`` counts the body bytes sent per file; ``declared_size`` makes the listing and headers
 announce a size other than the content's.
 """
 
@@ -76,7 +76,7 @@ class FakeHub:
         self._release = threading.Event()
         self._blobs: dict[str, tuple[FakeRepo, str]] = {}
         self.ignore_ranges = False  # a CDN that answers every GET with the whole file (200)
-        self.sent: dict[str, int] = {}  # CDN body bytes offered per file (the whole body, if read or not)
+        self.sent: dict[str, int] = {}  # CDN body bytes sent per file (whether the client reads them or not)
         self.hub = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "hub"))
         self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "cdn"))
         self.hub.daemon_threads = self.cdn.daemon_threads = True
@@ -309,13 +309,12 @@ def _handler(hub: FakeHub, server: str) -> type[BaseHTTPRequestHandler]:
                 headers["Content-Range"] = f"bytes {start}-{stop - 1}/{total}"
             body = data[start:stop]
             headers["Content-Length"] = str(stop - start)
-            if not head:
-                hub.count(filename, len(body))
             if head:
                 return self._send(status, headers, b"", True)
             cut = hub.next_cut(filename)
             stall = hub.take_stall(filename) if cut is None else None
             if cut is None and stall is None:
+                hub.count(filename, len(body))
                 return self._send(status, headers, body)
             keep = cut if cut is not None else stall
             headers["Connection"] = "close"
@@ -325,6 +324,7 @@ def _handler(hub: FakeHub, server: str) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body[:keep])
             self.wfile.flush()
+            hub.count(filename, len(body[:keep]))
             if stall is not None:
                 hub.stalled.set()
                 hub._release.wait(60)

@@ -52,6 +52,10 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "mtprun-cache")
+
+
 # --- the result ------------------------------------------------------------------------------------
 def test_target_is_q8_0_without_mtp_and_donor_f16_with_mtp(pair):
     donor, target, _ = pair
@@ -184,14 +188,14 @@ def test_bad_pairs_are_refused_with_one_line_and_nothing_written(pair, odd_donor
         else:
             (tmp_path / "locked").mkdir(mode=0o555)
             args[-1] = str(tmp_path / "locked" / "out.gguf")
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = listing(tmp_path)
     model_bytes = model.read_bytes()
     r = run_cli("graft", *args, timeout=120)
     assert r.returncode == code, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no OUT, no temp file
+    assert listing(tmp_path) == before  # no OUT, no temp file
     assert model.read_bytes() == model_bytes
 
 
@@ -305,6 +309,12 @@ def test_header_length_needs_the_whole_header(pair):
         header_length(b"NOPE" + data[4:100])
 
 
+@pytest.fixture(autouse=True)
+def own_mtprun_cache(tmp_path, monkeypatch):
+    """Each test its own mtprun cache (where ranged fetches are kept)."""
+    monkeypatch.setenv("MTPRUN_CACHE", str(tmp_path / "mtprun-cache"))
+
+
 def _serve_donor(hub: FakeHub, donor: Path) -> bytes:
     data = donor.read_bytes()
     hub.add_repo(REPO, {DONOR_FILE: data, "README.md": b"# synth\n"})
@@ -348,7 +358,7 @@ def test_remote_graft_falls_back_to_a_full_download_when_ranges_are_ignored(pair
     out = tmp_path / "fallback.gguf"
     r = run_cli("graft", str(target), "--mtp-from", "-hf", f"{REPO}:F16", "-o", str(out), timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "ignored range requests: downloaded the whole donor" in r.stderr
+    assert "ignored range requests: downloaded the whole donor" in r.stderr, r.stderr
     local = tmp_path / "local.gguf"
     g.write_graft(g.plan_graft(target, donor, local, provenance={
         "mtp_repo": REPO, "mtp_file": DONOR_FILE, "mtp_commit": hub.repos[REPO].sha, "mtp_quant": "F16"}))

@@ -29,7 +29,7 @@ from .gguf_info import header_length
 
 __all__ = ["RemoteDonor", "open_donor", "cache_origin", "ranges_root"]
 
-_FIRST_READ = 1 << 20  # header bytes asked for first (grown x4 until the header fits)
+_FIRST_READ = 64 << 10  # header bytes asked for first (doubled until the header fits)
 _SAVE_EVERY = 8 << 20  # record progress in the .json at least this often
 _MAX_STALLS = 3
 ProgressFn = Callable[[int, int], None]  # (bytes fetched, bytes to fetch)
@@ -129,13 +129,15 @@ class RemoteDonor:
 
     def _stream(self, start: int, end: int, tick: Callable[[int], None]) -> int:
         """One ranged GET of [start, end) written at its offset; returns how far it got."""
-        from huggingface_hub.utils import http_stream_backoff
+        from huggingface_hub.utils import get_session
 
         assert self._state is not None and self._location is not None
         headers = dict(self._headers, Range=f"bytes={start}-{end - 1}")
         pos = start
         saved = start
-        with http_stream_backoff("GET", self._location, headers=headers, follow_redirects=True, timeout=30) as r:
+        # huggingface_hub's own HTTP client (its proxies, TLS and user agent); a dropped
+        # connection is retried by _get, from what is already on disk
+        with get_session().stream("GET", self._location, headers=headers, follow_redirects=True, timeout=30) as r:
             if r.status_code == 200:
                 raise _RangesIgnored
             if r.status_code != 206:
@@ -146,7 +148,7 @@ class RemoteDonor:
                 raise HubError(f"the Hub sent the wrong range for {self.label} ({crange or 'no Content-Range'})")
             fd = os.open(self.path, os.O_WRONLY)
             try:
-                for chunk in r.iter_bytes(1 << 20):
+                for chunk in r.iter_bytes():
                     if not chunk:
                         continue
                     chunk = chunk[: end - pos]
@@ -246,7 +248,7 @@ def open_donor(
             hl = header_length(fh.read(n))
         if hl is not None or n >= size:
             break
-        n = min(size, n * 4)
+        n = min(size, n * 2)
     if hl is None:
         raise ModelError(f"{donor.label}: truncated GGUF header")
     donor.fetch([(0, min(hl, size))])
