@@ -355,6 +355,10 @@ def plan_graft(
 
 def _check_pair(m: _Header, d: _Header, replace: bool) -> None:
     mp, dp = m.path, d.path
+    for h, who in ((m, str(mp)), (d, f"the donor {dp}")):
+        parts = h.scalar("split.count")
+        if isinstance(parts, int) and parts > 1:
+            raise ModelError(f"{who} is one part of a split model ({parts} files): merge it first (llama-gguf-split --merge)")
     if m.arch != d.arch:
         raise ModelError(f"architecture mismatch: {mp} is {m.arch}, the donor {dp} is {d.arch}")
     if not d.n_mtp or not d.mtp_tensors():

@@ -86,6 +86,7 @@ class RemoteDonor:
                 f"{self.label}: the MTP tensors are not in the cache and mtprun is offline: run once without --offline"
             )
         total = sum(b - a for a, b in todo)
+        hub._require_space(self.path.parent, total, f"the MTP tensors of {self.label}")
         done = 0
         notify = progress or (lambda d, t: None)
         for a, b in todo:

@@ -11,7 +11,7 @@ import typer
 
 from .. import graft as g
 from .. import hub, hub_ranges
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, ModelError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
 from .ui import Output, human_size
@@ -28,13 +28,17 @@ MtpFromOpt = Annotated[
 ]
 OutOpt = Annotated[Optional[Path], typer.Option("-o", "--output", metavar="OUT.gguf", help="Output file (default: beside MODEL, -MTP added to its name).")]
 ReplaceOpt = Annotated[bool, typer.Option("--replace", help="MODEL already has MTP layers: swap in the donor's.")]
+HfDonorOpt = Annotated[
+    Optional[str],
+    typer.Option("-hf", "--hf-repo", metavar="OWNER/NAME[:QUANT]", help="The donor on the Hugging Face Hub (same as --mtp-from -hf OWNER/NAME[:QUANT]); the quant is chosen as for downloads.", rich_help_panel=o.HUB_PANEL),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
 def graft(
     paths: PathsArg,
     mtp_from: MtpFromOpt = None,
-    hf_repo: o.HfRepoOpt = None,
+    hf_repo: HfDonorOpt = None,
     output: OutOpt = None,
     replace: ReplaceOpt = False,
     revision: o.RevisionOpt = None,
@@ -47,7 +51,7 @@ def graft(
     def body() -> None:
         model, donor_file, spec = _sources(paths, mtp_from, hf_repo)
         if not Path(model).is_file():
-            raise InvalidInputError(f"MODEL {model}: no such file")
+            raise ModelError(f"{model}: no such file")
         dest = output if output is not None else g.default_output(model)
         remote: hub_ranges.RemoteDonor | None = None
         if spec is not None:
@@ -59,7 +63,7 @@ def graft(
                 raise InvalidInputError("--revision applies to -hf donors only")
             donor_path = Path(donor_file)  # type: ignore[arg-type]
             if not donor_path.is_file():
-                raise InvalidInputError(f"donor {donor_path}: no such file")
+                raise ModelError(f"donor {donor_path}: no such file")
             provenance = hub_ranges.cache_origin(donor_path) or {"mtp_file": donor_path.name}
         plan = g.plan_graft(model, donor_path, dest, replace=replace, provenance=provenance)
         what = f"{plan.n_mtp} MTP layer(s) ({'+'.join(plan.mtp_types)}, {human_size(plan.donor_bytes)})"
