@@ -260,24 +260,31 @@ def _wait4(proc: subprocess.Popen):
     return out, err, proc.returncode, usage
 
 
-def test_killed_mid_write_leaves_no_out(pair, huge, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_interrupted_mid_write_leaves_no_out(pair, huge, tmp_path, sig):
     out = tmp_path / "killed.gguf"
     proc = subprocess.Popen([sys.executable, "-m", "mtprun", "graft", str(huge), "--mtp-from", str(pair[0]), "-o", str(out)],
-                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    killed = False
+    hit = False
     while time.monotonic() < deadline and proc.poll() is None:
         temps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-        if temps and temps[0].exists() and temps[0].stat().st_size > (1 << 20):
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
+        try:
+            if temps and temps[0].stat().st_size > (1 << 20):
+                proc.send_signal(sig)
+                hit = True
+                break
+        except FileNotFoundError:
+            pass
         time.sleep(0.002)
-    proc.wait()
-    if not killed:
-        pytest.skip("the graft finished before it could be killed (machine too fast)")
+    _, err = proc.communicate(timeout=60)
+    if not hit:
+        pytest.skip("the graft finished before it could be interrupted (machine too fast)")
     assert not out.exists()
-    # the next graft to the same OUT clears the dead process's temp file and succeeds
+    if sig == signal.SIGINT:  # Ctrl-C: exit 130, one line, the temp file removed
+        assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted"
+        assert leftovers(tmp_path) == []
+    # the next graft to the same OUT clears a dead process's temp file and succeeds
     r = run_cli("graft", str(huge), "--mtp-from", str(pair[0]), "-o", str(out), timeout=120)
     assert r.returncode == 0, r.stderr
     assert out.is_file() and leftovers(tmp_path) == []
