@@ -73,8 +73,7 @@ def main() -> None:
         finally:
             hub.close()
         out = t / "out.gguf"
-        prov = {k[len(g.PROVENANCE_PREFIX):]: str(v) for k, v in read_gguf_info(out).scalars.items()
-                if k.startswith(g.PROVENANCE_PREFIX)}
+        prov = {k: str(v) for k, v in (g.graft_provenance(read_gguf_info(out)) or {}).items()}
         local = g.write_graft(g.plan_graft(target, donor, t / "local.gguf", provenance=prov))
         print(f"OUT byte-identical to a graft from the complete local donor: {local.read_bytes() == out.read_bytes()}")
         same_tokens = greedy(t / "out.gguf", True) == greedy(target, False)

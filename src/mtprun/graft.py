@@ -40,6 +40,8 @@ __all__ = [
     "GraftPlan",
     "PlannedTensor",
     "default_output",
+    "describe_provenance",
+    "graft_provenance",
     "plan_graft",
     "write_graft",
     "strip_mtp",
@@ -149,10 +151,12 @@ def _read_header(path: Path, role: str) -> _Header:
         reader = GGUFReader(path, "r")
     except (ValueError, KeyError, IndexError, OSError) as exc:
         raise ModelError(f"{path}: cannot read the {role}'s GGUF header ({exc})") from None
+    if reader.byte_order != "I":
+        raise ModelError(f"{path}: a GGUF file of the other byte order (big-endian) cannot be grafted")
     try:
         mm = reader.data
         kvs: list[_Kv] = []
-        tok = hashlib.sha256()
+        tok_raw: dict[str, bytes] = {}
         for f in reader.fields.values():
             if f.name.startswith("GGUF."):
                 continue
@@ -169,7 +173,7 @@ def _read_header(path: Path, role: str) -> _Header:
             else:
                 value = f.contents()
             if f.name in _TOKENIZER_KEYS:
-                tok.update(raw)
+                tok_raw[f.name] = raw
             kvs.append(_Kv(f.name, raw, type_id, value, atype, alen))
         tensors = tuple(
             _Tensor(
@@ -192,6 +196,9 @@ def _read_header(path: Path, role: str) -> _Header:
     for t in tensors:
         if t.offset + t.nbytes > size:
             raise ModelError(f"{path}: truncated GGUF file (tensor {t.name} runs past the end)")
+    tok = hashlib.sha256()
+    for key in _TOKENIZER_KEYS:  # a fixed order: converters may write the keys in another
+        tok.update(hashlib.sha256(tok_raw.get(key, b"")).digest())
     return _Header(path, size, version, arch_kv.value, tuple(kvs), tensors, alignment, data_offset, tok.hexdigest())
 
 
@@ -282,6 +289,8 @@ def plan_graft(
 
     m = _read_header(model_p, "model")
     d = _read_header(donor_p, "donor")
+    if m.version != 3:
+        raise ModelError(f"{model_p}: GGUF version {m.version} (only version 3 files can be grafted)")
     _check_pair(m, d, replace)
 
     n_trunk, n_mtp = m.n_trunk, d.n_mtp
@@ -290,16 +299,18 @@ def plan_graft(
     arch = m.arch
     prov = dict(provenance or {})
     mtp = d.mtp_tensors()
-    types = tuple(sorted({_type_name(t.type_id) for t in mtp}, key=lambda n: -sum(t.nbytes for t in mtp if _type_name(t.type_id) == n)))
+    by_type: dict[str, int] = {}
+    for t in mtp:
+        by_type[_type_name(t.type_id)] = by_type.get(_type_name(t.type_id), 0) + t.nbytes
+    types = tuple(sorted(by_type, key=lambda n: -by_type[n]))  # the bulk of the bytes first
     prov.setdefault("mtp_types", "+".join(types))
     prov.setdefault("mtp_layers", str(n_mtp))
 
     # --- metadata: MODEL's entries byte for byte, the changed ones re-encoded in place ------------
     entries: list[bytes] = []
-    seen: set[str] = set()
+    has_nextn_key = m.kv(f"{arch}.nextn_predict_layers") is not None
     for kv in m.kvs:
         key = kv.key
-        seen.add(key)
         if key.startswith(PROVENANCE_PREFIX):
             continue  # an earlier graft's provenance: replaced below
         if key == f"{arch}.block_count":
@@ -310,7 +321,7 @@ def plan_graft(
             entries.append(_per_layer(kv, d.kv(key), n_trunk, d.n_trunk, n_mtp))
         else:
             entries.append(kv.raw)
-        if key == f"{arch}.block_count" and f"{arch}.nextn_predict_layers" not in {k.key for k in m.kvs}:
+        if key == f"{arch}.block_count" and not has_nextn_key:
             entries.append(_kv_uint32(f"{arch}.nextn_predict_layers", n_mtp))
     for k, v in sorted(prov.items()):
         entries.append(_kv_string(PROVENANCE_PREFIX + k, str(v)))
@@ -335,8 +346,7 @@ def plan_graft(
     header = head + b"\0" * (data_start - len(head))
     last_end = max((r + t.nbytes for _, t, r in placed), default=0)
     tensors = tuple(PlannedTensor(t.name, src, t.offset, t.nbytes, data_start + r) for src, t, r in placed)
-    if m.version != 3:
-        raise ModelError(f"{model_p}: GGUF version {m.version} (only version 3 files can be grafted)")
+    _check_space(out_p, data_start + last_end)
     return GraftPlan(
         model=model_p,
         donor=donor_p,
@@ -523,11 +533,7 @@ def write_graft(plan: GraftPlan, *, progress: ProgressFn | None = None) -> Path:
     notify = progress or (lambda done, total: None)
     out = plan.out
     _stale_temps(out)
-    free = _free_space(out.parent if str(out.parent) else Path("."))
-    if free is not None and free < plan.out_size:
-        raise MtprunError(
-            f"not enough disk space for {out}: needs {plan.out_size / 1e6:.1f} MB, {free / 1e6:.1f} MB free"
-        )
+    _check_space(out, plan.out_size)
     try:
         tmp = _new_temp(out)
     except OSError as exc:
@@ -622,11 +628,30 @@ def _verify(plan: GraftPlan, tmp: Path) -> None:
         raise ModelError("graft verification failed: no nextn tensors in the output")
 
 
-def _free_space(where: Path) -> int | None:
+def _check_space(out: Path, need: int) -> None:
     try:
-        return shutil.disk_usage(where).free
+        free = shutil.disk_usage(out.parent if str(out.parent) else Path(".")).free
     except OSError:
-        return None
+        return
+    if free < need:
+        raise MtprunError(f"not enough disk space for {out}: needs {need / 1e6:.1f} MB, {free / 1e6:.1f} MB free")
+
+
+def graft_provenance(info) -> dict[str, object] | None:
+    """The ``mtprun.graft.*`` keys of a file's header (a ``GgufInfo``): where its MTP layers
+    came from, or None if mtprun did not graft them."""
+    keys = {k[len(PROVENANCE_PREFIX):]: v for k, v in info.scalars.items() if k.startswith(PROVENANCE_PREFIX)}
+    return keys or None
+
+
+def describe_provenance(keys: Mapping[str, object]) -> str:
+    """``repo/file @ commit, types`` for display."""
+    where = "/".join(str(keys[k]) for k in ("mtp_repo", "mtp_file") if k in keys) or "a donor file"
+    if "mtp_commit" in keys:
+        where += f" @ {str(keys['mtp_commit'])[:12]}"
+    if "mtp_types" in keys:
+        where += f", {keys['mtp_types']}"
+    return where
 
 
 # ----------------------------------------------------------------------------------------------

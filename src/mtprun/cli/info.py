@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidInputError
+from ..graft import describe_provenance, graft_provenance
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
 from ._model import choose_model, open_engine
@@ -29,9 +30,9 @@ def model_facts(choice, info, header=None) -> dict:
     else:
         mtp = "none"
     template = info.chat_template
-    grafted = graft_provenance(header)
+    grafted = graft_provenance(header) if header is not None else None
     if grafted:
-        mtp += f" (grafted by mtprun from {grafted})"
+        mtp += f" (grafted by mtprun from {describe_provenance(grafted)})"
     return {
         "model": choice.label,
         "synthetic": choice.synthetic,
@@ -51,7 +52,7 @@ def model_facts(choice, info, header=None) -> dict:
         "mtp": info.mtp_kind,
         "mtp_detail": mtp,
         "mtp_active": info.mtp_active,
-        "mtp_provenance": _provenance_keys(header),
+        "mtp_provenance": grafted,
         "mtp_note": info.mtp_note,
         "draft_path": str(info.draft_path) if info.draft_path else None,
         "chat_template": template is not None,
@@ -59,29 +60,6 @@ def model_facts(choice, info, header=None) -> dict:
         "backend": info.backend,
         "system_info": info.system_info,
     }
-
-
-def _provenance_keys(header) -> dict | None:
-    """The ``mtprun.graft.*`` keys ``mtprun graft`` writes (where the MTP layers came from)."""
-    if header is None:
-        return None
-    from ..graft import PROVENANCE_PREFIX
-
-    keys = {k[len(PROVENANCE_PREFIX):]: v for k, v in header.scalars.items() if k.startswith(PROVENANCE_PREFIX)}
-    return keys or None
-
-
-def graft_provenance(header) -> str | None:
-    """``repo/file @ commit (types)`` for a grafted MTP head, or None."""
-    keys = _provenance_keys(header)
-    if not keys:
-        return None
-    where = "/".join(str(keys[k]) for k in ("mtp_repo", "mtp_file") if k in keys) or "a donor file"
-    if "mtp_commit" in keys:
-        where += f" @ {str(keys['mtp_commit'])[:12]}"
-    if "mtp_types" in keys:
-        where += f", {keys['mtp_types']}"
-    return where
 
 
 def _quantization(description: str) -> str | None:
