@@ -32,7 +32,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import ModelError
 
-__all__ = ["GgufInfo", "read_gguf_info", "MAX_TEXT"]
+__all__ = ["GgufInfo", "read_gguf_info", "header_length", "MAX_TEXT"]
 
 MAX_TEXT = 256  # characters kept of any string value (names, architecture, ...)
 MAX_KEY = 65535  # bytes; the GGUF spec's bound for key names
@@ -412,3 +412,39 @@ def _int(value: object) -> int | None:
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def header_length(data: bytes | memoryview) -> int | None:
+    """Bytes of the GGUF header at the start of ``data`` (up to the aligned start of the tensor
+    data), or None when ``data`` holds only part of it. Used to read a remote file's header with
+    ranged requests: fetch a prefix, ask, fetch more. Raises ModelError if it is not GGUF."""
+    p = _Parser(Path("<header>"), data, len(data))  # type: ignore[arg-type]
+    try:
+        if p._take(4) != _MAGIC:
+            raise ModelError("not a GGUF file")
+        version = struct.unpack("<I", p._take(4))[0]
+        if version & 0xFFFF == 0 and version != 0:
+            p.endian = ">"
+            version = struct.unpack(">I", struct.pack("<I", version))[0]
+        if version not in (2, 3):
+            raise ModelError(f"unsupported GGUF version {version}")
+        n_tensors, n_kv = p._u64(), p._u64()
+        alignment = 32
+        for _ in range(n_kv):
+            key = p._string(MAX_KEY, "key")
+            value = p._value(p._u32())
+            if key == "general.alignment" and _int(value):
+                alignment = int(value)  # type: ignore[arg-type]
+        for _ in range(n_tensors):
+            p._string(MAX_TENSOR_NAME, "tensor name")
+            n_dims = p._u32()
+            if n_dims > MAX_DIMS:
+                raise _Corrupt(f"a tensor has {n_dims} dimensions")
+            p._skip(8 * n_dims + 4 + 8)
+    except _Truncated:
+        return None
+    except _Corrupt as exc:
+        raise ModelError(f"corrupt GGUF header ({exc})") from None
+    if alignment <= 0 or alignment & (alignment - 1):
+        alignment = 32
+    return -(-p.pos // alignment) * alignment

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InvalidInputError
+from ..graft import describe_provenance, graft_provenance
 from ..memory import estimate
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
@@ -31,6 +32,9 @@ def model_facts(choice, info, header=None) -> dict:
     else:
         mtp = "none"
     template = info.chat_template
+    grafted = graft_provenance(header) if header is not None else None
+    if grafted:
+        mtp += f" (grafted by mtprun from {describe_provenance(grafted)})"
     return {
         "model": choice.label,
         "synthetic": choice.synthetic,
@@ -50,6 +54,7 @@ def model_facts(choice, info, header=None) -> dict:
         "mtp": info.mtp_kind,
         "mtp_detail": mtp,
         "mtp_active": info.mtp_active,
+        "mtp_provenance": grafted,
         "mtp_note": info.mtp_note,
         "draft_path": str(info.draft_path) if info.draft_path else None,
         "chat_template": template is not None,
