@@ -39,7 +39,7 @@ from mtprun import ModelConfig
 from mtprun import benchmark as bm
 from mtprun.engine import Engine
 from mtprun.errors import MtprunError
-from mtprun.synth import ARCHS, QUANTS, SynthSpec, parse_agree_phases, write_model
+from mtprun.synth import ARCHS, QUANTS, SynthSpec, draft_path_for, parse_agree_phases, write_model
 
 # The bench preset, deepened so the MTP head (one block + the output head) weighs ~14% of the
 # target as in real MTP models (Qwen3.6-27B: ~6%), rather than the ~40% of a 4-layer model.
@@ -92,13 +92,12 @@ def build_model(cache: Path, arch: str, preset: str, quant: str, agree: float, p
     key = hashlib.sha256(repr(spec).encode()).hexdigest()[:10]
     label = f"phases-{key}" if phases else f"{agree:g}-{key}"
     path = cache / f"bench-{arch}-{quant}-{label}.gguf"
-    res = None
     if not path.exists():
         t0 = time.perf_counter()
         res = write_model(spec, path)
         print(f"# built {path.name}: {res.weight_bytes / 1e6:.0f} MB of weights in {time.perf_counter() - t0:.1f}s", flush=True)
-    draft = path.with_name(f"mtp-{path.name}") if arch == "gemma4" else None
-    return path, draft
+    draft = draft_path_for(path)  # a drafter sidecar, for architectures that have one (gemma4)
+    return path, draft if draft.exists() else None
 
 
 def fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:

@@ -487,6 +487,8 @@ def test_script_quantizes(tmp_path):
     assert out.stdout.count("\n") == 1 and "Q8_0" in out.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["q.gguf"]
     assert gguf.GGUFReader(tmp_path / "q.gguf").fields["general.file_type"].parts[-1][0] == 7
+    again = write_model(SynthSpec(agree=0.5, quant="Q8_0"), tmp_path / "again.gguf")
+    assert again.model_path.read_bytes() == (tmp_path / "q.gguf").read_bytes()  # still a pure function of the spec
 
 
 # ------------------------------------------------------------- phase-changing agreement
