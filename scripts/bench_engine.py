@@ -39,7 +39,7 @@ from mtprun import ModelConfig
 from mtprun import benchmark as bm
 from mtprun.engine import Engine
 from mtprun.errors import MtprunError
-from mtprun.synth import ARCHS, QUANTS, SynthSpec, draft_path_for, parse_agree_phases, write_model
+from mtprun.synth import ARCHS, QUANTS, SynthSpec, cycle_length, draft_path_for, parse_agree_phases, write_model
 
 # The bench preset, deepened so the MTP head (one block + the output head) weighs ~14% of the
 # target as in real MTP models (Qwen3.6-27B: ~6%), rather than the ~40% of a 4-layer model.
@@ -78,8 +78,9 @@ def default_cache() -> Path:
     return Path.home() / ".cache" / "mtprun" / "bench"
 
 
-def build_model(cache: Path, arch: str, preset: str, quant: str, agree: float, phases) -> tuple[Path, Path | None]:
-    """The cell's model in the cache (written once; the key is the whole spec)."""
+def build_model(cache: Path, arch: str, preset: str, quant: str, agree: float, phases) -> tuple[Path, Path | None, int]:
+    """The cell's model in the cache (written once; the key is the whole spec), its drafter
+    sidecar if it has one, and its cycle length."""
     # tiny (smoke runs): widened so that K-quants' 256-value blocks fit every row
     shape = dict(BENCH_SHAPE) if preset == "bench" else {"n_embd": 512, "n_ff": 512, "draft_n_embd": 256}
     if quant not in ("f16", "f32"):
@@ -97,7 +98,7 @@ def build_model(cache: Path, arch: str, preset: str, quant: str, agree: float, p
         res = write_model(spec, path)
         print(f"# built {path.name}: {res.weight_bytes / 1e6:.0f} MB of weights in {time.perf_counter() - t0:.1f}s", flush=True)
     draft = draft_path_for(path)  # a drafter sidecar, for architectures that have one (gemma4)
-    return path, draft if draft.exists() else None
+    return path, draft if draft.exists() else None, cycle_length(spec)
 
 
 def fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
@@ -189,31 +190,39 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "configurations": [c.name for c in configs], "cells": {}}
     comparisons: dict[str, bm.Comparison] = {}
-    interrupted = False
+    interrupted = failed = False
     for quant, agree, cell in cells:
         try:
-            path, draft = build_model(cache, args.arch, args.preset, quant, agree if agree is not None else 1.0,
+            path, draft, cycle = build_model(cache, args.arch, args.preset, quant, agree if agree is not None else 1.0,
                                       phases if agree is None else None)
         except MtprunError as exc:
             print(f"error: {cell}: {exc}", file=sys.stderr)
             return 2
+        # a phase cell generates at least two turns of its cycle: every phase, twice
+        n_tokens = args.tokens if agree is not None else max(args.tokens, 2 * cycle)
         base = dict(path=path, draft_path=draft, n_ctx=args.ctx, n_threads=args.threads, flash_attn=False)
         with Engine(ModelConfig(**base, mtp=False)) as plain_eng, Engine(ModelConfig(**base)) as mtp_eng:
             prompts = [mtp_eng.tokenize(t) for t in texts]
 
             def measure(c: bm.Configuration) -> bm.Measurement:
                 if c.kind == "llama.cpp":
-                    return bm.measure_reference(ref, path, texts, c.n_max, args.tokens, draft=draft,
+                    return bm.measure_reference(ref, path, texts, c.n_max, n_tokens, draft=draft,
                                                 threads=args.threads, n_ctx=args.ctx)
-                return bm.measure_engine(plain_eng if c.kind == "plain" else mtp_eng, prompts, c, args.tokens)
+                return bm.measure_engine(plain_eng if c.kind == "plain" else mtp_eng, prompts, c, n_tokens)
 
-            runs = bm.run_alternating(configs, measure, args.reps)
+            try:
+                runs = bm.run_alternating(configs, measure, args.reps)
+            except MtprunError as exc:
+                print(f"error: {cell}: {exc}", file=sys.stderr)
+                failed = True
+                break
             size = mtp_eng.info.size_bytes
         cmp = bm.compare({c.name: bm.summarize(r) for c, r in runs.by_config.items()})
         comparisons[cell] = cmp
-        print(f"\n## {cell} ({path.name}, {size / 1e6:.0f} MB)" + (" -- interrupted" if runs.interrupted else ""))
+        print(f"\n## {cell} ({path.name}, {size / 1e6:.0f} MB, {n_tokens} tokens per prompt)"
+              + (" -- interrupted" if runs.interrupted else ""))
         print_cell(cell, cmp, runs)
-        report["cells"][cell] = {"model": str(path), "model_bytes": size, "quant": quant, "agree": agree,
+        report["cells"][cell] = {"model": str(path), "model_bytes": size, "quant": quant, "agree": agree, "tokens": n_tokens,
                                  "phases": args.phase_spec if agree is None else None, **cmp.as_dict(),
                                  "runs": {c.name: [m.as_dict() for m in r] for c, r in runs.by_config.items()}}
         if runs.interrupted:
@@ -223,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = bm.check_targets(comparisons, [c for _, a, c in cells if a is None])
     report["targets"] = [t.__dict__ | {"misses": list(t.misses)} for t in targets]
     report["interrupted"] = interrupted
+    report["failed"] = failed
     print("\n## targets (issue 15)")
     for t in targets:
         state = "not measured" if t.met is None else ("met" if t.met else "MISSED")
@@ -232,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
         print(f"# wrote {args.json}")
-    return 130 if interrupted else 0
+    return 1 if failed else 130 if interrupted else 0
 
 
 if __name__ == "__main__":

@@ -169,6 +169,8 @@ def test_bench_script_smoke_run_writes_every_figure(tmp_path):
         assert all(len(cell["runs"][n]) == 2 for n in names)  # every repetition kept
         assert cell["configurations"]["n=1"]["acceptance"] > 0 and cell["x_plain"]["plain"] == 1.0
     assert len(d["targets"]) == 4
+    # a phase cell generates two turns of its 80-token cycle, whatever --tokens says
+    assert d["cells"]["f16 phases 40:0.95,40:0.2"]["tokens"] == 160 and d["cells"]["f16 agree 0.7"]["tokens"] == 16
     assert "## targets" in out.stdout and "x plain" in out.stdout
 
 

@@ -216,7 +216,12 @@ def measure_reference(bin_dir: str | os.PathLike[str], model: str | os.PathLike[
         # llama.cpp's logger thread races the process exit and now and then loses the summary
         # at the end of the output: run again (at most 5 times) until it is all there
         for _ in range(5):
-            out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise MtprunError(f"llama-speculative-simple took more than {timeout:g} s") from None
+            except OSError as exc:
+                raise MtprunError(f"cannot run llama-speculative-simple: {exc.strerror or exc}") from None
             text = out.stdout + out.stderr
             if out.returncode != 0:
                 tail = [ln for ln in text.splitlines() if ln.strip()][-1:] or [str(out.returncode)]

@@ -143,6 +143,7 @@ __all__ = [
     "SpecSimulation",
     "SynthResult",
     "SynthSpec",
+    "cycle_length",
     "demo_spec",
     "draft_path_for",
     "parse_agree_phases",
@@ -1334,6 +1335,12 @@ def parse_agree_phases(text: str) -> tuple[tuple[int, float], ...]:
         except ValueError:
             raise InvalidInputError(f"agree phases must look like LENGTH:AGREE,LENGTH:AGREE (e.g. 40:0.95,40:0.2), got {text!r}") from None
     return tuple(out)
+
+
+def cycle_length(spec: SynthSpec) -> int:
+    """How many tokens the spec's ring has: an oracle's cycle (the passage, grown to whole
+    repetitions of ``agree_phases``), a random model's ring."""
+    return _spec_dims(spec).cycle_len
 
 
 def _phases_text(phases: tuple[tuple[int, float], ...]) -> str:
