@@ -554,3 +554,17 @@ def test_script_writes_a_phase_model(tmp_path):
     out = _script("--agree-phases", "40:0.95, 40:0.2", "--out", "p.gguf", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "agree=40:0.95,40:0.2 (cycle of 80 tokens" in out.stdout
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+def test_bench_preset_rows_fit_k_quant_blocks(arch):
+    """bench_engine.py quantizes the bench preset (and its 12-layer variant) to Q4_K_M/Q6_K: every
+    row must be a whole number of 256-value blocks, or llama.cpp would fall back per tensor."""
+    for shape in ({}, {"n_layer": 12, "n_ff": 4096}):
+        spec = SynthSpec.preset("bench", arch=arch, quant="Q4_K_M", **shape)
+        dims = synth._spec_dims(spec)
+        synth._check_quant_rows(spec, dims, synth._plan(spec, dims, synth._vocab(arch, dims.n_vocab)))
+    spec = SynthSpec(arch=arch, quant="Q4_K_M")  # the tiny preset does not fit, and says so
+    dims = synth._spec_dims(spec)
+    with pytest.raises(InvalidInputError, match="blocks of 256"):
+        synth._check_quant_rows(spec, dims, synth._plan(spec, dims, synth._vocab(arch, dims.n_vocab)))
