@@ -87,6 +87,30 @@ Oracle construction, with d = n_embd:
    is in A: per-position acceptance ~ agree, ~1.0 at agree = 1. ``SynthResult.simulate_speculative``
    replays llama.cpp's greedy draft/verify loop on these rules to give exact expected counts.
 
+Quantized models (``quant``)
+----------------------------
+``quant="Q8_0" | "Q4_K_M" | ...`` (see ``QUANTS``) writes the f16/f32 model as above, then runs
+llama.cpp's own quantizer on it (``llama_model_quantize`` with its default parameters, through
+llama-cpp-python's ctypes API, in a child process so its log and any crash stay there), and
+only then moves the files into place. The quantizer loads MTP layers (``load_mtp``): qwen35's
+``blk.{n_layer}`` (``nextn.eh_proj`` and the block) is quantized like any other layer. The
+gemma4-assistant sidecar is quantized too, with the same type, as shipped drafters are: a
+drafter left at f16 beside a 4-bit target would make drafting look dearer than it is. Every
+row a quantized tensor is cut into must be a multiple of the type's block (32 values; 256 for
+K-quants) -- else llama.cpp silently falls back to another type for that tensor, so such specs
+are refused. The oracle survives quantization: zero rows stay exactly zero in every type, the
+one non-zero LM-head entry per row keeps its sign and size, and the residual noise (Q4_K's
+offsets on zero entries) moves logits by far less than the oracle's margin (tested: cycle,
+exact acceptance counts, MTP == plain for Q8_0 and Q4_K_M).
+
+Phase-changing agreement (``agree_phases``)
+-------------------------------------------
+``agree_phases=((40, 0.95), (40, 0.2))`` lays the agree set out in stretches along the ring,
+the pattern repeated from position 0: round(p n) agreeing positions in each stretch of n.
+An oracle's cycle grows (filler words after the passage) to a whole number of repetitions of
+the pattern, so the phases line up when the cycle wraps. ``SynthResult.agree_positions`` says
+which positions agree.
+
 Everything is a pure function of the spec: the same spec and seed give byte-identical files.
 """
 
@@ -95,9 +119,11 @@ from __future__ import annotations
 import contextvars
 import math
 import os
+import subprocess
+import sys
 import time
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -113,11 +139,14 @@ __all__ = [
     "DTYPES",
     "MODES",
     "PRESETS",
+    "QUANTS",
     "SpecSimulation",
     "SynthResult",
     "SynthSpec",
+    "cycle_length",
     "demo_spec",
     "draft_path_for",
+    "parse_agree_phases",
     "weight_bytes",
     "write_model",
 ]
@@ -193,6 +222,12 @@ class SynthSpec:
     ssm_d_state: int = 0  # qwen35 gated delta net: head size,
     ssm_n_group: int = 0  # key (and query) heads,
     ssm_dt_rank: int = 0  # value heads
+    # Quantize the written (f16/f32) model with llama.cpp's own quantizer: a QUANTS name, or None.
+    quant: str | None = None
+    # Agreement in stretches along the ring instead of one ``agree``: ((length, agree), ...),
+    # repeated from ring position 0; an oracle's cycle is extended with filler words to a whole
+    # number of repetitions. None: ``agree`` everywhere.
+    agree_phases: tuple[tuple[int, float], ...] | None = None
 
     @classmethod
     def preset(cls, name: str, /, **overrides: Any) -> SynthSpec:
@@ -206,7 +241,7 @@ class SynthSpec:
 
     def validate(self) -> None:
         """Raise ``InvalidInputError`` (one line) unless this spec forms a valid model."""
-        _dims(self)
+        _spec_dims(self)
 
 
 def demo_spec() -> SynthSpec:
@@ -268,6 +303,8 @@ class SynthResult:
     agree_tokens: frozenset[int] | None = None  # cycle tokens after which the MTP head is right
     expected_acceptance: float | None = None  # per drafted position: len(agree_tokens) / len(cycle)
     top_logit: float | None = None  # nominal oracle top logit = top-1 margin (all others are 0)
+    # per cycle position k: whether the MTP head is right after cycle[k] (the phases, in order)
+    agree_positions: tuple[bool, ...] | None = None
 
     def summary(self) -> str:
         """One line describing what was written."""
@@ -277,11 +314,12 @@ class SynthResult:
             parts.append(f"+ drafter {self.draft_path} ({_mb(self.draft_bytes)})")
         desc = f"{s.arch} {s.mode}"
         if self.expected_acceptance is not None:
-            desc += (f" agree={s.agree:g} (cycle of {len(self.cycle or ())} tokens, expected acceptance"
+            agree = _phases_text(s.agree_phases) if s.agree_phases else f"{s.agree:g}"
+            desc += (f" agree={agree} (cycle of {len(self.cycle or ())} tokens, expected acceptance"
                      f" per drafted position {self.expected_acceptance:.3f})")
         parts.append(
             f"{desc}, n_embd={s.n_embd} n_layer={s.n_layer} n_vocab={self.n_vocab} "
-            f"n_ctx={s.n_ctx} {s.dtype} seed={s.seed}, in {self.seconds:.2f}s"
+            f"n_ctx={s.n_ctx} {s.quant or s.dtype} seed={s.seed}, in {self.seconds:.2f}s"
         )
         return " ".join(parts[:-1]) + ": " + parts[-1]
 
@@ -798,8 +836,10 @@ def _plan(spec: SynthSpec, dims: _Dims, vocab: _Vocab) -> _Plan:
         ring = [pool[int(i)] for i in _rng(spec.seed, "ring").permutation(len(pool))[:L]]
         alias = _rng(spec.seed, "alias").integers(0, L, dims.n_vocab)
         gain, context, jitter = 1.0, _RANDOM_CONTEXT[spec.arch], 0.1
+    if spec.agree_phases and spec.mode == "oracle" and len(ring) < L:  # room for whole phase repetitions
+        ring = _extend_ring(ring, vocab, L)
     alias[ring] = np.arange(L)
-    agree = _agree_set(spec.seed, L, spec.agree)
+    agree = _phase_agree_set(spec.seed, L, spec.agree_phases) if spec.agree_phases else _agree_set(spec.seed, L, spec.agree)
     mtp_index = [k if agree[k] else (k + L // 2) % L for k in range(L)]
     signal = _rng(spec.seed, "signal").permutation(dims.d)[:L]
     draft_signal = _rng(spec.seed, "draft-signal").permutation(dims.draft_d)[:L] if dims.draft_d else None
@@ -1201,8 +1241,9 @@ def _build(spec: SynthSpec, dims: _Dims, plan: _Plan) -> list[tuple[bool, str, _
 
 
 def weight_bytes(spec: SynthSpec) -> int:
-    """Tensor data bytes ``write_model(spec, ...)`` would write (all files), without writing."""
-    dims = _dims(spec)
+    """Tensor data bytes ``write_model(spec, ...)`` would write (all files), without writing;
+    for a ``quant`` spec, those of the f16/f32 files it quantizes."""
+    dims = _spec_dims(spec)
     plan = _plan(spec, dims, _vocab(spec.arch, dims.n_vocab))
     token = _DRY_RUN.set(True)
     try:
@@ -1234,13 +1275,15 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
     t0 = time.perf_counter()
     if not isinstance(spec, SynthSpec):
         raise InvalidInputError(f"spec must be a SynthSpec, got {type(spec).__name__}")
-    dims = _dims(spec)
+    dims = _spec_dims(spec)
     path = _check_out(out)
     draft_path = draft_path_for(path) if spec.arch == "gemma4" else None
 
     vocab = _vocab(spec.arch, dims.n_vocab)
     plan = _plan(spec, dims, vocab)
     name = _default_name(spec)
+    if spec.quant:
+        _check_quant_rows(spec, dims, plan)
 
     kv_writers = {
         "qwen35": lambda w, t: (_general(w, spec, t, name), _qwen35_kv(w, spec, dims)),
@@ -1258,6 +1301,8 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
             tmp = _new_temp(final)
             temps.append((tmp, final))
             n_weight_bytes += _write_gguf(tmp, arch, kv, vocab, tensors)
+        if spec.quant:
+            n_weight_bytes = _quantize_files(temps, spec.quant)
         for tmp, final in temps:
             os.replace(tmp, final)
     finally:
@@ -1274,12 +1319,13 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
         words = _Vocab.cycle_words()[: L - int(spec.end_with_eos)]
         extra = dict(
             cycle=tuple(plan.ring),
-            cycle_text="".join(words),
+            cycle_text="".join(words) if len(words) == L - int(spec.end_with_eos) else _ring_text(vocab, plan.ring),
             successor=MappingProxyType(succ),
             mtp_prediction=MappingProxyType(mtp),
             agree_tokens=agree,
             expected_acceptance=len(agree) / L,
             top_logit=ORACLE_TOP_LOGIT,
+            agree_positions=tuple(plan.agree),
         )
     return SynthResult(
         spec=spec,
@@ -1296,6 +1342,171 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
         add_bos=vocab.spm,
         **extra,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# quantized models and phase-changing agreement (SynthSpec.quant, SynthSpec.agree_phases)
+
+# llama.cpp's llama_ftype for each quantization name (include/llama.h), and the block size its
+# main tensor type needs along a row (K-quants: 256 values, the rest: 32).
+QUANTS: Mapping[str, tuple[int, int]] = MappingProxyType({
+    "Q4_0": (2, 32), "Q4_1": (3, 32), "Q8_0": (7, 32), "Q5_0": (8, 32), "Q5_1": (9, 32),
+    "Q2_K": (10, 256), "Q3_K_S": (11, 256), "Q3_K_M": (12, 256), "Q3_K_L": (13, 256),
+    "Q4_K_S": (14, 256), "Q4_K_M": (15, 256), "Q5_K_S": (16, 256), "Q5_K_M": (17, 256), "Q6_K": (18, 256),
+})
+_MAX_PHASES = 64
+
+
+def parse_agree_phases(text: str) -> tuple[tuple[int, float], ...]:
+    """``"40:0.95,40:0.2"`` -> ``((40, 0.95), (40, 0.2))`` (InvalidInputError on bad text)."""
+    out = []
+    for part in str(text).split(","):
+        length, sep, agree = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            out.append((int(length), float(agree)))
+        except ValueError:
+            raise InvalidInputError(f"agree phases must look like LENGTH:AGREE,LENGTH:AGREE (e.g. 40:0.95,40:0.2), got {text!r}") from None
+    return tuple(out)
+
+
+def cycle_length(spec: SynthSpec) -> int:
+    """How many tokens the spec's ring has: an oracle's cycle (the passage, grown to whole
+    repetitions of ``agree_phases``), a random model's ring."""
+    return _spec_dims(spec).cycle_len
+
+
+def _phases_text(phases: tuple[tuple[int, float], ...]) -> str:
+    return ",".join(f"{n}:{p:g}" for n, p in phases)
+
+
+def _spec_dims(spec: SynthSpec) -> _Dims:
+    """``_dims`` plus the checks of ``quant`` and ``agree_phases``; with phases, an oracle's cycle
+    grows (filler words after the passage) to a whole number of phase repetitions."""
+    dims = _dims(spec)
+    bad = InvalidInputError
+    if spec.quant is not None:
+        if spec.quant not in QUANTS:
+            raise bad(f"unknown quant {spec.quant!r} (choose from {', '.join(QUANTS)})")
+        if spec.dtype not in ("f16", "f32"):
+            raise bad(f"quant needs f16 or f32 weights to quantize from, got dtype {spec.dtype!r}")
+    if spec.agree_phases is None:
+        return dims
+    phases = spec.agree_phases
+    if not isinstance(phases, tuple) or not 1 <= len(phases) <= _MAX_PHASES or not all(
+        isinstance(ph, tuple) and len(ph) == 2 for ph in phases
+    ):
+        raise bad(f"agree_phases must be a tuple of 1..{_MAX_PHASES} (length, agree) pairs, got {phases!r}")
+    for n, p in phases:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
+            raise bad(f"agree phase lengths must be integers in [1, 100000], got {n!r}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and 0.0 <= p <= 1.0):
+            raise bad(f"agree phase values must be numbers in [0, 1], got {p!r}")
+    if spec.end_with_eos:
+        raise bad("end_with_eos and agree_phases cannot be combined")
+    if spec.mode != "oracle":
+        return dims  # the random ring is as long as the model allows; the phases repeat along it
+    period = sum(n for n, _ in phases)
+    L = -(-dims.cycle_len // period) * period
+    room = min(dims.d, dims.draft_d or dims.d)
+    room -= room // 4
+    if L > room:
+        raise bad(f"agree phases repeat every {period} tokens: the cycle needs {L} tokens, "
+                  f"but n_embd={spec.n_embd} allows at most {room}")
+    spare = len(_filler_ids(_vocab(spec.arch, dims.n_vocab)))
+    if L - dims.cycle_len > spare:
+        raise bad(f"agree phases need {L - dims.cycle_len} filler tokens, n_vocab={dims.n_vocab} has {spare}")
+    return replace(dims, cycle_len=L)
+
+
+def _filler_ids(vocab: _Vocab) -> list[int]:
+    """Ordinary tokens outside the passage, in vocabulary order from the end (the filler words)."""
+    passage = set(vocab.cycle_ids())
+    return [i for i in reversed(vocab.ordinary_ids()) if i not in passage]
+
+
+def _extend_ring(ring: list[int], vocab: _Vocab, L: int) -> list[int]:
+    return ring + _filler_ids(vocab)[: L - len(ring)]
+
+
+def _ring_text(vocab: _Vocab, ring: list[int]) -> str:
+    """What the ring's tokens detokenize to (passage words and filler words)."""
+    if vocab.spm:
+        return "".join(vocab.tokens[i].replace(vocab.space, " ") for i in ring)
+    inverse = {c: b for b, c in _BYTE_CHARS.items()}
+    return b"".join(bytes(inverse[c] for c in vocab.tokens[i]) for i in ring).decode("utf-8", errors="replace")
+
+
+def _phase_agree_set(seed: int, L: int, phases: tuple[tuple[int, float], ...]) -> list[bool]:
+    """The agree set laid out in stretches: the phases repeated from ring position 0 (the last
+    stretch cut at L), each stretch with round(p n) agreeing positions spread as ``_agree_set``."""
+    out: list[bool] = []
+    j = 0
+    while len(out) < L:
+        n, p = phases[j % len(phases)]
+        n = min(n, L - len(out))
+        out += _agree_set((seed + 1_000_003 * (j + 1)) % 2**63, n, float(p))
+        j += 1
+    return out
+
+
+def _check_quant_rows(spec: SynthSpec, dims: _Dims, plan: _Plan) -> None:
+    """llama.cpp quantizes rows in blocks (32 values, 256 for K-quants) and silently falls back
+    to another type for a tensor whose rows do not fit; refuse such a spec instead (one line)."""
+    assert spec.quant is not None
+    block = QUANTS[spec.quant][1]
+    token = _DRY_RUN.set(True)
+    try:
+        rule = _Tensors("f16")  # what stays f32 is what llama.cpp's quantizer leaves alone too
+        for is_drafter, _, tensors in _build(spec, dims, plan):
+            for name, arr in tensors.items:
+                if rule.storage(name, arr) != "f32" and arr.shape[-1] % block:
+                    where = "drafter " if is_drafter else ""
+                    raise InvalidInputError(
+                        f"{spec.quant} quantizes rows in blocks of {block}: {where}{name} has rows of "
+                        f"{arr.shape[-1]} (choose n_embd, n_ff and draft_n_embd as multiples of {block})")
+    finally:
+        _DRY_RUN.reset(token)
+
+
+# Runs in a child process: llama.cpp's quantizer logs to stderr through a process-wide logger
+# (which mtprun's engine also sets), and a crash must not take the caller with it.
+_QUANTIZE_SCRIPT = """
+import ctypes, sys
+import llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = int(sys.argv[3])
+p.nthread = int(sys.argv[4])
+sys.exit(0 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)) == 0 else 3)
+"""
+
+
+def _quantize_files(temps: list[tuple[Path, Path]], quant: str) -> int:
+    """Quantize every written temp file (target and gemma4 drafter alike) in place with llama.cpp's
+    ``llama_model_quantize`` (llama-cpp-python's ctypes API, default parameters); returns the
+    tensor-data bytes of the quantized files."""
+    total = 0
+    for i, (tmp, final) in enumerate(temps):
+        qtmp = _new_temp(final)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _QUANTIZE_SCRIPT, os.fspath(tmp), os.fspath(qtmp),
+                 str(QUANTS[quant][0]), str(os.cpu_count() or 1)],
+                capture_output=True, text=True, errors="replace",
+            )
+            if proc.returncode != 0:
+                if "No module named 'llama_cpp'" in proc.stderr:
+                    raise InvalidInputError("quantizing needs llama-cpp-python (pip install llama-cpp-python)")
+                lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+                raise InvalidInputError(f"llama.cpp's quantizer failed on {final.name}: {lines[-1] if lines else proc.returncode}")
+            os.replace(qtmp, tmp)
+        finally:
+            if qtmp.exists():
+                qtmp.unlink()
+        total += sum(int(t.n_bytes) for t in gguf.GGUFReader(tmp).tensors)
+        temps[i] = (tmp, final)
+    return total
 
 
 def _mb(n: int) -> str:
