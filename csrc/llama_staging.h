@@ -15,3 +15,7 @@ LLAMA_API float * llama_get_embeddings_nextn_ith(struct llama_context * ctx, int
 
 // the context whose memory or weights a drafter context uses (ctx_other at creation)
 LLAMA_API llama_context * llama_get_ctx_other(struct llama_context * ctx);
+
+// select which appended NextN block the MTP graph runs (layer n_layer + offset; default 0): models
+// with several trained heads (hy_v3, mimo2, step35) draft position i with head i
+LLAMA_API void llama_set_nextn_layer_offset(struct llama_context * ctx, int32_t offset);

@@ -87,6 +87,7 @@ class ModelInfo:
     add_bos: bool
     backend: str
     system_info: str  # llama.cpp's feature line (CPU instruction sets, backends)
+    mtp_chain: bool = False  # several MTP heads, chained: head i drafts draft position i
 
 
 class Engine:
@@ -144,6 +145,7 @@ class Engine:
             add_bos=raw["add_bos"],
             backend=raw["backend"],
             system_info=raw["system_info"].strip(),
+            mtp_chain=raw["mtp_chain"],
         )
         self._busy = threading.Lock()
 
