@@ -1114,11 +1114,46 @@ def _with_heads(spec: SynthSpec, plan: _Plan) -> _Plan:
     """Give each MTP head its own agree set (head 0: ``agree`` or ``head_agree[0]``)."""
     L = plan.L
     for i, p in enumerate(spec.head_agree or (spec.agree,)):
-        a = _agree_set(spec.seed ^ (i << 40), L, p) if spec.head_agree else plan.agree
+        if not spec.head_agree:
+            a = plan.agree
+        elif i == 0:
+            a = _agree_set(spec.seed, L, p)
+        else:
+            a = _chained_agree_set(spec.seed, L, p, plan.head_agree)
         plan.head_agree.append(a)
         plan.head_mtp_index.append([k if a[k] else (k + L // 2) % L for k in range(L)])
     plan.agree, plan.mtp_index = plan.head_agree[0], plan.head_mtp_index[0]
     return plan
+
+
+def _chained_agree_set(seed: int, L: int, p: float, earlier: list[list[bool]]) -> list[bool]:
+    """Head i's agree set (i = len(earlier)): round(p L) ring indices, the best of 256 seeded
+    random choices at making the acceptance at draft position i+1, given the earlier positions
+    were accepted, ~p on the greedy walk a prompt outside the cycle starts (drafting with heads
+    0..i, four turns of the cycle). A head is right after ring index k exactly when k is in its set."""
+    i, n = len(earlier), int(round(p * L))
+    rng = _rng(seed, f"agree.{i}")
+    best, best_score = [False] * L, math.inf
+    for _ in range(256 if 0 < n < L else 1):
+        a = np.zeros(L, dtype=bool)
+        a[rng.permutation(L)[:n]] = True
+        heads = [*earlier, a.tolist()]
+        reached = accepted = produced = 0
+        cur = L - 1  # the last prompt token behaves like the cycle's last token
+        while produced < 4 * L:
+            t = cur
+            for j, h in enumerate(heads):  # head j drafts position j+1 after token index t
+                reached += j == i
+                if not h[t]:
+                    break
+                accepted += j == i
+                t = (t + 1) % L
+            produced += (t - cur) % L + 1
+            cur = (t + 1) % L
+        score = abs(accepted / reached - p) if reached else 0.0
+        if score < best_score:
+            best, best_score = a.tolist(), score
+    return best
 
 
 def _moe_ffn(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors, p: str, il: int, context: float) -> None:
