@@ -144,7 +144,7 @@ _HEAD_W = ORACLE_TOP_LOGIT / 0.45
 # Random models: how strongly the trunk writes into the signal coordinates (vs 1 into the rest),
 # tuned so that the context overrides the planted successor on 1-2% of the steps: more would
 # make near-ties (and so batched vs one-token disagreements) frequent.
-_RANDOM_CONTEXT = MappingProxyType({"qwen35": 0.7, "gemma4": 0.8, "qwen35moe": 0.7, "hy_v3": 0.7})
+_RANDOM_CONTEXT = MappingProxyType({"qwen35": 0.7, "gemma4": 0.8, "qwen35moe": 0.55, "hy_v3": 0.85})
 _MAX_VOCAB = 262144
 _MAX_LAYERS = 128
 
@@ -1171,7 +1171,8 @@ def _moe_ffn(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors, p: str, il:
     t.add(f"{p}.ffn_gate_inp_shexp.weight", _gauss(s, f"{il}.ffn_gate_inp_shexp", (d,), 1 / math.sqrt(d)))
     t.add(f"{p}.ffn_gate_shexp.weight", _gauss(s, f"{il}.ffn_gate_shexp", (Fs, d), 1 / math.sqrt(d)))
     t.add(f"{p}.ffn_up_shexp.weight", _gauss(s, f"{il}.ffn_up_shexp", (Fs, d), 1 / math.sqrt(d)))
-    t.add(f"{p}.ffn_down_shexp.weight", _out_proj(s, f"{il}.ffn_down_shexp", d, Fs, 2 * plan.gain, sig, 2 * context))
+    # x2: the sigmoid gate halves the shared expert on average
+    t.add(f"{p}.ffn_down_shexp.weight", _out_proj(s, f"{il}.ffn_down_shexp", d, Fs, 4 * plan.gain, sig, 4 * context))
 
 
 def _hy_v3_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> None:
