@@ -360,6 +360,18 @@ static bool arch_single_head(const std::string & arch) {
     return std::find(std::begin(names), std::end(names), arch) != std::end(names);
 }
 
+// why llama.cpp cannot run the embedded MTP layers of a model ("" if it can): it would abort the
+// process (a graph asserting one head) or fail to create the MTP context
+static std::string mtp_unsupported(const gguf_meta & m) {
+    if (m.arch == "glm5-next") { // the nextn layers load, but the MTP graph throws "not implemented yet"
+        return "llama.cpp has no MTP graph for architecture 'glm5-next' yet";
+    }
+    if (m.n_nextn > 1 && arch_single_head(m.arch)) {
+        return "llama.cpp runs a single MTP head for architecture '" + m.arch + "', this model has " + i2s(m.n_nextn);
+    }
+    return "";
+}
+
 static void set_pos(llama_batch_ext * b, int32_t idx, llama_pos pos) {
     const llama_pos p[4] = { pos, pos, pos, 0 };
     llama_batch_ext_set_pos(b, idx, p);
@@ -665,7 +677,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params.n_gpu_layers;
-    mp.load_mtp     = params.use_mtp && !has_sidecar && meta_tgt.n_nextn > 0;
+    mp.load_mtp     = params.use_mtp && !has_sidecar && meta_tgt.n_nextn > 0 && mtp_unsupported(meta_tgt).empty();
     e->model_tgt = llama_model_load_from_file(params.path.c_str(), mp);
     if (!e->model_tgt) {
         const std::string cause = log_last_error();
@@ -716,12 +728,10 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
             : "the model has no MTP layers";
     } else if (e->recurrent && llama_n_rs_seq(e->ctx_tgt) < (uint32_t) cap) {
         info.mtp_note = "llama.cpp cannot roll back the recurrent state of architecture '" + meta_tgt.arch + "'";
+    } else if (info.mtp_kind == MTP_KIND_EMBEDDED && !mtp_unsupported(meta_tgt).empty()) {
+        info.mtp_note = mtp_unsupported(meta_tgt);
     } else if (info.mtp_kind == MTP_KIND_EMBEDDED && n_nextn <= 0) {
         info.mtp_note = "llama.cpp did not load the model's MTP layers";
-    } else if (info.mtp_kind == MTP_KIND_EMBEDDED && n_nextn > 1 && arch_single_head(meta_tgt.arch)) {
-        // its MTP graph asserts a single head (aborting the process): decode plainly instead
-        info.mtp_note = "llama.cpp runs a single MTP head for architecture '" + meta_tgt.arch + "', this model has " +
-                        std::to_string(n_nextn);
     } else {
         llama_context_params dp = cp;
         dp.ctx_type      = LLAMA_CONTEXT_TYPE_MTP;

@@ -30,6 +30,26 @@ sliding layer n_layer-2 and its last global layer n_layer-1), ``nextn.post_proje
 [n_embd, n_embd_target] and ``embedding_length_out = n_embd_target``. The target has an untied
 ``output`` tensor (real Gemma ties it to ``token_embd``; the oracle needs them to differ).
 
+``qwen35moe`` -- Qwen3.6-35B-A3B's layout: ``qwen35`` with every FFN (trunk and MTP block)
+replaced by a softmax router over routed SwiGLU experts plus a shared expert scaled by
+sigmoid(ffn_gate_inp_shexp . x)::
+
+    blk.i  ffn_gate_inp [n_embd, n_expert], ffn_gate_exps / ffn_up_exps [n_embd, n_ff_exp, n_expert],
+        ffn_down_exps [n_ff_exp, n_embd, n_expert], ffn_gate_inp_shexp [n_embd],
+        ffn_gate_shexp / ffn_up_shexp [n_embd, n_ff_exp], ffn_down_shexp [n_ff_exp, n_embd]
+    keys: qwen35moe.expert_count, expert_used_count, expert_feed_forward_length,
+        expert_shared_feed_forward_length (no feed_forward_length), the rest as qwen35
+
+``hy_v3`` -- dense Hunyuan V3 (no experts) with ``len(head_agree)`` MTP blocks, the cheapest
+architecture whose heads llama.cpp chains (head i drafts draft position i)::
+
+    blk.i  (i < n_layer): attn_norm, attn_q/k/v, attn_q_norm, attn_k_norm, attn_output,
+        ffn_norm, ffn_gate, ffn_up, ffn_down
+    blk.{n_layer + h}: the same block plus nextn.eh_proj, nextn.enorm, nextn.hnorm and
+        nextn.shared_head_norm (its final norm before the shared LM head)
+    keys: hy_v3.block_count = n_layer + heads, hy_v3.nextn_predict_layers = heads,
+        hy_v3.expert_feed_forward_length (required by the loader), ...
+
 Tokenizer: a real BPE vocabulary built from the passage in ``CYCLE_TEXT`` (every word of it is one
 token, reachable through merges of its prefixes), all 256 bytes, filler pseudo-words up to
 ``n_vocab``, and the chat special tokens. ``qwen35`` uses GPT-2 byte-level BPE (``gpt2`` /
@@ -86,6 +106,10 @@ Oracle construction, with d = n_embd:
    never moves the argmax, so each drafted position is accepted exactly when the token it follows
    is in A: per-position acceptance ~ agree, ~1.0 at agree = 1. ``SynthResult.simulate_speculative``
    replays llama.cpp's greedy draft/verify loop on these rules to give exact expected counts.
+   Chained heads (hy_v3): head h has its own map m_h and agree set A_h (chosen so that, on the
+   greedy walk, position h+1 is accepted ~head_agree[h] of the times it is reached) and drafts
+   position h+1; ``head_predictions`` lists each head's drafts and the replay uses head h there.
+   Experts, router and shared expert (qwen35moe) write only into the complement like any sub-block.
 
 Everything is a pure function of the spec: the same spec and seed give byte-identical files.
 """
