@@ -80,6 +80,7 @@ public:
         d["mtp_active"] = i.mtp_active;
         d["mtp_note"] = i.mtp_note;
         d["recurrent"] = i.recurrent;
+        d["mtp_chain"] = i.mtp_chain;
         d["chat_template"] = nb::bytes(i.chat_template.data(), i.chat_template.size());
         d["bos_token"] = nb::bytes(i.bos_token.data(), i.bos_token.size());
         d["eos_token"] = nb::bytes(i.eos_token.data(), i.eos_token.size());

@@ -303,6 +303,11 @@ struct mtp_engine {
     int32_t n_embd_h   = 0;     // width of the hidden rows fed to the head
     bool    mem_shared = false; // drafter reads the target's KV (Gemma 4 assistant)
     bool    recurrent  = false; // target memory can only roll back a few tokens
+    // chained heads (several nextn blocks, separate memory): head i drafts position i, as in
+    // llama.cpp's draft-mtp; n_heads = 1 drafts every position with the first head
+    int32_t n_heads    = 1;
+    int32_t heads_used = 1;     // heads this generation drafts with, all fed every cached position
+    std::vector<float> h_chain; // rows fed to the heads: h_{n_past-1}, then each head's output
 
     // conversation state
     std::vector<llama_token> cache;   // tokens in the target memory, positions 0..n_past-1
@@ -344,6 +349,29 @@ static int32_t process_timed(llama_context * ctx, llama_batch_ext * batch, doubl
 
 static bool use_mtp(const mtp_engine * e) { return e->ctx_dft != nullptr; }
 
+// architectures whose MTP graph in llama.cpp 0c1e570 runs any of several heads (nextn layer
+// offset), and those whose graph asserts exactly one head
+static bool arch_chains(const std::string & arch) {
+    return arch == "hy_v3" || arch == "mimo2" || arch == "step35";
+}
+static bool arch_single_head(const std::string & arch) {
+    static const char * names[] = { "qwen35", "qwen35moe", "qwen3next", "deepseek2", "deepseek32", "deepseek4",
+                                    "glm4moe", "glm-dsa", "bailingmoe3", "cohere2moe", "nemotron_h_moe" };
+    return std::find(std::begin(names), std::end(names), arch) != std::end(names);
+}
+
+// why llama.cpp cannot run the embedded MTP layers of a model ("" if it can): it would abort the
+// process (a graph asserting one head) or fail to create the MTP context
+static std::string mtp_unsupported(const gguf_meta & m) {
+    if (m.arch == "glm5-next") { // the nextn layers load, but the MTP graph throws "not implemented yet"
+        return "llama.cpp has no MTP graph for architecture 'glm5-next' yet";
+    }
+    if (m.n_nextn > 1 && arch_single_head(m.arch)) {
+        return "llama.cpp runs a single MTP head for architecture '" + m.arch + "', this model has " + i2s(m.n_nextn);
+    }
+    return "";
+}
+
 static void set_pos(llama_batch_ext * b, int32_t idx, llama_pos pos) {
     const llama_pos p[4] = { pos, pos, pos, 0 };
     llama_batch_ext_set_pos(b, idx, p);
@@ -374,6 +402,9 @@ static void state_clear(mtp_engine * e) {
     llama_memory_clear(llama_get_memory(e->ctx_tgt), true);
     if (e->ctx_dft && !e->mem_shared) {
         llama_memory_clear(llama_get_memory(e->ctx_dft), true);
+    }
+    if (e->ctx_dft && e->n_heads > 1) {
+        llama_set_nextn_layer_offset(e->ctx_dft, 0); // an error may have left another head selected
     }
     e->cache.clear();
     e->id_last   = LLAMA_TOKEN_NULL;
@@ -461,6 +492,55 @@ static mtp_status mtp_feed(mtp_engine * e, int32_t upto, llama_token next, std::
     return MTP_OK;
 }
 
+// chained heads: every head in use catches up on the cached positions [mtp_len, upto) (each
+// writes only its own layer's KV; the cells freed by seq_rm are reused in order for the same
+// positions, so the other heads' rows stay, as in llama.cpp's draft-mtp process())
+static mtp_status mtp_feed_heads(mtp_engine * e, int32_t upto, std::string & err) {
+    if (e->n_heads <= 1) {
+        return mtp_feed(e, upto, LLAMA_TOKEN_NULL, err);
+    }
+    const int32_t from = e->mtp_len;
+    mtp_status st = MTP_OK;
+    for (int32_t head = 0; head < e->heads_used && st == MTP_OK; ++head) {
+        e->mtp_len = from;
+        llama_set_nextn_layer_offset(e->ctx_dft, head);
+        st = mtp_feed(e, upto, LLAMA_TOKEN_NULL, err);
+    }
+    llama_set_nextn_layer_offset(e->ctx_dft, 0);
+    return st;
+}
+
+// chained heads: head `head` decodes the positions [from, n_past) it has not seen, id_last at
+// n_past and the drafts so far d_1..d_head after it (fed the previous heads' rows, h_chain),
+// with output on the last one (or none when there are no drafts to extend)
+static mtp_status mtp_chain_decode(mtp_engine * e, int32_t from, int32_t head, bool output, std::string & err) {
+    const int32_t np = n_past(e);
+    llama_memory_seq_rm(llama_get_memory(e->ctx_dft), 0, from, -1);
+    llama_set_nextn_layer_offset(e->ctx_dft, head);
+    llama_batch_ext_clear(e->batch_dft);
+    bool ok = true;
+    for (int32_t j = from; j < np && ok; ++j) {
+        ok = batch_add(e->batch_dft, e->cache[j], j, h_row(e, j - 1), e->n_embd_h, false);
+    }
+    const int32_t n_draft = output ? head : 0;
+    for (int32_t t = 0; t <= n_draft && ok; ++t) {
+        const llama_token tok = t == 0 ? e->id_last : e->draft[t - 1];
+        ok = batch_add(e->batch_dft, tok, np + t, e->h_chain.data() + (size_t) t * e->n_embd_h, e->n_embd_h,
+                       output && t == n_draft);
+    }
+    if (!ok) {
+        err = "MTP batch overflow";
+        return MTP_ERR_RUNTIME;
+    }
+    const int32_t rc = process_timed(e->ctx_dft, e->batch_dft, e->t_dec_dft);
+    if (rc != 0) {
+        const std::string cause = log_last_error();
+        err = "MTP head decode failed (llama.cpp code " + std::to_string(rc) + ")" + (cause.empty() ? "" : ": " + cause);
+        return MTP_ERR_RUNTIME;
+    }
+    return MTP_OK;
+}
+
 // process prompt tokens into the target (and MTP context), n_batch at a time
 static mtp_status prefill(mtp_engine * e, const llama_token * tokens, int32_t n, std::string & err) {
     for (int32_t i = 0; i < n; i += e->n_batch) {
@@ -475,7 +555,7 @@ static mtp_status prefill(mtp_engine * e, const llama_token * tokens, int32_t n,
         if (e->mtp_valid && !e->mem_shared) {
             // catch the head up in slices that fit its batch; the target rows stay until fed
             while (e->mtp_len < n_past(e)) {
-                st = mtp_feed(e, std::min(n_past(e), e->mtp_len + e->n_batch), LLAMA_TOKEN_NULL, err);
+                st = mtp_feed_heads(e, std::min(n_past(e), e->mtp_len + e->n_batch), err);
                 if (st != MTP_OK) {
                     return st;
                 }
@@ -597,7 +677,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params.n_gpu_layers;
-    mp.load_mtp     = params.use_mtp && !has_sidecar && meta_tgt.n_nextn > 0;
+    mp.load_mtp     = params.use_mtp && !has_sidecar && meta_tgt.n_nextn > 0 && mtp_unsupported(meta_tgt).empty();
     e->model_tgt = llama_model_load_from_file(params.path.c_str(), mp);
     if (!e->model_tgt) {
         const std::string cause = log_last_error();
@@ -640,6 +720,8 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
             : "the model has no MTP layers";
     } else if (e->recurrent && llama_n_rs_seq(e->ctx_tgt) < (uint32_t) cap) {
         info.mtp_note = "llama.cpp cannot roll back the recurrent state of architecture '" + meta_tgt.arch + "'";
+    } else if (info.mtp_kind == MTP_KIND_EMBEDDED && !mtp_unsupported(meta_tgt).empty()) {
+        info.mtp_note = mtp_unsupported(meta_tgt);
     } else if (info.mtp_kind == MTP_KIND_EMBEDDED && n_nextn <= 0) {
         info.mtp_note = "llama.cpp did not load the model's MTP layers";
     } else {
@@ -671,6 +753,9 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
             return init_fail(e, MTP_ERR_MODEL, status);
         }
         e->mem_shared = llama_get_ctx_other(e->ctx_dft) == e->ctx_tgt && info.mtp_kind == MTP_KIND_SIDECAR;
+        if (!e->mem_shared && n_nextn > 1 && arch_chains(meta_tgt.arch)) {
+            e->n_heads = n_nextn;
+        }
         llama_set_embeddings_nextn(e->ctx_tgt, true, /*masked*/ false);
         llama_set_embeddings_nextn(e->ctx_dft, true, /*masked*/ true);
         e->batch_dft = llama_batch_ext_init(e->ctx_dft);
@@ -697,6 +782,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     info.n_layer_nextn = std::max(n_nextn, (int32_t) meta_tgt.n_nextn);
     info.mtp_active    = e->ctx_dft != nullptr;
     info.recurrent     = e->recurrent;
+    info.mtp_chain     = e->n_heads > 1;
     {
         const char * tmpl = llama_model_chat_template(e->model_tgt, nullptr);
         info.chat_template = tmpl ? tmpl : "";
@@ -814,9 +900,14 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
     while (keep < n_past(e) && keep < n_keep_max && e->cache[keep] == prompt[keep]) {
         ++keep;
     }
-    if (spec && !e->mtp_valid) {
+    // chained heads: a generation drafting with more heads than the cache has fed starts over
+    const int32_t heads_want = spec && e->n_heads > 1 ? std::min(gp.n_max, e->n_heads) : 1;
+    if (spec && (!e->mtp_valid || heads_want > e->heads_used)) {
         state_clear(e); // the head's state went stale in a plain generation: rebuild it
         keep = 0;
+    }
+    if (spec) {
+        e->heads_used = heads_want;
     }
     if (keep < n_past(e)) {
         // re-decode from one position earlier so the hidden row h_{from} is known again (and, for a
@@ -870,10 +961,14 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
 // draft up to n tokens after id_last; fills e->draft (and e->q when sampling)
 static mtp_status draft_tokens(mtp_engine * e, int32_t n, std::string & err) {
     e->draft.clear();
+    if (e->n_heads > 1) {
+        n = std::min(n, e->heads_used); // one draft position per trained head, as llama.cpp
+    }
     if (n <= 0) {
         return MTP_OK;
     }
     const int32_t np = n_past(e);
+    const int32_t from = e->mtp_len; // chained heads: the first cached position not yet fed
     const bool greedy = mtp_sampler_greedy(e->smpl);
     const float p_min = e->gen.p_min;
 
@@ -886,13 +981,16 @@ static mtp_status draft_tokens(mtp_engine * e, int32_t n, std::string & err) {
         st = rc == 0 ? MTP_OK : MTP_ERR_RUNTIME;
         if (rc != 0) err = "MTP drafter decode failed (llama.cpp code " + std::to_string(rc) + ")";
     } else {
-        st = mtp_feed(e, np, e->id_last, err);
+        st = mtp_feed(e, np, e->id_last, err); // chained heads: head 0 (the default offset)
     }
     if (st != MTP_OK) {
         return st;
     }
-    // the rows before n_past-1 have been fed; keep h_{n_past-1} and the next verify's rows
-    h_trim_front(e, np - 1);
+    int32_t heads_run = 1;
+    if (e->n_heads > 1) {
+        const float * h0 = h_row(e, np - 1);
+        e->h_chain.assign(h0, h0 + e->n_embd_h);
+    }
 
     if ((int32_t) e->q.size() < n) {
         e->q.resize(n);
@@ -930,6 +1028,16 @@ static mtp_status draft_tokens(mtp_engine * e, int32_t n, std::string & err) {
             err = "MTP head produced no hidden state";
             return MTP_ERR_RUNTIME;
         }
+        if (e->n_heads > 1) {
+            // the next head re-reads the whole draft prefix with its own layer (KV is per layer)
+            e->h_chain.insert(e->h_chain.end(), h, h + e->n_embd_h);
+            st = mtp_chain_decode(e, from, i + 1, true, err);
+            if (st != MTP_OK) {
+                return st;
+            }
+            heads_run++;
+            continue;
+        }
         e->h_tmp.assign(h, h + e->n_embd_h);
         llama_batch_ext_clear(e->batch_dft);
         const llama_pos pos = e->mem_shared ? np : np + 1 + i;
@@ -943,6 +1051,18 @@ static mtp_status draft_tokens(mtp_engine * e, int32_t n, std::string & err) {
     for (size_t i = 0; i < e->draft.size(); ++i) {
         mtp_sampler_pop(e->smpl);
     }
+    // chained heads that did not draft this time still need the positions up to id_last
+    for (int32_t head = heads_run; head < e->heads_used && e->n_heads > 1; ++head) {
+        st = mtp_chain_decode(e, from, head, false, err);
+        if (st != MTP_OK) {
+            return st;
+        }
+    }
+    if (e->n_heads > 1) {
+        llama_set_nextn_layer_offset(e->ctx_dft, 0);
+    }
+    // the rows before n_past-1 have been fed; keep h_{n_past-1} and the next verify's rows
+    h_trim_front(e, np - 1);
     if (e->mem_shared) {
         llama_memory_seq_rm(llama_get_memory(e->ctx_dft), 0, np, -1);
     }

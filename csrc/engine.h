@@ -63,6 +63,7 @@ struct mtp_model_info {
     bool        mtp_active   = false;         // whether speculation can run
     std::string mtp_note;                     // why MTP is off, when it is
     bool        recurrent    = false;         // hybrid/recurrent target (rollback via snapshots)
+    bool        mtp_chain    = false;         // n_layer_nextn > 1 heads chained: head i drafts position i
     std::string chat_template;                // empty: none in the GGUF
     std::string bos_token;
     std::string eos_token;

@@ -34,3 +34,6 @@ using llama_memory_breakdown = std::map<ggml_backend_buffer_type_t, llama_memory
 
 // what a context allocated, per buffer type: its model's weights, its memory, its compute buffers
 LLAMA_API llama_memory_breakdown llama_get_memory_breakdown(const struct llama_context * ctx);
+// select which appended NextN block the MTP graph runs (layer n_layer + offset; default 0): models
+// with several trained heads (hy_v3, mimo2, step35) draft position i with head i
+LLAMA_API void llama_set_nextn_layer_offset(struct llama_context * ctx, int32_t offset);

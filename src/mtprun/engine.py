@@ -89,6 +89,7 @@ class ModelInfo:
     backend: str
     system_info: str  # llama.cpp's feature line (CPU instruction sets, backends)
     memory: MeasuredMemory | None = None  # what llama.cpp allocated for the contexts (its breakdown)
+    mtp_chain: bool = False  # several MTP heads, chained: head i drafts draft position i
 
 
 class Engine:
@@ -147,6 +148,7 @@ class Engine:
             backend=raw["backend"],
             system_info=raw["system_info"].strip(),
             memory=measured(raw.get("memory", ())),
+            mtp_chain=raw["mtp_chain"],
         )
         self._busy = threading.Lock()
 

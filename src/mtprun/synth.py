@@ -30,6 +30,26 @@ sliding layer n_layer-2 and its last global layer n_layer-1), ``nextn.post_proje
 [n_embd, n_embd_target] and ``embedding_length_out = n_embd_target``. The target has an untied
 ``output`` tensor (real Gemma ties it to ``token_embd``; the oracle needs them to differ).
 
+``qwen35moe`` -- Qwen3.6-35B-A3B's layout: ``qwen35`` with every FFN (trunk and MTP block)
+replaced by a softmax router over routed SwiGLU experts plus a shared expert scaled by
+sigmoid(ffn_gate_inp_shexp . x)::
+
+    blk.i  ffn_gate_inp [n_embd, n_expert], ffn_gate_exps / ffn_up_exps [n_embd, n_ff_exp, n_expert],
+        ffn_down_exps [n_ff_exp, n_embd, n_expert], ffn_gate_inp_shexp [n_embd],
+        ffn_gate_shexp / ffn_up_shexp [n_embd, n_ff_exp], ffn_down_shexp [n_ff_exp, n_embd]
+    keys: qwen35moe.expert_count, expert_used_count, expert_feed_forward_length,
+        expert_shared_feed_forward_length (no feed_forward_length), the rest as qwen35
+
+``hy_v3`` -- dense Hunyuan V3 (no experts) with ``len(head_agree)`` MTP blocks, the cheapest
+architecture whose heads llama.cpp chains (head i drafts draft position i)::
+
+    blk.i  (i < n_layer): attn_norm, attn_q/k/v, attn_q_norm, attn_k_norm, attn_output,
+        ffn_norm, ffn_gate, ffn_up, ffn_down
+    blk.{n_layer + h}: the same block plus nextn.eh_proj, nextn.enorm, nextn.hnorm and
+        nextn.shared_head_norm (its final norm before the shared LM head)
+    keys: hy_v3.block_count = n_layer + heads, hy_v3.nextn_predict_layers = heads,
+        hy_v3.expert_feed_forward_length (required by the loader), ...
+
 Tokenizer: a real BPE vocabulary built from the passage in ``CYCLE_TEXT`` (every word of it is one
 token, reachable through merges of its prefixes), all 256 bytes, filler pseudo-words up to
 ``n_vocab``, and the chat special tokens. ``qwen35`` uses GPT-2 byte-level BPE (``gpt2`` /
@@ -86,6 +106,10 @@ Oracle construction, with d = n_embd:
    never moves the argmax, so each drafted position is accepted exactly when the token it follows
    is in A: per-position acceptance ~ agree, ~1.0 at agree = 1. ``SynthResult.simulate_speculative``
    replays llama.cpp's greedy draft/verify loop on these rules to give exact expected counts.
+   Chained heads (hy_v3): head h has its own map m_h and agree set A_h (chosen so that, on the
+   greedy walk, position h+1 is accepted ~head_agree[h] of the times it is reached) and drafts
+   position h+1; ``head_predictions`` lists each head's drafts and the replay uses head h there.
+   Experts, router and shared expert (qwen35moe) write only into the complement like any sub-block.
 
 Quantized models (``quant``)
 ----------------------------
@@ -123,7 +147,7 @@ import subprocess
 import sys
 import time
 import zlib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -151,7 +175,7 @@ __all__ = [
     "write_model",
 ]
 
-ARCHS = ("qwen35", "gemma4")
+ARCHS = ("qwen35", "gemma4", "qwen35moe", "hy_v3")
 MODES = ("random", "oracle")
 DTYPES = ("f32", "f16", "q8_0")
 
@@ -173,7 +197,7 @@ _HEAD_W = ORACLE_TOP_LOGIT / 0.45
 # Random models: how strongly the trunk writes into the signal coordinates (vs 1 into the rest),
 # tuned so that the context overrides the planted successor on 1-2% of the steps: more would
 # make near-ties (and so batched vs one-token disagreements) frequent.
-_RANDOM_CONTEXT = MappingProxyType({"qwen35": 0.7, "gemma4": 0.8})
+_RANDOM_CONTEXT = MappingProxyType({"qwen35": 0.7, "gemma4": 0.8, "qwen35moe": 0.55, "hy_v3": 0.85})
 _MAX_VOCAB = 262144
 _MAX_LAYERS = 128
 
@@ -184,6 +208,11 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "bench": MappingProxyType({
         "n_embd": 2048, "n_layer": 4, "n_ff": 3072, "n_vocab": 16384, "dtype": "f16",
     }),
+})
+# Per-architecture additions to a preset. qwen35moe bench: Qwen3.6-35B-A3B's expert shape
+# (n_ff_exp 512 at n_embd 2048) with 8 experts, 2 used: ~600 MB of f16, ~60% of it read per token.
+ARCH_PRESETS: Mapping[tuple[str, str], Mapping[str, Any]] = MappingProxyType({
+    ("bench", "qwen35moe"): MappingProxyType({"n_expert": 8, "n_expert_used": 2, "n_ff_exp": 512}),
 })
 
 
@@ -228,6 +257,12 @@ class SynthSpec:
     # repeated from ring position 0; an oracle's cycle is extended with filler words to a whole
     # number of repetitions. None: ``agree`` everywhere.
     agree_phases: tuple[tuple[int, float], ...] | None = None
+    # qwen35moe (routed experts + gated shared expert): 0 = 8 experts, 2 used, n_ff_exp = n_ff / 4
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    # hy_v3: one agreement per chained MTP head (head i drafts position i); () = one head, `agree`
+    head_agree: tuple[float, ...] = ()
 
     @classmethod
     def preset(cls, name: str, /, **overrides: Any) -> SynthSpec:
@@ -237,7 +272,8 @@ class SynthSpec:
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:
             raise InvalidInputError(f"unknown SynthSpec field(s): {', '.join(unknown)}")
-        return cls(**{**PRESETS[name], **overrides})
+        arch_preset = ARCH_PRESETS.get((name, overrides.get("arch", cls.arch)), {})
+        return cls(**{**PRESETS[name], **arch_preset, **overrides})
 
     def validate(self) -> None:
         """Raise ``InvalidInputError`` (one line) unless this spec forms a valid model."""
@@ -305,6 +341,10 @@ class SynthResult:
     top_logit: float | None = None  # nominal oracle top logit = top-1 margin (all others are 0)
     # per cycle position k: whether the MTP head is right after cycle[k] (the phases, in order)
     agree_positions: tuple[bool, ...] | None = None
+    # Chained MTP heads (hy_v3 with head_agree; oracle only): head i's greedy draft after each
+    # token id when it drafts position i, and its agree-set share. None: one head.
+    head_predictions: tuple[Mapping[int, int], ...] | None = None
+    head_expected_acceptance: tuple[float, ...] | None = None
 
     def summary(self) -> str:
         """One line describing what was written."""
@@ -313,7 +353,10 @@ class SynthResult:
         if self.draft_path is not None:
             parts.append(f"+ drafter {self.draft_path} ({_mb(self.draft_bytes)})")
         desc = f"{s.arch} {s.mode}"
-        if self.expected_acceptance is not None:
+        if self.head_expected_acceptance is not None:
+            desc += (f" {len(self.head_expected_acceptance)} chained MTP heads, agree="
+                     + "/".join(f"{a:.3f}" for a in self.head_expected_acceptance))
+        elif self.expected_acceptance is not None:
             agree = _phases_text(s.agree_phases) if s.agree_phases else f"{s.agree:g}"
             desc += (f" agree={agree} (cycle of {len(self.cycle or ())} tokens, expected acceptance"
                      f" per drafted position {self.expected_acceptance:.3f})")
@@ -340,9 +383,11 @@ class SynthResult:
         to have room for the whole generation).
         """
         succ = self._need(self.successor)
-        mtp = self._need(self.mtp_prediction)
+        heads = self.head_predictions or (self._need(self.mtp_prediction),)
         if n_max < 0 or n_predict < 0:
             raise InvalidInputError("n_max and n_predict must be >= 0")
+        if len(heads) > 1:  # chained heads: head i drafts position i, at most one draft per head
+            n_max = min(n_max, len(heads))
         id_last, produced, drafted, accepted = last_token, 0, 0, 0
         reached, by_pos = [0] * n_max, [0] * n_max
         tokens: list[int] = []
@@ -352,8 +397,8 @@ class SynthResult:
             # full n_max draft is verified.
             draft: list[int] = []
             t = id_last
-            for _ in range(min(n_max, room) if room > 0 else n_max):
-                t = mtp[t]
+            for i in range(min(n_max, room) if room > 0 else n_max):
+                t = heads[min(i, len(heads) - 1)][t]
                 draft.append(t)
             ids, cur = [], id_last
             for i, d in enumerate(draft):
@@ -408,6 +453,12 @@ class _Dims:
     draft_n_head: int
     draft_n_ff: int
     cycle_len: int  # ring length: the oracle's cycle, or the random model's planted ring
+    # qwen35moe experts (0: dense FFNs)
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    n_ff_shexp: int = 0
+    n_nextn: int = 1  # MTP heads (hy_v3 chains several)
 
 
 def _kv_heads(n_head: int, ratio: int) -> int:
@@ -455,7 +506,7 @@ def _dims(spec: SynthSpec) -> _Dims:
     head_dim = 64 if d <= 512 else 128
     n_head = max(2, d // head_dim)
     draft_d = draft_n_layer = draft_n_head = draft_n_ff = 0
-    if spec.arch == "qwen35":
+    if spec.arch != "gemma4":
         n_head_kv = _kv_heads(n_head, 4)
         head_dim_full = head_dim
         n_head_kv_full = n_head_kv
@@ -513,13 +564,13 @@ def _dims(spec: SynthSpec) -> _Dims:
         cycle_len = min(len(_Vocab.cycle_words()) + int(spec.end_with_eos), room)
     else:
         cycle_len = min(room, len(_vocab(spec.arch, spec.n_vocab).ordinary_ids()))
-    return _Dims(
+    return _arch_dims(spec, _Dims(
         d=d, n_layer=spec.n_layer, n_ff=n_ff, n_vocab=spec.n_vocab, head_dim=head_dim,
         head_dim_full=head_dim_full, n_head=n_head, n_head_kv=n_head_kv, n_head_kv_full=n_head_kv_full,
         ssm_d_state=ssm_d_state, ssm_n_group=ssm_n_group, ssm_dt_rank=ssm_dt_rank, ssm_conv=4,
         full_attn_interval=min(4, spec.n_layer), n_swa=n_swa, draft_d=draft_d, draft_n_layer=draft_n_layer,
         draft_n_head=draft_n_head, draft_n_ff=draft_n_ff, cycle_len=cycle_len,
-    )
+    ))
 
 
 # --------------------------------------------------------------------------------------------
@@ -818,6 +869,9 @@ class _Plan:
     gain: float  # size of the sub-block outputs in the complement
     context: float  # size of the trunk sub-block outputs in the signal coordinates
     jitter: float  # random spread of the norm weights
+    # chained heads (hy_v3): per head i, its agree set and m_i(k); head 0's are agree / mtp_index
+    head_agree: list[list[bool]] = field(default_factory=list)
+    head_mtp_index: list[list[int]] = field(default_factory=list)
 
     @property
     def L(self) -> int:
@@ -843,7 +897,7 @@ def _plan(spec: SynthSpec, dims: _Dims, vocab: _Vocab) -> _Plan:
     mtp_index = [k if agree[k] else (k + L // 2) % L for k in range(L)]
     signal = _rng(spec.seed, "signal").permutation(dims.d)[:L]
     draft_signal = _rng(spec.seed, "draft-signal").permutation(dims.draft_d)[:L] if dims.draft_d else None
-    return _Plan(ring, alias, agree, mtp_index, signal, draft_signal, gain, context, jitter)
+    return _with_heads(spec, _Plan(ring, alias, agree, mtp_index, signal, draft_signal, gain, context, jitter))
 
 
 def _agree_set(seed: int, L: int, p: float) -> list[bool]:
@@ -978,6 +1032,9 @@ def _qwen35_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> N
 
     # qwen35 adds sub-block outputs to the residual stream unnormalized: 2x is about unit size
     def ffn(p: str, il: int, context: float) -> None:
+        if dims.n_expert:  # qwen35moe: routed experts + gated shared expert, trunk and MTP block
+            _moe_ffn(spec, dims, plan, t, p, il, context)
+            return
         t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
         t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
         t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 2 * plan.gain, sig, 2 * context))
@@ -1111,6 +1168,178 @@ def _gemma4_draft_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors
 
 
 # --------------------------------------------------------------------------------------------
+# more architectures: qwen35moe (experts) and hy_v3 (chained MTP heads)
+
+
+def _arch_dims(spec: SynthSpec, dims: _Dims) -> _Dims:
+    """Validate the qwen35moe / hy_v3 fields of ``spec`` and add their dimensions to ``dims``."""
+    bad = InvalidInputError
+    for fname in ("n_expert", "n_expert_used", "n_ff_exp"):
+        v = getattr(spec, fname)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad(f"{fname} must be an integer >= 0, got {v!r}")
+    if spec.arch == "qwen35moe":
+        n_expert = spec.n_expert or 8
+        n_used = spec.n_expert_used or min(2, n_expert)
+        n_ff_exp = spec.n_ff_exp or max(32, dims.n_ff // 4 // 32 * 32)
+        if not 2 <= n_expert <= 256:
+            raise bad(f"n_expert must be in [2, 256], got {n_expert}")
+        if not 1 <= n_used <= n_expert:
+            raise bad(f"n_expert_used must be in [1, n_expert={n_expert}], got {n_used}")
+        if n_ff_exp % 32 or not 32 <= n_ff_exp <= 65536:
+            raise bad(f"n_ff_exp must be a multiple of 32 in [32, 65536], got {n_ff_exp}")
+        dims = replace(dims, n_expert=n_expert, n_expert_used=n_used, n_ff_exp=n_ff_exp, n_ff_shexp=n_ff_exp)
+    elif spec.n_expert or spec.n_expert_used or spec.n_ff_exp:
+        raise bad("n_expert, n_expert_used and n_ff_exp apply to qwen35moe only")
+    heads = spec.head_agree
+    if not isinstance(heads, tuple):
+        raise bad(f"head_agree must be a tuple of numbers, got {heads!r}")
+    if heads:
+        if spec.arch != "hy_v3":
+            raise bad(f"head_agree (several chained MTP heads) applies to hy_v3 only: llama.cpp runs one head for {spec.arch}")
+        if not 1 <= len(heads) <= 4:
+            raise bad(f"head_agree must have 1 to 4 entries, got {len(heads)}")
+        for v in heads:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise bad(f"head_agree entries must be numbers in [0, 1], got {v!r}")
+        if spec.agree not in (1.0, heads[0]):
+            raise bad("agree and head_agree[0] differ: with head_agree, it sets every head's agreement")
+        dims = replace(dims, n_nextn=len(heads))
+    return dims
+
+
+def _with_heads(spec: SynthSpec, plan: _Plan) -> _Plan:
+    """Give each MTP head its own agree set (head 0: ``agree`` or ``head_agree[0]``)."""
+    L = plan.L
+    for i, p in enumerate(spec.head_agree or (spec.agree,)):
+        if not spec.head_agree:
+            a = plan.agree
+        elif i == 0:
+            a = _agree_set(spec.seed, L, p)
+        else:
+            a = _chained_agree_set(spec.seed, L, p, plan.head_agree)
+        plan.head_agree.append(a)
+        plan.head_mtp_index.append([k if a[k] else (k + L // 2) % L for k in range(L)])
+    plan.agree, plan.mtp_index = plan.head_agree[0], plan.head_mtp_index[0]
+    return plan
+
+
+def _chained_agree_set(seed: int, L: int, p: float, earlier: list[list[bool]]) -> list[bool]:
+    """Head i's agree set (i = len(earlier)): round(p L) ring indices, the best of 256 seeded
+    random choices at making the acceptance at draft position i+1, given the earlier positions
+    were accepted, ~p on the greedy walk a prompt outside the cycle starts (drafting with heads
+    0..i, four turns of the cycle). A head is right after ring index k exactly when k is in its set."""
+    i, n = len(earlier), int(round(p * L))
+    rng = _rng(seed, f"agree.{i}")
+    best, best_score = [False] * L, math.inf
+    for _ in range(256 if 0 < n < L else 1):
+        a = np.zeros(L, dtype=bool)
+        a[rng.permutation(L)[:n]] = True
+        heads = [*earlier, a.tolist()]
+        reached = accepted = produced = 0
+        cur = L - 1  # the last prompt token behaves like the cycle's last token
+        while produced < 4 * L:
+            t = cur
+            for j, h in enumerate(heads):  # head j drafts position j+1 after token index t
+                reached += j == i
+                if not h[t]:
+                    break
+                accepted += j == i
+                t = (t + 1) % L
+            produced += (t - cur) % L + 1
+            cur = (t + 1) % L
+        score = abs(accepted / reached - p) if reached else 0.0
+        if score < best_score:
+            best, best_score = a.tolist(), score
+    return best
+
+
+def _moe_ffn(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors, p: str, il: int, context: float) -> None:
+    """qwen35moe's FFN: a softmax router over ``n_expert`` SwiGLU experts (``n_expert_used`` per
+    token) plus a shared expert scaled by sigmoid(ffn_gate_inp_shexp . x). Experts and shared
+    expert write into the complement only (``context`` into the signal coordinates)."""
+    s, d, sig = spec.seed, dims.d, plan.signal
+    E, F, Fs = dims.n_expert, dims.n_ff_exp, dims.n_ff_shexp
+    t.add(f"{p}.ffn_gate_inp.weight", _gauss(s, f"{il}.ffn_gate_inp", (E, d), 1 / math.sqrt(d)))
+    t.add(f"{p}.ffn_gate_exps.weight", _gauss(s, f"{il}.ffn_gate_exps", (E, F, d), 1 / math.sqrt(d)))
+    t.add(f"{p}.ffn_up_exps.weight", _gauss(s, f"{il}.ffn_up_exps", (E, F, d), 1 / math.sqrt(d)))
+    down = _gauss(s, f"{il}.ffn_down_exps", (E, d, F), 2 * plan.gain / math.sqrt(F))
+    down[:, sig, :] *= np.float32(context / plan.gain)
+    t.add(f"{p}.ffn_down_exps.weight", down)
+    t.add(f"{p}.ffn_gate_inp_shexp.weight", _gauss(s, f"{il}.ffn_gate_inp_shexp", (d,), 1 / math.sqrt(d)))
+    t.add(f"{p}.ffn_gate_shexp.weight", _gauss(s, f"{il}.ffn_gate_shexp", (Fs, d), 1 / math.sqrt(d)))
+    t.add(f"{p}.ffn_up_shexp.weight", _gauss(s, f"{il}.ffn_up_shexp", (Fs, d), 1 / math.sqrt(d)))
+    # x2: the sigmoid gate halves the shared expert on average
+    t.add(f"{p}.ffn_down_shexp.weight", _out_proj(s, f"{il}.ffn_down_shexp", d, Fs, 4 * plan.gain, sig, 4 * context))
+
+
+def _hy_v3_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> None:
+    """Dense hy_v3 (Hunyuan V3 without experts): pre-norm attention with q/k norms and a SwiGLU
+    FFN per layer, then ``n_nextn`` MTP blocks blk.{n_layer + i}, each a full decoder block plus
+    nextn.eh_proj / enorm / hnorm / shared_head_norm. Head i drafts position i (llama.cpp feeds
+    it head i-1's output row); its eh_proj maps signal s_k -> s_{m_i(k)} with head i's own agree set."""
+    s, d, sig, jit = spec.seed, dims.d, plan.signal, plan.jitter
+    hd, nh, nkv = dims.head_dim, dims.n_head, dims.n_head_kv
+    t.add("token_embd.weight", _embeddings(spec, dims, plan, math.sqrt(d)))
+    t.add("output_norm.weight", _norm(d, s, "output_norm", jit))
+    t.add("output.weight", _lm_head(dims, plan, sig, d))
+
+    def block(il: int, context: float) -> None:
+        p = f"blk.{il}"
+        t.add(f"{p}.attn_norm.weight", _norm(d, s, f"{il}.attn_norm", jit))
+        t.add(f"{p}.attn_q.weight", _gauss(s, f"{il}.attn_q", (nh * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_k.weight", _gauss(s, f"{il}.attn_k", (nkv * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_v.weight", _gauss(s, f"{il}.attn_v", (nkv * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"{il}.q_norm", jit))
+        t.add(f"{p}.attn_k_norm.weight", _norm(hd, s, f"{il}.k_norm", jit))
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 2 * plan.gain, sig, 2 * context))
+        t.add(f"{p}.ffn_norm.weight", _norm(d, s, f"{il}.ffn_norm", jit))
+        t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 2 * plan.gain, sig, 2 * context))
+
+    for il in range(dims.n_layer):
+        block(il, plan.context)
+    for i in range(dims.n_nextn):
+        il = dims.n_layer + i
+        p = f"blk.{il}"
+        block(il, 0.0)
+        tok = np.zeros((d, d), dtype=np.float32)
+        for k in range(plan.L):
+            tok[sig[plan.head_mtp_index[i][k]], sig[k]] = 1.0
+        tok += _complement_map(s, f"{il}.nextn.eh_proj.e", d, d, 0.5, sig, sig)
+        hid = _complement_map(s, f"{il}.nextn.eh_proj.h", d, d, 0.5, sig, sig)
+        t.add(f"{p}.nextn.eh_proj.weight", np.concatenate([tok, hid], axis=1))
+        t.add(f"{p}.nextn.enorm.weight", _norm(d, s, f"{il}.nextn.enorm", jit))
+        t.add(f"{p}.nextn.hnorm.weight", _norm(d, s, f"{il}.nextn.hnorm", jit))
+        t.add(f"{p}.nextn.shared_head_norm.weight", _norm(d, s, f"{il}.nextn.shared_head_norm", jit))
+
+
+def _moe_kv(w: gguf.GGUFWriter, a: str, dims: _Dims) -> None:
+    w.add_uint32(f"{a}.expert_count", dims.n_expert)
+    w.add_uint32(f"{a}.expert_used_count", dims.n_expert_used)
+    w.add_uint32(f"{a}.expert_feed_forward_length", dims.n_ff_exp)
+    w.add_uint32(f"{a}.expert_shared_feed_forward_length", dims.n_ff_shexp)
+
+
+def _hy_v3_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
+    a = "hy_v3"
+    w.add_uint32(f"{a}.block_count", dims.n_layer + dims.n_nextn)
+    w.add_uint32(f"{a}.context_length", spec.n_ctx)
+    w.add_uint32(f"{a}.embedding_length", dims.d)
+    w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
+    w.add_uint32(f"{a}.expert_feed_forward_length", dims.n_ff)  # required key; no experts here
+    w.add_uint32(f"{a}.attention.head_count", dims.n_head)
+    w.add_uint32(f"{a}.attention.head_count_kv", dims.n_head_kv)
+    w.add_uint32(f"{a}.attention.key_length", dims.head_dim)
+    w.add_uint32(f"{a}.attention.value_length", dims.head_dim)
+    w.add_uint32(f"{a}.rope.dimension_count", dims.head_dim)
+    w.add_float32(f"{a}.rope.freq_base", 10_000.0)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_uint32(f"{a}.nextn_predict_layers", dims.n_nextn)
+
+
+# --------------------------------------------------------------------------------------------
 # metadata
 
 
@@ -1127,13 +1356,15 @@ def _default_name(spec: SynthSpec) -> str:
     return spec.name or f"mtprun-synth-{spec.arch}-{spec.mode}"
 
 
-def _qwen35_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
-    a = "qwen35"
+def _qwen35_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims, a: str = "qwen35") -> None:
     n_all = dims.n_layer + 1
     w.add_uint32(f"{a}.block_count", n_all)
     w.add_uint32(f"{a}.context_length", spec.n_ctx)
     w.add_uint32(f"{a}.embedding_length", dims.d)
-    w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
+    if dims.n_expert:
+        _moe_kv(w, a, dims)
+    else:
+        w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
     w.add_uint32(f"{a}.attention.head_count", dims.n_head)
     w.add_uint32(f"{a}.attention.head_count_kv", dims.n_head_kv)
     w.add_uint32(f"{a}.attention.key_length", dims.head_dim)
@@ -1231,9 +1462,12 @@ def _check_out(out: str | os.PathLike[str]) -> Path:
 def _build(spec: SynthSpec, dims: _Dims, plan: _Plan) -> list[tuple[bool, str, _Tensors]]:
     """The tensors of each file to write, in order: [(is_drafter, arch, tensors)]."""
     tgt = _Tensors(spec.dtype)
-    if spec.arch == "qwen35":
+    if spec.arch in ("qwen35", "qwen35moe"):
         _qwen35_tensors(spec, dims, plan, tgt)
-        return [(False, "qwen35", tgt)]
+        return [(False, spec.arch, tgt)]
+    if spec.arch == "hy_v3":
+        _hy_v3_tensors(spec, dims, plan, tgt)
+        return [(False, "hy_v3", tgt)]
     dft = _Tensors(spec.dtype)
     _gemma4_draft_tensors(spec, dims, plan, dft)
     _gemma4_target_tensors(spec, dims, plan, tgt)
@@ -1287,6 +1521,8 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
 
     kv_writers = {
         "qwen35": lambda w, t: (_general(w, spec, t, name), _qwen35_kv(w, spec, dims)),
+        "qwen35moe": lambda w, t: (_general(w, spec, t, name), _qwen35_kv(w, spec, dims, "qwen35moe")),
+        "hy_v3": lambda w, t: (_general(w, spec, t, name), _hy_v3_kv(w, spec, dims)),
         "gemma4": lambda w, t: (_general(w, spec, t, name), _gemma4_target_kv(w, spec, dims)),
         "gemma4-assistant": lambda w, t: (_general(w, spec, t, f"{name}-assistant"), _gemma4_draft_kv(w, spec, dims)),
     }
@@ -1327,6 +1563,11 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
             top_logit=ORACLE_TOP_LOGIT,
             agree_positions=tuple(plan.agree),
         )
+        if dims.n_nextn > 1:
+            extra["head_predictions"] = tuple(
+                MappingProxyType({i: plan.ring[(m[int(plan.alias[i])] + 1) % L] for i in range(dims.n_vocab)})
+                for m in plan.head_mtp_index)
+            extra["head_expected_acceptance"] = tuple(sum(a) / L for a in plan.head_agree)
     return SynthResult(
         spec=spec,
         model_path=path,

@@ -27,6 +27,10 @@ def model_facts(choice, info, header=None) -> dict:
     """Everything ``info`` reports, as plain data (``header``: the file's GGUF header, if read)."""
     if info.mtp_kind == "embedded":
         mtp = "embedded MTP layers"
+        if info.n_layer_nextn > 1:
+            mtp += f", {info.n_layer_nextn} heads " + ("chained (head i drafts position i)" if info.mtp_chain else "(the first drafts)")
+        else:
+            mtp += ", 1 head"
     elif info.mtp_kind == "sidecar":
         mtp = f"sidecar {info.draft_path}"
     else:
@@ -53,6 +57,8 @@ def model_facts(choice, info, header=None) -> dict:
         "vocab": info.n_vocab,
         "mtp": info.mtp_kind,
         "mtp_detail": mtp,
+        "mtp_heads": info.n_layer_nextn,
+        "mtp_chain": info.mtp_chain,
         "mtp_active": info.mtp_active,
         "mtp_provenance": grafted,
         "mtp_note": info.mtp_note,
