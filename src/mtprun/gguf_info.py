@@ -39,6 +39,7 @@ MAX_KEY = 65535  # bytes; the GGUF spec's bound for key names
 MAX_TENSOR_NAME = 4096  # bytes; ggml itself allows 64
 MAX_DIMS = 8  # ggml uses 4
 MAX_ARRAY_DEPTH = 3
+MAX_KEPT_ARRAY = 1024  # numeric/bool arrays (not tokenizer.*) up to this length keep their values (per-layer fields)
 DRAFTER_ARCHS = frozenset({"gemma4-assistant"})
 _NEXTN_TENSOR = re.compile(r"^blk\.\d+\.nextn\.")
 _MAGIC = b"GGUF"
@@ -89,7 +90,8 @@ class GgufInfo:
     split_index: int | None  # 0-based, as stored in split.no
     target_hidden_size: int | None  # eagle3/dflash drafters: hidden size of the target
     scalars: Mapping[str, Scalar] = field(default_factory=dict, repr=False)
-    arrays: Mapping[str, tuple[str, int]] = field(default_factory=dict, repr=False)
+    arrays: Mapping[str, tuple[str, int]] = field(default_factory=dict, repr=False)  # (element type, count)
+    array_values: Mapping[str, tuple[int | float | bool, ...]] = field(default_factory=dict, repr=False)  # short numeric ones
 
     @property
     def has_embedded_mtp(self) -> bool:
@@ -173,6 +175,8 @@ class _Parser:
         self.size = size
         self.pos = 0
         self.endian = "<"
+        self.kept: tuple | None = None  # values of the last short numeric array read
+        self.keep = False  # whether to keep the next array's values
 
     # --- primitives ------------------------------------------------------------------------------
     def _take(self, n: int) -> bytes:
@@ -230,7 +234,11 @@ class _Parser:
     def _skip_array(self, etype: int, count: int, depth: int) -> None:
         fmt = _SCALAR_FORMATS.get(etype)  # type: ignore[call-overload]
         if fmt is not None:
-            self._skip(count * struct.calcsize(fmt))
+            size = struct.calcsize(fmt)
+            if self.keep and depth == 0 and count <= MAX_KEPT_ARRAY:
+                self.kept = struct.unpack(f"{self.endian}{count}{fmt}", self._take(count * size))
+                return
+            self._skip(count * size)
             return
         if etype == GGUFValueType.STRING:
             if count * 8 > self.size - self.pos:  # every string has at least its 8-byte length
@@ -279,12 +287,17 @@ class _Parser:
 
         scalars: dict[str, Scalar] = {}
         arrays: dict[str, tuple[str, int]] = {}
+        array_values: dict[str, tuple] = {}
         for _ in range(n_kv):
             key = self._string(MAX_KEY, "key")
             vtype = self._u32()
+            self.kept = None
+            self.keep = not key.startswith("tokenizer.")
             value = self._value(vtype)
             if isinstance(value, tuple):
                 arrays[key] = value
+                if self.kept is not None:
+                    array_values[key] = self.kept
             elif value is not None:
                 scalars[key] = value
 
@@ -356,6 +369,7 @@ class _Parser:
             target_hidden_size=arch_int("target_hidden_size"),
             scalars=MappingProxyType(scalars),
             arrays=MappingProxyType(arrays),
+            array_values=MappingProxyType(array_values),
         )
 
 

@@ -122,7 +122,7 @@ def chat(
     def body() -> None:
         if model_arg is not None and model is not None:
             raise InvalidInputError("give the model once: as an argument or with -m")
-        model_path = Path(model_arg) if model_arg is not None else model
+        model_path = model_arg if model_arg is not None else model
         mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
         gen = o.generation_config(
             n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,

@@ -1,0 +1,113 @@
+"""Rewrite the metadata of a (small) GGUF file: set, retype or delete keys, keep the tensors.
+
+Used by the hostile-input tests and ``scripts/fuzz_hostile.py`` to make files whose header parses
+but says something impossible (``block_count`` 0, a string where a number belongs, ...). The
+key/value section is re-serialised; tensor infos and tensor data are copied byte for byte (tensor
+offsets are relative to the data section, which is re-aligned). Little-endian files only.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFReader
+from gguf.constants import GGUFValueType
+
+__all__ = ["GGUFValueType", "read_fields", "rewrite_metadata", "encode_kv"]
+
+_FMT = {
+    GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H", GGUFValueType.INT16: "h",
+    GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i", GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?",
+    GGUFValueType.UINT64: "Q", GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d",
+}
+
+Typed = tuple[GGUFValueType, Any]  # (type, value); for arrays: (ARRAY, (element type, [values]))
+
+
+def _string(s: str | bytes) -> bytes:
+    b = s.encode("utf-8") if isinstance(s, str) else s
+    return struct.pack("<Q", len(b)) + b
+
+
+def _value(vtype: GGUFValueType, value: Any) -> bytes:
+    if vtype == GGUFValueType.STRING:
+        return _string(value)
+    if vtype == GGUFValueType.ARRAY:
+        etype, items = value
+        out = [struct.pack("<IQ", int(etype), len(items))]
+        out += [_value(etype, v) for v in items]
+        return b"".join(out)
+    return struct.pack("<" + _FMT[vtype], value)
+
+
+def encode_kv(key: str, vtype: GGUFValueType, value: Any) -> bytes:
+    """One serialised key/value pair."""
+    return _string(key) + struct.pack("<I", int(vtype)) + _value(vtype, value)
+
+
+def read_fields(path: str | os.PathLike[str]) -> dict[str, Typed]:
+    """Every metadata key of a GGUF file with its type and value (arrays: element type and items)."""
+    r = GGUFReader(path)
+    out: dict[str, Typed] = {}
+    for name, f in r.fields.items():
+        if name.startswith("GGUF."):
+            continue
+        t = f.types[0]
+        if t == GGUFValueType.ARRAY:
+            et = f.types[-1]
+            if et == GGUFValueType.STRING:
+                items = [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]
+            else:
+                items = [f.parts[i].tolist()[0] for i in f.data]
+            out[name] = (t, (et, items))
+        elif t == GGUFValueType.STRING:
+            out[name] = (t, bytes(f.parts[f.data[0]]).decode("utf-8", "replace"))
+        else:
+            out[name] = (t, f.parts[f.data[0]].tolist()[0])
+    return out
+
+
+def rewrite_metadata(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+    set: Mapping[str, Typed] | None = None, delete: Sequence[str] = (), raw_kv: Sequence[bytes] = (),
+) -> Path:
+    """Copy ``src`` to ``dst`` with keys in ``set`` replaced (or added) and keys in ``delete`` removed;
+    ``raw_kv`` appends already serialised pairs (for malformed values)."""
+    set = dict(set or {})
+    r = GGUFReader(src)
+    data = Path(src).read_bytes()
+    kvs: list[bytes] = []
+    kv_end = 24
+    for name, f in r.fields.items():
+        size = sum(p.nbytes for p in f.parts)
+        if name.startswith("GGUF."):
+            kv_end = max(kv_end, f.offset + size)
+            continue
+        kv_end = max(kv_end, f.offset + size)
+        if name in delete:
+            continue
+        if name in set:
+            kvs.append(encode_kv(name, *set.pop(name)))
+        else:
+            kvs.append(data[f.offset : f.offset + size])
+    for name, typed in set.items():
+        kvs.append(encode_kv(name, *typed))
+    kvs.extend(raw_kv)
+    # tensor infos follow the KV section up to the (aligned) data section
+    ti_end = kv_end
+    for t in r.tensors:
+        ti_end = max(ti_end, t.field.offset + sum(p.nbytes for p in t.field.parts))
+    tensor_infos = data[kv_end:ti_end]
+    align = 32
+    af = r.fields.get("general.alignment")
+    if af is not None:
+        align = int(af.parts[af.data[0]][0]) or 32
+    header = b"GGUF" + struct.pack("<IQQ", 3, len(r.tensors), len(kvs)) + b"".join(kvs) + tensor_infos
+    pad = (-len(header)) % align
+    out = Path(dst)
+    out.write_bytes(header + b"\0" * pad + data[r.data_offset:])
+    return out
