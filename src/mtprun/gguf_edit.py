@@ -17,7 +17,7 @@ from typing import Any
 from gguf import GGUFReader
 from gguf.constants import GGUFValueType
 
-__all__ = ["GGUFValueType", "read_fields", "rewrite_metadata", "encode_kv"]
+__all__ = ["GGUFValueType", "read_fields", "rewrite_metadata", "encode_kv", "hostile_variants"]
 
 _FMT = {
     GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H", GGUFValueType.INT16: "h",
@@ -111,3 +111,35 @@ def rewrite_metadata(
     out = Path(dst)
     out.write_bytes(header + b"\0" * pad + data[r.data_offset:])
     return out
+
+
+HUGE = (1 << 32) - 1
+
+
+def hostile_variants(typed: Typed) -> list[tuple[str, Typed]]:
+    """Impossible-but-parseable replacements of one value: 0, 1, huge, negative, wrong type;
+    arrays emptied, shortened, lengthened, zeroed and retyped. (name, (type, value)) pairs."""
+    vtype, value = typed
+    if vtype == GGUFValueType.ARRAY:
+        etype, items = value
+        out = [("empty", (GGUFValueType.ARRAY, (etype, []))), ("one", (GGUFValueType.ARRAY, (etype, items[:1])))]
+        if items:
+            out.append(("short", (GGUFValueType.ARRAY, (etype, items[:-1]))))
+            out.append(("long", (GGUFValueType.ARRAY, (etype, items + items[-1:] * 3))))
+        if etype in (GGUFValueType.INT32, GGUFValueType.UINT32):
+            out += [("zeros", (GGUFValueType.ARRAY, (etype, [0] * len(items)))),
+                    ("huge", (GGUFValueType.ARRAY, (GGUFValueType.INT32, [2**31 - 1] * len(items)))),
+                    ("neg", (GGUFValueType.ARRAY, (GGUFValueType.INT32, [-1] * len(items))))]
+        out.append(("strings", (GGUFValueType.ARRAY, (GGUFValueType.STRING, ["x"] * max(1, len(items))))))
+        out.append(("scalar", (GGUFValueType.UINT32, 1)))
+        return out
+    if vtype == GGUFValueType.STRING:
+        return [("empty", (GGUFValueType.STRING, "")), ("bert", (GGUFValueType.STRING, "bert")), ("int", (GGUFValueType.UINT32, 1))]
+    if vtype == GGUFValueType.BOOL:
+        return [("int", (GGUFValueType.UINT32, 7)), ("string", (GGUFValueType.STRING, "yes"))]
+    if vtype in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
+        return [("0", (vtype, 0.0)), ("neg", (vtype, -1.0)), ("nan", (vtype, float("nan"))),
+                ("inf", (vtype, float("inf"))), ("huge", (vtype, 3e38)), ("string", (GGUFValueType.STRING, "x"))]
+    return [("0", (vtype, 0)), ("1", (vtype, 1)), ("7", (vtype, 7)), ("1000", (vtype, 1000)),
+            ("huge", (GGUFValueType.UINT32, HUGE)), ("2^31", (GGUFValueType.UINT32, 1 << 31)), ("u64", (GGUFValueType.UINT64, 1 << 40)),
+            ("neg", (GGUFValueType.INT32, -1)), ("float", (GGUFValueType.FLOAT32, 1.5)), ("string", (GGUFValueType.STRING, "x"))]

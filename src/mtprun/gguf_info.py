@@ -92,6 +92,7 @@ class GgufInfo:
     scalars: Mapping[str, Scalar] = field(default_factory=dict, repr=False)
     arrays: Mapping[str, tuple[str, int]] = field(default_factory=dict, repr=False)  # (element type, count)
     array_values: Mapping[str, tuple[int | float | bool, ...]] = field(default_factory=dict, repr=False)  # short numeric ones
+    duplicate_token: int | None = None  # id of the first token whose text repeats an earlier one
 
     @property
     def has_embedded_mtp(self) -> bool:
@@ -177,6 +178,8 @@ class _Parser:
         self.endian = "<"
         self.kept: tuple | None = None  # values of the last short numeric array read
         self.keep = False  # whether to keep the next array's values
+        self.check_unique = False  # whether the next string array must hold distinct strings
+        self.duplicate: int | None = None  # index of the first repeated token text
 
     # --- primitives ------------------------------------------------------------------------------
     def _take(self, n: int) -> bytes:
@@ -245,6 +248,22 @@ class _Parser:
                 raise _Truncated
             buf, end, pos = self.buf, self.size, self.pos
             unpack = struct.Struct(self.endian + "Q").unpack_from
+            if self.check_unique and depth == 0:
+                # the vocabulary: llama.cpp asserts that every token text (up to a NUL) is distinct
+                seen: set[bytes] = set()
+                for i in range(count):
+                    if pos + 8 > end:
+                        raise _Truncated
+                    n = unpack(buf, pos)[0]
+                    if pos + 8 + n > end:
+                        raise _Truncated
+                    text = buf[pos + 8 : pos + 8 + n].split(b"\0", 1)[0]  # llama.cpp reads C strings
+                    if text in seen and self.duplicate is None:
+                        self.duplicate = i
+                    seen.add(text)
+                    pos += 8 + n
+                self.pos = pos
+                return
             for _ in range(count):
                 if pos + 8 > end:
                     raise _Truncated
@@ -293,6 +312,7 @@ class _Parser:
             vtype = self._u32()
             self.kept = None
             self.keep = not key.startswith("tokenizer.")
+            self.check_unique = key == "tokenizer.ggml.tokens"
             value = self._value(vtype)
             if isinstance(value, tuple):
                 arrays[key] = value
@@ -370,6 +390,7 @@ class _Parser:
             scalars=MappingProxyType(scalars),
             arrays=MappingProxyType(arrays),
             array_values=MappingProxyType(array_values),
+            duplicate_token=self.duplicate,
         )
 
 

@@ -319,19 +319,24 @@ def _generic_cross(h: _Header, v: dict, n_layer: int, role: str) -> None:
         head_k = n_embd // n_head0 or None
     if n_head0 and n_embd and head_v is None:
         head_v = n_embd // n_head0 or None
-    rot = v.get("rope.dimension_count")
+    # the rotated dimensions, with llama.cpp's defaults (n_rot = head size; the sliding-window
+    # layers' n_rot = n_rot): a default can be wrong when another key is missing or renamed
+    rot = v.get("rope.dimension_count", head_k)
+    rot_key = k("rope.dimension_count") + ("" if h.has("rope.dimension_count") else " (default: the head size)")
     if rot is not None:
         if rot % 2:
-            p.add(k("rope.dimension_count"), rot, "must be even")
+            p.add(rot_key, rot, "must be even")
         elif head_k and rot > head_k:
-            p.add(k("rope.dimension_count"), rot, f"larger than the head size {head_k}")
+            p.add(rot_key, rot, f"larger than the head size {head_k}")
+    uses_swa = h.has("attention.sliding_window_pattern") or h.has("attention.key_length_swa") or h.has("rope.dimension_count_swa")
     head_k_swa = v.get("attention.key_length_swa", head_k)
-    rot_swa = v.get("rope.dimension_count_swa")
-    if rot_swa is not None:
+    rot_swa = v.get("rope.dimension_count_swa", rot)
+    rot_swa_key = k("rope.dimension_count_swa") + ("" if h.has("rope.dimension_count_swa") else " (default: rope.dimension_count)")
+    if uses_swa and rot_swa is not None:
         if rot_swa % 2:
-            p.add(k("rope.dimension_count_swa"), rot_swa, "must be even")
+            p.add(rot_swa_key, rot_swa, "must be even")
         elif head_k_swa and rot_swa > head_k_swa:
-            p.add(k("rope.dimension_count_swa"), rot_swa, f"larger than the sliding-window head size {head_k_swa}")
+            p.add(rot_swa_key, rot_swa, f"larger than the sliding-window head size {head_k_swa}")
     scaling = v.get("rope.scaling.type")
     if isinstance(scaling, str) and scaling not in ROPE_SCALING_TYPES:
         p.add(k("rope.scaling.type"), scaling, f"not one of {', '.join(sorted(ROPE_SCALING_TYPES))}")
@@ -386,6 +391,8 @@ def _qwen35_cross(h: _Header, v: dict, n_layer: int, role: str) -> None:
         rot = v.get("rope.dimension_count") or v.get("attention.key_length")
         if len(sec) != 4:
             p.add(sec_key, sec, "needs 4 entries")
+        elif not any(x > 0 for x in sec[:3]):
+            p.add(sec_key, sec, "one of the first three sections must be positive (ggml's multi-rope asserts it)")
         elif rot and 2 * sum(sec) > rot:
             p.add(sec_key, sec, f"the sections cover more than the {rot} rotated dimensions")
     rec = v.get("attention.recurrent_layers")
@@ -466,6 +473,8 @@ def _tokenizer(h: _Header, p: _Problems) -> None:
     if not 1 <= n_vocab <= MAX_VOCAB:
         p.add("tokenizer.ggml.tokens", tokens, f"vocabulary size must be within 1..{MAX_VOCAB}")
         return
+    if info.duplicate_token is not None:
+        p.add("tokenizer.ggml.tokens", tokens, f"token {info.duplicate_token} repeats an earlier token's text")
     for key, etypes in (("tokenizer.ggml.scores", ("float32",)), ("tokenizer.ggml.token_type", ("int32", "uint32"))):
         arr = info.arrays.get(key)
         if key in info.scalars:

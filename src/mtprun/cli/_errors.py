@@ -10,7 +10,6 @@ A full traceback is shown only with MTPRUN_DEBUG=1.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -20,7 +19,7 @@ T = TypeVar("T")
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error, 2 bad usage or option value, 3 model file problem, "
-    "4 prompt longer than the context, 5 download/Hub failure, 130 interrupted."
+    "4 prompt longer than the context, 5 download/Hub failure, 130 interrupted, 141 stdout closed by its reader."
 )
 
 
