@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -74,43 +76,66 @@ def read_fields(path: str | os.PathLike[str]) -> dict[str, Typed]:
 def rewrite_metadata(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     set: Mapping[str, Typed] | None = None, delete: Sequence[str] = (), raw_kv: Sequence[bytes] = (),
+    sparse: bool = False,
 ) -> Path:
     """Copy ``src`` to ``dst`` with keys in ``set`` replaced (or added) and keys in ``delete`` removed;
-    ``raw_kv`` appends already serialised pairs (for malformed values)."""
+    ``raw_kv`` appends already serialised pairs (for malformed values). ``sparse``: leave the
+    tensor data a hole of zeros (enough for header checks, fast; not for loading)."""
     set = dict(set or {})
-    r = GGUFReader(src)
-    data = Path(src).read_bytes()
+    layout = _layout(os.fspath(src), os.stat(src).st_mtime_ns)
+    data = layout.data
     kvs: list[bytes] = []
-    kv_end = 24
-    for name, f in r.fields.items():
-        size = sum(p.nbytes for p in f.parts)
-        if name.startswith("GGUF."):
-            kv_end = max(kv_end, f.offset + size)
-            continue
-        kv_end = max(kv_end, f.offset + size)
+    for name, offset, size in layout.fields:
         if name in delete:
             continue
         if name in set:
             kvs.append(encode_kv(name, *set.pop(name)))
         else:
-            kvs.append(data[f.offset : f.offset + size])
+            kvs.append(data[offset : offset + size])
     for name, typed in set.items():
         kvs.append(encode_kv(name, *typed))
     kvs.extend(raw_kv)
-    # tensor infos follow the KV section up to the (aligned) data section
+    tensor_infos, align, n_tensors = data[layout.kv_end : layout.ti_end], layout.align, layout.n_tensors
+    header = b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(kvs)) + b"".join(kvs) + tensor_infos
+    pad = (-len(header)) % align
+    out = Path(dst)
+    if sparse:
+        with open(out, "wb") as f:
+            f.write(header + b"\0" * pad)
+            f.truncate(len(header) + pad + len(data) - layout.data_offset)
+    else:
+        out.write_bytes(header + b"\0" * pad + data[layout.data_offset:])
+    return out
+
+
+@dataclass(frozen=True)
+class _Layout:
+    data: bytes
+    fields: list[tuple[str, int, int]]  # (key, offset, size) of every key/value pair
+    kv_end: int
+    ti_end: int
+    data_offset: int
+    align: int
+    n_tensors: int
+
+
+@lru_cache(maxsize=8)
+def _layout(path: str, mtime_ns: int) -> _Layout:
+    r = GGUFReader(path)
+    fields, kv_end = [], 24
+    for name, f in r.fields.items():
+        size = sum(p.nbytes for p in f.parts)
+        kv_end = max(kv_end, f.offset + size)
+        if not name.startswith("GGUF."):
+            fields.append((name, f.offset, size))
     ti_end = kv_end
     for t in r.tensors:
         ti_end = max(ti_end, t.field.offset + sum(p.nbytes for p in t.field.parts))
-    tensor_infos = data[kv_end:ti_end]
     align = 32
     af = r.fields.get("general.alignment")
     if af is not None:
         align = int(af.parts[af.data[0]][0]) or 32
-    header = b"GGUF" + struct.pack("<IQQ", 3, len(r.tensors), len(kvs)) + b"".join(kvs) + tensor_infos
-    pad = (-len(header)) % align
-    out = Path(dst)
-    out.write_bytes(header + b"\0" * pad + data[r.data_offset:])
-    return out
+    return _Layout(Path(path).read_bytes(), fields, kv_end, ti_end, r.data_offset, align, len(r.tensors))
 
 
 HUGE = (1 << 32) - 1
