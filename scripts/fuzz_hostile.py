@@ -8,7 +8,9 @@ succeeded or failed with an ``error:`` line and a documented exit code (not an i
 Case families (``--only`` picks some):
   sweep     every hyperparameter / tokenizer key of each synthetic architecture (qwen35 target,
             gemma4 target, gemma4-assistant drafter) set to 0, 1, huge, negative and a wrong type,
-            arrays emptied, shortened and retyped (``mtprun info`` and a short ``run``)
+            arrays emptied, shortened and retyped: files the validator refuses are counted from
+            the in-process check (every 10th also through ``mtprun info``); files it accepts go
+            through ``mtprun info`` and a short ``run`` (drafters: with -md and found beside)
   mutate    random byte / field mutations of the GGUF header (``--mutations N`` files)
   options   absurd option values (32-bit overflow, negative, NaN, empty paths, long paths)
   template  hostile chat templates and template kwargs (time and size budgets)
@@ -39,7 +41,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from mtprun.gguf_edit import GGUFValueType as T  # noqa: E402
 from mtprun.gguf_edit import hostile_variants as _variants  # noqa: E402
 from mtprun.gguf_edit import read_fields, rewrite_metadata  # noqa: E402
+from mtprun.errors import ModelError  # noqa: E402
 from mtprun.synth import SynthSpec, write_model  # noqa: E402
+from mtprun.validate import validate_file  # noqa: E402
 
 CLEAN_CODES = {0, 1, 2, 3, 4, 5, 130, 141}
 
@@ -54,6 +58,7 @@ class Case:
     allow_ok: bool = True  # succeeding is fine (the input was odd but usable)
     sigint_after: float | None = None  # send SIGINT this many seconds after the start
     quiet_ok: bool = False  # a failure need not print an error line (stderr is closed)
+    refused: str | None = None  # already refused by the validator in this process (the message)
 
 
 @dataclass
@@ -93,6 +98,8 @@ def judge(case: Case, rc: int | None, out: bytes, err: bytes) -> str | None:
 
 
 def run_case(case: Case, env: dict[str, str]) -> Outcome:
+    if case.refused is not None:
+        return Outcome(case, 3, 0.0, stderr=case.refused.encode())
     t0 = time.monotonic()
     cmd = ["bash", "-c", case.shell] if case.shell else case.argv
     try:
@@ -145,6 +152,7 @@ def gguf_cases(models: Models, *, run: bool = True, keys: list[str] | None = Non
     """The semantic sweep: one mutated file per (file, key, variant)."""
     m = mtprun_cmd()
     cases: list[Case] = []
+    n_refused = 0
     root = models.root / "sweep"
     for label, src, role in (("qwen35", models.qwen, "target"), ("gemma4", models.gemma, "target"),
                              ("gemma4-assistant", models.gemma_draft, "drafter")):
@@ -156,19 +164,33 @@ def gguf_cases(models: Models, *, run: bool = True, keys: list[str] | None = Non
                 d = root / f"{label}-{key}-{vname}".replace("/", "_")
                 d.mkdir(parents=True, exist_ok=True)
                 name = f"gguf {label} {key}={vname}"
+                fname = "model.gguf" if role == "target" else "mtp-model.gguf"
+                # the validator reads only the header: check a sparse copy first; a refused file is
+                # reported from here, and every 10th one also goes through the CLI
+                probe = rewrite_metadata(src, d / fname, set={key: typed}, sparse=True)
+                try:
+                    validate_file(probe, role=role)
+                    refused = None
+                except ModelError as exc:
+                    refused = str(exc)
+                n_refused += refused is not None
+                if refused is not None and n_refused % 10:
+                    probe.unlink()
+                    cases.append(Case(name + " [validator]", [], refused=refused))
+                    continue
+                p = rewrite_metadata(src, d / fname, set={key: typed})
                 if role == "target":
-                    p = rewrite_metadata(src, d / "model.gguf", set={key: typed})
                     if label == "gemma4":
                         shutil.copy(models.gemma_draft, d / "mtp-model.gguf")
-                    cases.append(Case(name + " [info]", [*m, "info", str(p)]))
-                    if run:
+                    cases.append(Case(name + " [info]", [*m, "info", str(p)], allow_ok=refused is None))
+                    if run and refused is None:
                         cases.append(Case(name + " [run]", [*m, "run", "-m", str(p), "-p", "hi", "-n", "6", "--temp", "0", "-c", "64", "-t", "1"]))
                 else:
                     t = d / "model.gguf"
                     shutil.copy(models.gemma, t)
-                    p = rewrite_metadata(src, d / "mtp-model.gguf", set={key: typed})
-                    cases.append(Case(name + " [info]", [*m, "info", str(t), "-md", str(p)]))
-                    if run:
+                    cases.append(Case(name + " [info]", [*m, "info", str(t), "-md", str(p)], allow_ok=refused is None))
+                    if run and refused is None:
+                        cases.append(Case(name + " [run -md]", [*m, "run", "-m", str(t), "-md", str(p), "-p", "hi", "-n", "6", "--temp", "0", "-c", "64", "-t", "1"]))
                         cases.append(Case(name + " [run beside]", [*m, "run", "-m", str(t), "-p", "hi", "-n", "6", "--temp", "0", "-c", "64", "-t", "1"]))
     return cases
 

@@ -30,7 +30,12 @@ def _quiet_interrupt(signum, frame) -> None:  # pragma: no cover - timing depend
 
 
 def guard_startup() -> None:
-    """Until ``release_startup``: Ctrl-C ends the process at once with exit code 130."""
+    """Until ``release_startup``: Ctrl-C ends the process at once with exit code 130. Only in the
+    ``mtprun`` program itself (console script or ``python -m mtprun``), not where the package is
+    merely imported (tests, notebooks)."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if program not in ("mtprun", "__main__.py"):
+        return
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _quiet_interrupt)
 
