@@ -241,9 +241,19 @@ def test_template_kwargs_nested_deeply_are_refused():
 
 # --- signals and streams ---------------------------------------------------------------------------
 
-def test_ctrl_c_while_importing_exits_130_without_a_traceback(models):
-    """After the interpreter itself has started (~0.1 s), a Ctrl-C ends mtprun with 130 and one line."""
-    for delay in (0.15, 0.25, 0.4):
+def test_ctrl_c_while_the_cli_imports_exits_130_without_a_traceback():
+    """From the moment ``mtprun.cli`` is imported (before Typer, Rich and the engine), a Ctrl-C
+    ends the program with 130 and one line. Deterministic: the signal arrives mid-import."""
+    code = (
+        "import sys, os, signal; sys.argv[0] = 'mtprun'; import mtprun.cli; "
+        "os.kill(os.getpid(), signal.SIGINT); import mtprun.cli.app; import time; time.sleep(30)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert p.returncode == 130 and p.stderr == b"error: interrupted\n", p.stderr[-400:]
+
+
+def test_ctrl_c_early_in_a_real_run_exits_130_without_a_traceback(models):
+    for delay in (0.3, 0.6):
         p = subprocess.Popen([*MTPRUN, "run", "-m", str(models.demo.model_path), "-p", "hi", "-n", "64"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(delay)
