@@ -279,3 +279,61 @@ def test_broken_pipe_exits_like_sigpipe():
     p = subprocess.run(["bash", "-c", f"{' '.join(MTPRUN)} run --help | head -c 5 >/dev/null; exit ${{PIPESTATUS[0]}}"],
                        capture_output=True, timeout=90)
     assert p.returncode == 141 and p.stderr == b""
+
+
+# --- architectures without a synthetic model: the validation tables on hand-made headers ----------
+
+def header(arch: str, scalars: dict, arrays: dict | None = None, n_vocab: int = 1000):
+    from mtprun.gguf_info import GgufInfo
+
+    arrays = arrays or {}
+    sc = {"general.architecture": arch, "tokenizer.ggml.model": "gpt2", **scalars}
+    return GgufInfo(
+        path=Path(f"{arch}.gguf"), file_size=0, version=3, tensor_count=0, kv_count=len(sc), architecture=arch, name=None,
+        basename=None, size_label=None, file_type=None, file_type_name=None, parameter_count=None, context_length=None,
+        embedding_length=sc.get(f"{arch}.embedding_length"), embedding_length_out=None, block_count=sc.get(f"{arch}.block_count"),
+        nextn_predict_layers=None, nextn_tensor_count=0, has_chat_template=False, tokenizer_model="gpt2", vocab_size=n_vocab,
+        split_count=None, split_index=None, target_hidden_size=None, scalars=sc,
+        arrays={"tokenizer.ggml.tokens": ("string", n_vocab), "tokenizer.ggml.merges": ("string", 10),
+                **{k: ("int32", len(v)) for k, v in arrays.items()}},
+        array_values=arrays,
+    )
+
+
+QWEN35MOE = {
+    "qwen35moe.block_count": 4, "qwen35moe.context_length": 4096, "qwen35moe.embedding_length": 256,
+    "qwen35moe.attention.head_count": 4, "qwen35moe.attention.head_count_kv": 2, "qwen35moe.attention.key_length": 64,
+    "qwen35moe.attention.value_length": 64, "qwen35moe.rope.dimension_count": 16, "qwen35moe.attention.layer_norm_rms_epsilon": 1e-6,
+    "qwen35moe.ssm.conv_kernel": 4, "qwen35moe.ssm.state_size": 32, "qwen35moe.ssm.group_count": 4, "qwen35moe.ssm.time_step_rank": 8,
+    "qwen35moe.ssm.inner_size": 256, "qwen35moe.expert_count": 8, "qwen35moe.expert_used_count": 2,
+    "qwen35moe.expert_feed_forward_length": 64, "qwen35moe.full_attention_interval": 4,
+}
+HY_V3 = {
+    "hy_v3.block_count": 4, "hy_v3.context_length": 4096, "hy_v3.embedding_length": 256, "hy_v3.attention.head_count": 4,
+    "hy_v3.attention.head_count_kv": 1, "hy_v3.expert_count": 16, "hy_v3.expert_used_count": 4, "hy_v3.expert_feed_forward_length": 64,
+    "hy_v3.attention.layer_norm_rms_epsilon": 1e-5,
+}
+
+
+@pytest.mark.parametrize(
+    ("arch", "base", "change", "needle"),
+    [
+        ("qwen35moe", QWEN35MOE, {"qwen35moe.expert_used_count": 0}, "route to at least one"),
+        ("qwen35moe", QWEN35MOE, {"qwen35moe.expert_used_count": 9}, "more than the 8 experts"),
+        ("qwen35moe", QWEN35MOE, {"qwen35moe.expert_count": 0}, "expert"),
+        ("qwen35moe", QWEN35MOE, {"qwen35moe.ssm.time_step_rank": 6}, "multiple of the 4 key heads"),
+        ("qwen35moe", QWEN35MOE, {"qwen35moe.full_attention_interval": 0}, "full_attention_interval"),
+        ("qwen35moe", QWEN35MOE, {"qwen35moe.expert_group_count": 3}, "does not divide"),
+        ("hy_v3", HY_V3, {"hy_v3.expert_feed_forward_length": 0}, "expert_feed_forward_length"),
+        ("hy_v3", HY_V3, {"hy_v3.attention.head_count_kv": 3}, "cannot share"),
+        ("hy_v3", HY_V3, {"hy_v3.block_count": 513}, "block_count"),
+        ("hy_v3", HY_V3, {"hy_v3.expert_gating_func": 9}, "expert_gating_func"),
+        ("hy_v3", HY_V3, {"tokenizer.ggml.eos_token_id": 1000}, "outside the vocabulary"),
+        ("hy_v3", HY_V3, {"hy_v3.rope.scaling.type": "weird"}, "rope.scaling.type"),
+    ],
+)
+def test_validation_tables_cover_moe_architectures(arch, base, change, needle):
+    arrays = {"qwen35moe.rope.dimension_sections": (3, 3, 2, 0)} if arch == "qwen35moe" else {}
+    assert problems(header(arch, base, arrays)) == []
+    found = problems(header(arch, {**base, **change}, arrays))
+    assert found and needle in " ".join(found)

@@ -52,8 +52,6 @@ TOKENIZER_MODELS = frozenset({"llama", "bert", "gpt2", "t5", "rwkv", "plamo2", "
 ARCH_TOKENIZER = {
     "qwen35": {"gpt2"}, "qwen35moe": {"gpt2"}, "qwen3": {"gpt2"}, "qwen3moe": {"gpt2"}, "qwen2": {"gpt2"},
     "gemma4": {"gemma4"}, "gemma4-assistant": {"gemma4"}, "gemma3": {"llama"}, "gemma2": {"llama"},
-    "hunyuan-moe": {"gpt2"}, "hunyuan-dense": {"gpt2"}, "hy_v3": {"gpt2"}, "hy_v4": {"gpt2"},
-    "llama": {"llama", "gpt2"},
 }
 ROPE_SCALING_TYPES = frozenset({"none", "linear", "yarn", "longrope"})
 
@@ -496,9 +494,6 @@ def _tokenizer(h: _Header, p: _Problems) -> None:
             p.add(key, value, f"true or false was expected, got {_type(value)}")
         elif key == "tokenizer.ggml.pre" and not isinstance(value, str):
             p.add(key, value, f"a string was expected, got {_type(value)}")
-    for flag, id_key in (("add_bos_token", "bos_token_id"), ("add_eos_token", "eos_token_id"), ("add_sep_token", "seperator_token_id")):
-        if info.scalars.get(f"tokenizer.ggml.{flag}") is True and f"tokenizer.ggml.{id_key}" not in info.scalars and model != "bert":
-            p.add(f"tokenizer.ggml.{flag}", True, f"but the file has no tokenizer.ggml.{id_key}")
 
 
 def problems(info: GgufInfo, *, role: str = "target") -> list[str]:
