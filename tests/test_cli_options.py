@@ -66,7 +66,7 @@ def test_missing_draft_sidecar_exits_3(tmp_path):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--temp", "-1"], "temperature must be >= 0"),
+        (["--temp", "-1"], "temperature must be within"),
         (["--top-p", "0"], "top-p"),
         (["--min-p", "1.5"], "min-p"),
         (["--repeat-penalty", "0"], "repeat penalty"),

@@ -2,30 +2,36 @@
 
 __version__ = "0.1.0"
 
-from .config import GenerationConfig, ModelConfig, SamplingConfig, SpecConfig
-from .errors import MtprunError
-from .events import GenerationStats, Result, Step, TokenPiece
+# Everything is imported lazily (PEP 562): `import mtprun` costs nothing, so the CLI can install
+# its Ctrl-C handling before any real work, and the engine loads the native extension only when used.
+_EXPORTS = {
+    "Engine": "engine",
+    "ModelInfo": "engine",
+    "ModelConfig": "config",
+    "GenerationConfig": "config",
+    "SamplingConfig": "config",
+    "SpecConfig": "config",
+    "MtprunError": "errors",
+    "GenerationStats": "events",
+    "Result": "events",
+    "Step": "events",
+    "TokenPiece": "events",
+}
 
 
 def __getattr__(name: str):
-    # the engine loads the native extension; import it lazily so `import mtprun` stays light
-    if name in ("Engine", "ModelInfo"):
-        from . import engine
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mtprun' has no attribute {name!r}")
+    from importlib import import_module
 
-        return getattr(engine, name)
-    raise AttributeError(name)
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 
-__all__ = [
-    "Engine",
-    "ModelInfo",
-    "ModelConfig",
-    "GenerationConfig",
-    "SamplingConfig",
-    "SpecConfig",
-    "MtprunError",
-    "GenerationStats",
-    "Result",
-    "Step",
-    "TokenPiece",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = list(_EXPORTS)

@@ -32,7 +32,45 @@ CHATML_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-MAX_TEMPLATE_OUTPUT = 1 << 24  # characters a repetition or power in a template may produce
+# Budgets for untrusted templates (code from a downloaded file): one value (a repetition, a
+# padded string, a power) may hold MAX_TEMPLATE_VALUE characters/items/bits, a render may produce
+# MAX_TEMPLATE_OUTPUT characters and run RENDER_SECONDS.
+MAX_TEMPLATE_VALUE = 1 << 20
+MAX_TEMPLATE_OUTPUT = 1 << 22
+RENDER_SECONDS = 5.0
+MAX_TEMPLATE_FILE = 1 << 20  # bytes of a --chat-template-file
+MAX_KWARGS_TEXT = 1 << 20  # characters of --chat-template-kwargs
+MAX_KWARGS_DEPTH = 32  # nesting of --chat-template-kwargs
+_WIDTH = __import__("re").compile(r"\d{6,}")  # a field width or precision of 100000 or more
+
+
+class _BudgetExceeded(Exception):
+    """A template went past one of its budgets (not catchable by the template)."""
+
+
+def read_text_file(path: str | Path, *, limit: int, what: str) -> str:
+    """UTF-8 text of a file (``-``: stdin), at most ``limit`` bytes, else InvalidInputError.
+    Device files such as /dev/zero are read only up to the limit."""
+    import sys
+
+    name = str(path)
+    try:
+        if name == "-":
+            stream = sys.stdin.buffer if sys.stdin is not None and not sys.stdin.closed else None
+            if stream is None:
+                raise InvalidInputError(f"cannot read {what} from stdin: it is closed")
+            data = stream.read(limit + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {what} {name[:200]!r}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InvalidInputError(f"{what} {name[:200]!r} is larger than {limit >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"cannot read {what} {name[:200]!r}: not UTF-8 text (byte {exc.start})") from None
 
 Role = Literal["system", "user", "assistant"]
 
@@ -41,22 +79,67 @@ def parse_template_kwargs(text: str | None) -> dict[str, Any]:
     """Parse ``--chat-template-kwargs`` (a JSON object) or raise InvalidInputError."""
     if text is None or not text.strip():
         return {}
+    if len(text) > MAX_KWARGS_TEXT:
+        raise InvalidInputError(f"--chat-template-kwargs is longer than {MAX_KWARGS_TEXT} characters")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"--chat-template-kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+        raise InvalidInputError(f"--chat-template-kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text[:200]!r}") from None
+    except (RecursionError, ValueError) as exc:  # nested too deep; integers with too many digits
+        raise InvalidInputError(f"--chat-template-kwargs cannot be read: {'nested too deeply' if isinstance(exc, RecursionError) else exc}") from None
+    if _depth(value) > MAX_KWARGS_DEPTH:
+        raise InvalidInputError(f"--chat-template-kwargs is nested more than {MAX_KWARGS_DEPTH} levels deep")
     if not isinstance(value, dict):
-        raise InvalidInputError(f"--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {text!r}")
+        raise InvalidInputError(f"--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {text[:200]!r}")
     reserved = {"messages", "add_generation_prompt", "bos_token", "eos_token"} & value.keys()
     if reserved:
         raise InvalidInputError(f"--chat-template-kwargs cannot set {', '.join(sorted(reserved))}")
     return value
 
 
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_KWARGS_DEPTH:
+            break
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+def _too_big(what: str) -> _BudgetExceeded:
+    return _BudgetExceeded(f"{what} larger than the template budget ({MAX_TEMPLATE_VALUE} characters or items)")
+
+
+def _check_ints(args: Sequence[Any], kwargs: Mapping[str, Any], what: str) -> None:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_TEMPLATE_VALUE:
+            raise _too_big(what)
+
+
+def _check_format(fmt: Any, what: str) -> None:
+    if isinstance(fmt, str) and _WIDTH.search(fmt):
+        raise _too_big(what)
+
+
 def _make_environment():
     from jinja2 import nodes
     from jinja2.ext import Extension, loopcontrols
+    from jinja2.compiler import CodeGenerator
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Codegen(CodeGenerator):
+        def visit_Concat(self, node, frame):  # `a ~ b`: through the size check
+            self.write("environment.bounded_concat((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
 
     class _Generation(Extension):
         """``{% generation %}...{% endgeneration %}`` (HF assistant masks): renders its body."""
@@ -69,29 +152,102 @@ def _make_environment():
             return nodes.Scope(body, lineno=lineno)
 
     class _Sandbox(ImmutableSandboxedEnvironment):
-        # The sandbox blocks unsafe attributes, mutation and huge ranges; also bound the two
-        # operators that can allocate without limit ("x" * 10**12, 10**10**10).
-        intercepted_binops = frozenset({"*", "**"})
+        # The sandbox blocks unsafe attributes, mutation and huge ranges; also bound what can
+        # allocate without limit in one step: repetition ("x" * 10**12), powers (10**10**10),
+        # %-formatting and padding to huge widths, and the string methods that grow their input.
+        intercepted_binops = frozenset({"*", "**", "%", "+"})
+        code_generator_class = _Codegen
+
+        @staticmethod
+        def bounded_concat(parts) -> str:  # the `~` operator
+            text = "".join(map(str, parts))
+            if len(text) > MAX_TEMPLATE_VALUE:
+                raise _too_big("a concatenated string")
+            return text
 
         def call_binop(self, context, operator, left, right):
             if operator == "**":
-                if isinstance(right, (int, float)) and abs(right) > 1024:
-                    raise OverflowError("exponent too large in chat template")
+                if isinstance(left, int) and isinstance(right, int) and not isinstance(left, bool):
+                    if abs(left) > 1 and right > 0 and right * left.bit_length() > MAX_TEMPLATE_VALUE:
+                        raise _too_big("a power")
+                elif isinstance(right, (int, float)) and abs(right) > 1024:
+                    raise _too_big("a power")
                 return left**right
+            if operator == "%":
+                _check_format(left, "a %-formatted string")
+                return left % right
+            if operator == "+":
+                if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+                    if len(left) + len(right) > MAX_TEMPLATE_VALUE:
+                        raise _too_big("a concatenation")
+                return left + right
             if isinstance(left, (str, list, tuple)) and isinstance(right, int):
                 size = len(left) * right
             elif isinstance(right, (str, list, tuple)) and isinstance(left, int):
                 size = len(right) * left
             else:
                 size = 0
-            if size > MAX_TEMPLATE_OUTPUT:
-                raise OverflowError("repetition too large in chat template")
+            if size > MAX_TEMPLATE_VALUE:
+                raise _too_big("a repetition")
             return left * right
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's signature
+            owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
+            name = getattr(__obj, "__name__", "")
+            if isinstance(owner, str):
+                if name in ("format", "format_map"):
+                    _check_format(owner, "a formatted string")
+                elif name in ("ljust", "rjust", "center", "zfill", "expandtabs"):
+                    _check_ints(args, kwargs, "a padded string")
+                elif name == "replace" and len(args) >= 2 and isinstance(args[1], str):
+                    if len(owner) * max(1, len(args[1])) > MAX_TEMPLATE_VALUE and args[0] in owner:
+                        raise _too_big("a replaced string")
+                elif name == "join" and args and isinstance(args[0], (list, tuple)):
+                    if len(owner) * len(args[0]) > MAX_TEMPLATE_VALUE:
+                        raise _too_big("a joined string")
+            result = super().call(__context, __obj, *args, **kwargs)
+            if isinstance(result, (str, list, tuple)) and len(result) > MAX_TEMPLATE_VALUE:
+                raise _too_big("a value")
+            return result
 
     env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _Generation], autoescape=False)
 
     def tojson(value, indent=None, separators=None, sort_keys=False, ensure_ascii=False):
+        _check_ints((indent,) if isinstance(indent, int) else (), {}, "a JSON indent")
+        if isinstance(indent, str) and len(indent) > 64:
+            raise _too_big("a JSON indent")
         return json.dumps(value, indent=indent, separators=separators, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+
+    def bounded(name: str, check: Callable[..., None]):
+        original = env.filters[name]
+
+        def wrapper(*args, **kwargs):
+            check(*args, **kwargs)
+            return original(*args, **kwargs)
+
+        wrapper.__dict__.update(original.__dict__)  # keep Jinja's pass_context/pass_environment marks
+        return wrapper
+
+    env.filters["center"] = bounded("center", lambda v, width=80: _check_ints((width,), {}, "a centred string"))
+    def check_indent(value, width=4, *args, **kwargs):
+        w = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+        if abs(w) * (str(value).count("\n") + 1) > MAX_TEMPLATE_VALUE:
+            raise _too_big("an indented string")
+
+    env.filters["indent"] = bounded("indent", check_indent)
+    env.filters["wordwrap"] = bounded("wordwrap", lambda *a, **k: _check_ints(a[2:] if len(a) > 2 else (), k, "a wrapped string"))
+    env.filters["format"] = bounded("format", lambda value, *a, **k: _check_format(value, "a formatted string"))
+    env.filters["truncate"] = bounded("truncate", lambda *a, **k: _check_ints(a[2:] if len(a) > 2 else (), k, "a truncated string"))
+
+    def lipsum(n=5, html=True, min=20, max=100):
+        _check_ints((n, min, max), {}, "lorem ipsum")
+        if n * max > MAX_TEMPLATE_VALUE // 8:
+            raise _too_big("lorem ipsum")
+        return default_lipsum(n, html, min, max)
+
+    from jinja2.utils import generate_lorem_ipsum as default_lipsum
+
+    env.globals["lipsum"] = lipsum
 
     def raise_exception(message):
         from jinja2.exceptions import TemplateError
@@ -99,6 +255,8 @@ def _make_environment():
         raise TemplateError(message)
 
     def strftime_now(fmt):
+        if isinstance(fmt, str) and len(fmt) > 1000:
+            raise _too_big("a date format")
         return datetime.now().strftime(fmt)
 
     env.filters["tojson"] = tojson
@@ -116,6 +274,8 @@ def _describe(exc: BaseException) -> str:
 
 class ChatTemplate:
     """A compiled chat template; rendering is sandboxed and failures name the model."""
+
+    time_budget: float = RENDER_SECONDS  # seconds one render may take
 
     def __init__(self, source: str, *, model: str, bos_token: str = "", eos_token: str = "", origin: str = "model") -> None:
         """``model`` names the model in errors; ``origin`` says where the template came from:
@@ -136,10 +296,7 @@ class ChatTemplate:
     ) -> ChatTemplate:
         """The template to use: ``override`` (a file) if given, else the model's, else ChatML (origin "builtin")."""
         if override is not None:
-            try:
-                source = Path(override).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise InvalidInputError(f"cannot read chat template file {str(override)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+            source = read_text_file(override, limit=MAX_TEMPLATE_FILE, what="chat template file")
             return cls(source, model=model, bos_token=bos_token, eos_token=eos_token, origin=f"file {override}")
         if template:
             return cls(template, model=model, bos_token=bos_token, eos_token=eos_token, origin="model")
@@ -175,7 +332,9 @@ class ChatTemplate:
             "eos_token": self.eos_token,
         }
         try:
-            text = self._template.render(context)
+            text = _render_bounded(self._template, context, self.time_budget)
+        except _BudgetExceeded as exc:
+            raise ChatTemplateError(f"{self._what()} failed to render: {exc}{self._hint()}") from None
         except RecursionError:
             raise ChatTemplateError(f"{self._what()} failed to render: recursion too deep{self._hint()}") from None
         except MemoryError:
@@ -189,6 +348,37 @@ class ChatTemplate:
         with_prompt = self.render(messages, add_generation_prompt=True, kwargs=kwargs)
         without = self.render(messages, add_generation_prompt=False, kwargs=kwargs)
         return with_prompt[len(without):] if with_prompt.startswith(without) else ""
+
+
+def _render_bounded(template, context: dict[str, Any], seconds: float) -> str:
+    """Render with a time budget (checked between template statements, by a trace function that
+    also covers non-main threads) and an output budget (checked as the output streams)."""
+    import sys
+    import time
+
+    deadline = time.monotonic() + seconds
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        count += 1
+        if count & 255 == 0 and time.monotonic() > deadline:
+            raise _BudgetExceeded(f"it ran longer than {seconds:g} s")
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        parts: list[str] = []
+        size = 0
+        for piece in template.generate(context):
+            size += len(piece)
+            if size > MAX_TEMPLATE_OUTPUT:
+                raise _BudgetExceeded(f"it produced more than {MAX_TEMPLATE_OUTPUT} characters")
+            parts.append(piece)
+        return "".join(parts)
+    finally:
+        sys.settrace(previous)
 
 
 # --- reasoning split -----------------------------------------------------------------------------

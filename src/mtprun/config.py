@@ -20,7 +20,16 @@ def _check(cond: bool, message: str) -> None:
 
 
 def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int_in(x: object, lo: int, hi: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
+
+
+INT32_MAX = (1 << 31) - 1
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS
+MAX_CTX = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -42,11 +51,11 @@ class ModelConfig:
         object.__setattr__(self, "path", Path(self.path))
         if self.draft_path is not None:
             object.__setattr__(self, "draft_path", Path(self.draft_path))
-        _check(isinstance(self.n_ctx, int) and 0 <= self.n_ctx <= 1 << 24, f"context size must be 0 (model default) or positive, got {self.n_ctx}")
-        _check(isinstance(self.n_batch, int) and 1 <= self.n_batch <= 1 << 20, f"batch size must be positive, got {self.n_batch}")
-        _check(self.n_threads is None or (isinstance(self.n_threads, int) and self.n_threads >= 1), f"threads must be at least 1, got {self.n_threads}")
-        _check(isinstance(self.n_gpu_layers, int) and self.n_gpu_layers >= -1, f"GPU layers must be -1 (all) or >= 0, got {self.n_gpu_layers}")
-        _check(isinstance(self.n_draft_capacity, int) and 1 <= self.n_draft_capacity <= 32, f"draft capacity must be within 1..32, got {self.n_draft_capacity}")
+        _check(_int_in(self.n_ctx, 0, MAX_CTX), f"context size must be 0 (model default) or within 1..{MAX_CTX}, got {self.n_ctx}")
+        _check(_int_in(self.n_batch, 1, 1 << 20), f"batch size must be within 1..{1 << 20}, got {self.n_batch}")
+        _check(self.n_threads is None or _int_in(self.n_threads, 1, MAX_THREADS), f"threads must be within 1..{MAX_THREADS}, got {self.n_threads}")
+        _check(_int_in(self.n_gpu_layers, -1, 4096), f"GPU layers must be -1 (all) or within 0..4096, got {self.n_gpu_layers}")
+        _check(_int_in(self.n_draft_capacity, 1, 32), f"draft capacity must be within 1..32, got {self.n_draft_capacity}")
 
 
 @dataclass(frozen=True)
@@ -66,14 +75,14 @@ class SamplingConfig:
     seed: int | None = None  # None: a fresh random seed per generation
 
     def __post_init__(self) -> None:
-        _check(_finite(self.temperature) and self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
-        _check(isinstance(self.top_k, int), f"top-k must be an integer, got {self.top_k}")
+        _check(_finite(self.temperature) and 0 <= self.temperature <= 1e6, f"temperature must be within 0..1e6, got {self.temperature}")
+        _check(_int_in(self.top_k, -INT32_MAX, INT32_MAX), f"top-k must be an integer within -{INT32_MAX}..{INT32_MAX}, got {self.top_k}")
         _check(_finite(self.top_p) and 0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
         _check(_finite(self.min_p) and 0 <= self.min_p <= 1, f"min-p must be in [0, 1], got {self.min_p}")
-        _check(_finite(self.repeat_penalty) and self.repeat_penalty > 0, f"repeat penalty must be > 0, got {self.repeat_penalty}")
-        _check(isinstance(self.repeat_last_n, int) and self.repeat_last_n >= -1, f"repeat-last-n must be >= -1, got {self.repeat_last_n}")
-        _check(_finite(self.presence_penalty), f"presence penalty must be a finite number, got {self.presence_penalty}")
-        _check(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 1 << 64), f"seed must be a non-negative integer, got {self.seed}")
+        _check(_finite(self.repeat_penalty) and 1e-6 <= self.repeat_penalty <= 1e6, f"repeat penalty must be within 1e-6..1e6, got {self.repeat_penalty}")
+        _check(_int_in(self.repeat_last_n, -1, INT32_MAX), f"repeat-last-n must be -1 or within 0..{INT32_MAX}, got {self.repeat_last_n}")
+        _check(_finite(self.presence_penalty) and abs(self.presence_penalty) <= 1e6, f"presence penalty must be within -1e6..1e6, got {self.presence_penalty}")
+        _check(self.seed is None or _int_in(self.seed, 0, (1 << 64) - 1), f"seed must be an integer within 0..{(1 << 64) - 1}, got {self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -89,7 +98,7 @@ class SpecConfig:
     p_min: float = 0.0  # stop drafting when the head's top probability falls below this
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.n_max, int) and 1 <= self.n_max <= 32, f"draft length (n_max) must be within 1..32, got {self.n_max}")
+        _check(_int_in(self.n_max, 1, 32), f"draft length (n_max) must be within 1..32, got {self.n_max}")
         _check(_finite(self.p_min) and 0 <= self.p_min <= 1, f"draft p-min must be in [0, 1], got {self.p_min}")
 
 
@@ -102,4 +111,4 @@ class GenerationConfig:
     spec: SpecConfig = field(default_factory=SpecConfig)
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.max_tokens, int) and self.max_tokens >= -1, f"n-predict must be -1 (unlimited) or >= 0, got {self.max_tokens}")
+        _check(_int_in(self.max_tokens, -1, INT32_MAX), f"n-predict must be -1 (unlimited) or within 0..{INT32_MAX}, got {self.max_tokens}")

@@ -32,6 +32,7 @@ from .config import GenerationConfig, ModelConfig
 from .errors import ContextOverflowError, EngineClosedError, InvalidInputError, ModelError, MtprunError
 from .events import GenerationStats, Result, Step, StopReason, TokenPiece
 from .memory import MeasuredMemory, measured
+from .validate import MIN_CONTEXT, validate_file
 
 __all__ = ["Engine", "ModelInfo"]
 
@@ -104,14 +105,20 @@ class Engine:
         path = Path(config.path)
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
-        if config.draft_path is not None and not Path(config.draft_path).is_file():
-            raise ModelError(f"drafter file not found: {config.draft_path}")
+        # the drafter is only loaded for MTP: with MTP off a drafter that does not fit is no error
+        draft = Path(config.draft_path) if config.draft_path is not None and config.mtp else None
+        if draft is not None and not draft.is_file():
+            raise ModelError(f"drafter file not found: {draft}")
+        # llama.cpp aborts the process on some impossible metadata: check it before it sees the files
+        header = validate_file(path, role="target")
+        if draft is not None:
+            validate_file(draft, role="drafter")
         flash = -1 if config.flash_attn is None else int(config.flash_attn)
         try:
             self._core = core.Engine(
                 os.fspath(path),
-                os.fspath(config.draft_path) if config.draft_path is not None else "",
-                config.n_ctx,
+                os.fspath(draft) if draft is not None else "",
+                _context_size(config.n_ctx, header.context_length),
                 config.n_batch,
                 config.n_threads or 0,
                 config.n_gpu_layers,
@@ -139,7 +146,7 @@ class Engine:
             mtp_kind=raw["mtp_kind"],
             mtp_active=raw["mtp_active"],
             mtp_note=raw["mtp_note"] or None,
-            draft_path=Path(config.draft_path) if config.draft_path is not None else None,
+            draft_path=draft,
             recurrent=raw["recurrent"],
             chat_template=template,
             bos_token=_text(raw["bos_token"]),
@@ -265,6 +272,19 @@ class Engine:
                     pass
         text.append(decoder.decode(b"", final=True))  # an incomplete character at the very end
         yield Result("".join(text), tuple(tokens), _STOP_REASONS[stop], _stats(native.stats()))
+
+
+def _context_size(n_ctx: int, n_ctx_train: int | None) -> int:
+    """The context to ask llama.cpp for: at least MIN_CONTEXT tokens.
+
+    llama.cpp rounds every context up to a multiple of 256 anyway, but sizes its batches from the
+    number asked for: below the speculative window plus one (recurrent models keep n_max + 1
+    rollback snapshots per micro-batch) it aborts (``GGML_ASSERT(n_ubatch > n_keep_tail)``), and a
+    1-token batch breaks the Gemma 4 drafter. Asking for MIN_CONTEXT gives the same memory and
+    a usable batch. ``n_ctx`` 0 is the model's training context (bounded the same way)."""
+    if n_ctx == 0:
+        n_ctx = n_ctx_train or 0
+    return max(n_ctx, MIN_CONTEXT)
 
 
 def _stats(raw: dict) -> GenerationStats:

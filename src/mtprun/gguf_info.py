@@ -39,7 +39,7 @@ MAX_KEY = 65535  # bytes; the GGUF spec's bound for key names
 MAX_TENSOR_NAME = 4096  # bytes; ggml itself allows 64
 MAX_DIMS = 8  # ggml uses 4
 MAX_ARRAY_DEPTH = 3
-MAX_SMALL_ARRAY = 4096  # elements: numeric arrays up to this long are kept (per-layer values)
+MAX_KEPT_ARRAY = 4096  # numeric/bool arrays (not tokenizer.*) up to this length keep their values (per-layer fields)
 DRAFTER_ARCHS = frozenset({"gemma4-assistant"})
 _NEXTN_TENSOR = re.compile(r"^blk\.\d+\.nextn\.")
 _MAGIC = b"GGUF"
@@ -90,9 +90,9 @@ class GgufInfo:
     split_index: int | None  # 0-based, as stored in split.no
     target_hidden_size: int | None  # eagle3/dflash drafters: hidden size of the target
     scalars: Mapping[str, Scalar] = field(default_factory=dict, repr=False)
-    arrays: Mapping[str, tuple[str, int]] = field(default_factory=dict, repr=False)
-    # numeric arrays of at most MAX_SMALL_ARRAY elements (per-layer hyperparameters), read whole
-    small_arrays: Mapping[str, tuple[int | float | bool, ...]] = field(default_factory=dict, repr=False)
+    arrays: Mapping[str, tuple[str, int]] = field(default_factory=dict, repr=False)  # (element type, count)
+    array_values: Mapping[str, tuple[int | float | bool, ...]] = field(default_factory=dict, repr=False)  # short numeric ones
+    duplicate_token: int | None = None  # id of the first token whose text repeats an earlier one
     # bytes of tensor data per tensor name (None: a type whose size is unknown)
     tensor_bytes: Mapping[str, int | None] = field(default_factory=dict, repr=False)
 
@@ -178,7 +178,10 @@ class _Parser:
         self.size = size
         self.pos = 0
         self.endian = "<"
-        self.small: tuple | None = None  # the last small numeric array read by _value
+        self.kept: tuple | None = None  # values of the last short numeric array read
+        self.keep = False  # whether to keep the next array's values
+        self.check_unique = False  # whether the next string array must hold distinct strings
+        self.duplicate: int | None = None  # index of the first repeated token text
 
     # --- primitives ------------------------------------------------------------------------------
     def _take(self, n: int) -> bytes:
@@ -229,25 +232,40 @@ class _Parser:
                 raise _Corrupt("arrays nested too deep")
             etype = self._u32()
             count = self._u64()
-            fmt = _SCALAR_FORMATS.get(etype)  # type: ignore[call-overload]
-            if depth == 0 and fmt is not None and count <= MAX_SMALL_ARRAY:
-                n = count * struct.calcsize(fmt)
-                self.small = tuple(struct.unpack(self.endian + fmt * count, self._take(n)))
-            else:
-                self._skip_array(etype, count, depth)
+            self._skip_array(etype, count, depth)
             return (_type_name(etype), count)
         raise _Corrupt(f"unknown value type {vtype}")
 
     def _skip_array(self, etype: int, count: int, depth: int) -> None:
         fmt = _SCALAR_FORMATS.get(etype)  # type: ignore[call-overload]
         if fmt is not None:
-            self._skip(count * struct.calcsize(fmt))
+            size = struct.calcsize(fmt)
+            if self.keep and depth == 0 and count <= MAX_KEPT_ARRAY:
+                self.kept = struct.unpack(f"{self.endian}{count}{fmt}", self._take(count * size))
+                return
+            self._skip(count * size)
             return
         if etype == GGUFValueType.STRING:
             if count * 8 > self.size - self.pos:  # every string has at least its 8-byte length
                 raise _Truncated
             buf, end, pos = self.buf, self.size, self.pos
             unpack = struct.Struct(self.endian + "Q").unpack_from
+            if self.check_unique and depth == 0:
+                # the vocabulary: llama.cpp asserts that every token text (up to a NUL) is distinct
+                seen: set[bytes] = set()
+                for i in range(count):
+                    if pos + 8 > end:
+                        raise _Truncated
+                    n = unpack(buf, pos)[0]
+                    if pos + 8 + n > end:
+                        raise _Truncated
+                    text = buf[pos + 8 : pos + 8 + n].split(b"\0", 1)[0]  # llama.cpp reads C strings
+                    if text in seen and self.duplicate is None:
+                        self.duplicate = i
+                    seen.add(text)
+                    pos += 8 + n
+                self.pos = pos
+                return
             for _ in range(count):
                 if pos + 8 > end:
                     raise _Truncated
@@ -290,16 +308,18 @@ class _Parser:
 
         scalars: dict[str, Scalar] = {}
         arrays: dict[str, tuple[str, int]] = {}
-        small_arrays: dict[str, tuple] = {}
+        array_values: dict[str, tuple] = {}
         for _ in range(n_kv):
             key = self._string(MAX_KEY, "key")
             vtype = self._u32()
-            self.small = None
+            self.kept = None
+            self.keep = not key.startswith("tokenizer.")
+            self.check_unique = key == "tokenizer.ggml.tokens"
             value = self._value(vtype)
             if isinstance(value, tuple):
                 arrays[key] = value
-                if self.small is not None and not key.startswith("tokenizer."):
-                    small_arrays[key] = self.small
+                if self.kept is not None:
+                    array_values[key] = self.kept
             elif value is not None:
                 scalars[key] = value
 
@@ -373,7 +393,8 @@ class _Parser:
             target_hidden_size=arch_int("target_hidden_size"),
             scalars=MappingProxyType(scalars),
             arrays=MappingProxyType(arrays),
-            small_arrays=MappingProxyType(small_arrays),
+            array_values=MappingProxyType(array_values),
+            duplicate_token=self.duplicate,
             tensor_bytes=MappingProxyType(tensor_bytes),
         )
 

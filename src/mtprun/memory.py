@@ -171,7 +171,7 @@ class _Hparams:
         return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
 
     def array(self, key: str) -> tuple | None:
-        return self.g.small_arrays.get(f"{self.arch}.{key}")
+        return self.g.array_values.get(f"{self.arch}.{key}")
 
     def layer(self, key: str, default) -> list[int]:
         arr = self.array(key)

@@ -2,14 +2,14 @@
 
 Exit codes (also listed in ``mtprun --help``):
   0 success, 1 other failure, 2 bad usage or option value, 3 model file problem,
-  4 prompt longer than the context, 5 download / Hub failure, 130 interrupted.
+  4 prompt longer than the context, 5 download / Hub failure, 130 interrupted,
+  141 the reader of stdout went away (as SIGPIPE).
 A full traceback is shown only with MTPRUN_DEBUG=1.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error, 2 bad usage or option value, 3 model file problem, "
-    "4 prompt longer than the context, 5 download/Hub failure, 130 interrupted."
+    "4 prompt longer than the context, 5 download/Hub failure, 130 interrupted, 141 stdout closed by its reader."
 )
 
 
@@ -45,16 +45,26 @@ def run_guarded(fn: Callable[[], T]) -> T:
         _report("interrupted")
         raise typer.Exit(130) from None
     except BrokenPipeError:
-        # the reader of stdout went away (e.g. `| head`): not an error of ours
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        except OSError:
-            pass
-        raise typer.Exit(0) from None
+        # the reader of stdout went away (e.g. `| head`): quiet, with the status of a process
+        # killed by SIGPIPE as coreutils report it
+        from ._streams import EXIT_BROKEN_PIPE, silence_stdout
+
+        silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
+    except RecursionError:
+        if debug:
+            raise
+        _report("input nested too deeply to process")
+        raise typer.Exit(2) from None
+    except MemoryError:
+        if debug:
+            raise
+        _report("out of memory")
+        raise typer.Exit(1) from None
     except OSError as exc:
         if debug:
             raise
-        _report(_one_line(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")))
+        _report(_one_line(f"{exc.strerror or exc}" + (f": {str(exc.filename)[:200]}" if getattr(exc, "filename", None) else "")))
         raise typer.Exit(1) from None
     except Exception as exc:  # a bug: still one line, with a hint to get the traceback
         if debug:

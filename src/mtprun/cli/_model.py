@@ -18,13 +18,38 @@ class ModelChoice:
     synthetic: bool = False
 
 
+def _path(value: str | Path | None, what: str) -> Path | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.strip():
+        raise InvalidInputError(f"{what}: the path is empty")
+    return Path(value)
+
+
+def _is_file(path: Path, what: str) -> bool:
+    """Whether ``path`` is a regular file; a path the system cannot even look up (too long, ...)
+    is a model file problem (exit 3), not an internal error."""
+    try:
+        if path.is_file():
+            return True
+        if path.is_dir():
+            raise ModelError(f"{what} is a directory, not a GGUF file: {str(path)[:200]!r}")
+        if path.exists():
+            raise ModelError(f"{what} is not a regular file: {str(path)[:200]!r}")
+        return False
+    except OSError as exc:
+        raise ModelError(f"cannot open {what} {str(path)[:200]!r}...: {exc.strerror or exc}") from None
+
+
 def choose_model(
-    out: Output, *, model: Path | None, hf: str | None, draft: Path | None, demo: bool, mtp: bool = True,
+    out: Output, *, model: str | Path | None, hf: str | None, draft: str | Path | None, demo: bool, mtp: bool = True,
     revision: str | None = None, offline: bool = False,
 ) -> ModelChoice:
     """Resolve the model options to local files (downloading or building the demo if needed).
 
     ``mtp``: whether a drafter sidecar is wanted (looked up beside a local model, fetched with -hf)."""
+    model = _path(model, "-m/--model")
+    draft = _path(draft, "-md/--model-draft")
     given = [name for name, v in (("-m", model), ("-hf", hf), ("--demo", demo)) if v]
     if not given:
         raise InvalidInputError("no model given: use -m PATH, -hf OWNER/NAME[:QUANT] or --demo")
@@ -32,12 +57,14 @@ def choose_model(
         raise InvalidInputError(f"give only one model source, not {' and '.join(given)}")
     if (revision is not None or offline) and hf is None:
         raise InvalidInputError("--revision and --offline apply to -hf models only")
-    if draft is not None and not draft.is_file():
-        raise ModelError(f"draft model file not found: {str(draft)!r}")
+    if draft is not None and not mtp:
+        out.warn(f"MTP is off: the drafter {draft.name[:80]} (-md) is not loaded")
+        draft = None
+    if draft is not None and not _is_file(draft, "draft model file"):
+        raise ModelError(f"draft model file not found: {str(draft)[:200]!r}")
     if model is not None:
-        if not model.is_file():
-            what = "is a directory, not a GGUF file" if model.is_dir() else "not found"
-            raise ModelError(f"model file {what}: {str(model)!r}")
+        if not _is_file(model, "model file"):
+            raise ModelError(f"model file not found: {str(model)[:200]!r}")
         if draft is None and mtp:
             draft = _drafter_beside(out, model)
         return ModelChoice(model, draft, model.name)
@@ -62,14 +89,22 @@ def _drafter_beside(out: Output, model: Path) -> Path | None:
     info = read_gguf_info(model)
     if info.has_embedded_mtp or info.is_mtp_drafter:
         return None
+    from ..validate import drafter_misfit
+
     fitting = []
     for path in candidates:
         try:
             d = read_gguf_info(path)
-        except ModelError:
+        except ModelError as exc:
+            out.warn(f"skipping {path.name}: {exc}")
             continue
-        if d.is_mtp_drafter and d.target_embedding_length in (None, info.embedding_length):
-            fitting.append(path)
+        if not d.is_mtp_drafter:
+            continue
+        why = drafter_misfit(info, d)
+        if why is not None:
+            out.warn(f"skipping the MTP drafter {path.name} beside the model: {why}")
+            continue
+        fitting.append(path)
     named = [p for p in fitting if p.name == f"mtp-{model.name}"]  # the generator's / a user's own pairing
     if len(fitting) == 1 or named:
         chosen = named[0] if named else fitting[0]

@@ -29,11 +29,11 @@ OUTPUT = "Output"
 # --- model -----------------------------------------------------------------------------------------
 ModelArg = Annotated[Optional[str], typer.Argument(metavar="MODEL", help="GGUF model file (same as -m).", show_default=False)]
 ModelPathOpt = Annotated[
-    Optional[Path],
+    Optional[str],
     typer.Option("-m", "--model", metavar="PATH", help="GGUF model file.", rich_help_panel=MODEL),
 ]
 DraftPathOpt = Annotated[
-    Optional[Path],
+    Optional[str],
     typer.Option(
         "-md", "--model-draft", metavar="PATH",
         help="MTP drafter sidecar GGUF (mtp-*.gguf, e.g. for Gemma 4) when it is not embedded in the model.",

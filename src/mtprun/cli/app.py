@@ -14,6 +14,7 @@ from . import graft as _graft
 from . import info as _info
 from . import run as _run
 from ._errors import EXIT_CODES_HELP
+from ._streams import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, fix_std_streams, release_startup, silence_stdout, stdout_is_devnull
 
 app = typer.Typer(
     name="mtprun",
@@ -45,10 +46,31 @@ def _root(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``mtprun`` entry point. Usage errors (unknown option, bad value) are one line on stderr, exit 2."""
+    if argv is None:  # the real process (not a test calling main): its streams and Ctrl-C
+        fix_std_streams()
+        release_startup()
     try:
         rv = app(args=list(argv) if argv is not None else None, prog_name="mtprun", standalone_mode=False)
+        if argv is None:
+            sys.stdout.flush()  # a full disk or a closed reader shows here, not as noise at exit
     except typer.Abort:
         _one_line_error("aborted")
+        return _exit(1, argv)
+    except KeyboardInterrupt:
+        _one_line_error("interrupted")
+        return _exit(EXIT_INTERRUPTED, argv)
+    except BrokenPipeError:
+        silence_stdout()
+        return _exit(EXIT_BROKEN_PIPE, argv)
+    except SystemExit as exc:
+        # Rich handles a broken pipe itself: it points stdout at /dev/null and exits with 1
+        if exc.code == 1 and argv is None and stdout_is_devnull():
+            return _exit(EXIT_BROKEN_PIPE, argv)
+        raise
+    except OSError as exc:  # writing help or usage to a full or closed stream
+        if argv is None:
+            silence_stdout()
+        _one_line_error(f"{exc.strerror or exc}")
         return _exit(1, argv)
     except Exception as exc:
         # Click's usage errors (carried inside Typer) have format_message() and an exit_code

@@ -8,7 +8,6 @@ kept) and returns to the prompt; at the prompt it clears the line; Ctrl-D exits.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from ..chat import Conversation
 from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
@@ -33,6 +32,7 @@ COMMANDS_HELP = """\
   End a line with \\ to continue the message on the next line.
   Ctrl-C stops the reply being generated; at the prompt it clears the line."""
 
+MAX_MESSAGE = 32 << 20  # characters of one line read from a non-terminal stdin
 PROMPT = "> "
 CONTINUATION = ". "
 
@@ -60,9 +60,11 @@ class MessageReader:
     def _line(self, prompt: str) -> str:
         if self.interactive:
             return input(prompt)
-        line = self.stdin.readline()
+        line = self.stdin.readline(MAX_MESSAGE + 1)
         if not line:
             raise EOFError
+        if len(line) > MAX_MESSAGE:
+            raise InvalidInputError(f"a message on stdin is longer than {MAX_MESSAGE >> 20} MiB characters")
         return line[:-1] if line.endswith("\n") else line
 
     def read(self) -> str | None:
@@ -122,7 +124,7 @@ def chat(
     def body() -> None:
         if model_arg is not None and model is not None:
             raise InvalidInputError("give the model once: as an argument or with -m")
-        model_path = Path(model_arg) if model_arg is not None else model
+        model_path = model_arg if model_arg is not None else model
         mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
         gen = o.generation_config(
             n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -95,7 +94,7 @@ def info(
     def body() -> None:
         if model_arg is not None and model is not None:
             raise InvalidInputError("give the model once: as an argument or with -m")
-        model_path = Path(model_arg) if model_arg is not None else model
+        model_path = model_arg if model_arg is not None else model
         choice = choose_model(out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, revision=revision, offline=offline)
         base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose)
         from ..gguf_info import read_gguf_info

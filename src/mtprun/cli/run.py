@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..chat import reasoning_tags, split_reasoning
+from ..chat import read_text_file, reasoning_tags, split_reasoning
 from ..errors import InvalidInputError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
@@ -20,6 +20,8 @@ PromptOpt = Annotated[Optional[str], typer.Option("-p", "--prompt", metavar="TEX
 FileOpt = Annotated[Optional[Path], typer.Option("-f", "--file", metavar="FILE", help="Read the prompt from FILE ('-': stdin).", show_default=False)]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Use the prompt as it is, without the chat template.", rich_help_panel=o.CHAT)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (text, stop reason, every statistic) instead of streaming text.", rich_help_panel=o.OUTPUT)]
+
+MAX_PROMPT_BYTES = 32 << 20  # -f FILE and stdin: far more than any context holds
 
 HELP = f"""One-shot generation: the reply to a prompt from -p, -f or stdin.
 
@@ -35,14 +37,11 @@ def read_prompt(prompt: str | None, file: Path | None) -> str:
     if prompt is not None:
         return prompt
     if file is not None and str(file) != "-":
-        try:
-            return file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInputError(f"cannot read prompt file {str(file)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        return read_text_file(file, limit=MAX_PROMPT_BYTES, what="prompt file")
     stdin = sys.stdin
     if stdin is None or stdin.closed or (file is None and stdin.isatty()):
         raise InvalidInputError("no prompt: give -p TEXT, -f FILE, or pipe the prompt on stdin")
-    text = stdin.read()
+    text = read_text_file("-", limit=MAX_PROMPT_BYTES, what="prompt on")
     if not text.strip():
         raise InvalidInputError("no prompt: stdin was empty (give -p TEXT or -f FILE)")
     return text
