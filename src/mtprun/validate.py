@@ -431,7 +431,8 @@ def _gemma4_cross(h: _Header, v: dict, n_layer: int, role: str) -> None:
 
 
 def _hy_cross(h: _Header, v: dict, n_layer: int, role: str) -> None:
-    if h.arch in ("hy_v3", "hunyuan-moe") and not v.get("expert_count"):
+    # hy_v3 also comes dense (llama.cpp's loader takes ffn_gate/up/down without experts)
+    if h.arch == "hunyuan-moe" and not v.get("expert_count"):
         h.p.add(h.key("expert_count"), v.get("expert_count", "missing"), f"a {h.arch} model has experts")
 
 
@@ -441,7 +442,7 @@ ARCH_RULES: dict[str, tuple[tuple[Rule, ...], ArchCheck | None]] = {
     "qwen35moe": (_QWEN35 + (Rule("expert_feed_forward_length", lo=1, hi=MAX_FF, layered=True),), _qwen35_cross),
     "gemma4": (_GEMMA4, _gemma4_cross),
     "gemma4-assistant": (_GEMMA4 + (Rule("embedding_length_out", lo=1, hi=MAX_EMBD, required=True),), _gemma4_cross),
-    "hy_v3": (_HY + (Rule("expert_feed_forward_length", lo=1, hi=MAX_FF, layered=True, required=True),), _hy_cross),
+    "hy_v3": (_HY + (Rule("expert_feed_forward_length", lo=1, hi=MAX_FF, layered=True),), _hy_cross),
     "hy_v4": (_HY, _hy_cross),
     "hunyuan-moe": (_HY, _hy_cross),
     "hunyuan-dense": (_HY[2:], None),
