@@ -238,7 +238,7 @@ double mtp_drafter_t_catch_up(const mtp_drafter * d) { return d->t_catch_up; }
 mtp_status mtp_drafter_draft(mtp_drafter * d, const std::vector<llama_token> & cache, llama_token id_last, int32_t n,
                              mtp_sampler & smpl, float p_min, mtp_draft_out & out, std::string & err) {
     out.tokens.clear();
-    out.n_decodes = 0;
+    out.n_decodes = out.n_caught = 0;
     out.t_decode = out.t_choose = 0;
     if (n <= 0) {
         return MTP_OK;
@@ -256,6 +256,7 @@ mtp_status mtp_drafter_draft(mtp_drafter * d, const std::vector<llama_token> & c
             return decode_failed(rc, err);
         }
     } else {
+        out.n_caught = std::max(0, np - d->mtp_len);
         const mtp_status st = feed(d, cache, np, id_last, out.t_decode, err);
         if (st != MTP_OK) {
             return st;

@@ -33,6 +33,7 @@ struct mtp_draft_out {
     std::vector<llama_token>                tokens;    // the draft, d1..dn
     std::vector<std::vector<mtp_candidate>> q;         // sampling: the distribution each was drawn from
     int32_t                                 n_decodes = 0; // MTP-head decodes (the first with the catch-up)
+    int32_t                                 n_caught  = 0; // pending positions fed in the first one
     double                                  t_decode  = 0; // seconds in them
     double                                  t_choose  = 0; // seconds choosing draft tokens
 };

@@ -651,7 +651,9 @@ static void account(mtp_engine * e, int32_t n_draft, int32_t n_acc, int32_t n_ve
     }
     mtp_policy & p = e->policy;
     mtp_policy_observe_target(p, n_verify, t_verify);
-    mtp_policy_observe_head(p, d.n_decodes, d.t_decode + d.t_choose);
+    if (d.n_caught <= e->gen.n_max + 1) { // a draft after a plain stretch catches up on it first
+        mtp_policy_observe_head(p, d.n_decodes, d.t_decode + d.t_choose);
+    }
     mtp_policy_observe_draft(p, n_draft, n_acc);
     mtp_policy_observe_fixed(p, std::max(0.0, t_step - t_verify - d.t_decode - d.t_choose));
 }
@@ -686,7 +688,7 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
     // 1. draft up to n tokens (n = 0: a plain step)
     const int32_t n = std::min({ draft_length(e), e->n_ctx - np - 1, left - 1 });
     e->draft.tokens.clear();
-    e->draft.n_decodes = 0;
+    e->draft.n_decodes = e->draft.n_caught = 0;
     e->draft.t_decode = e->draft.t_choose = 0;
     mtp_status st = n > 0 ? mtp_drafter_draft(e->drafter, e->cache, e->id_last, n, e->smpl, e->gen.p_min, e->draft, err) : MTP_OK;
     const int32_t n_draft = (int32_t) e->draft.tokens.size();

@@ -69,16 +69,18 @@ static double smooth(double est, double t) {
     return est + T_ALPHA * (t - est);
 }
 
+// the first pass over a new batch size also builds and allocates its graph: that one is not counted
 void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t) {
     if (k < 1 || k > (int32_t) p.t_tgt.size() || !(t > 0)) {
         return;
     }
-    p.t_tgt[k - 1] = smooth(p.t_tgt[k - 1], t);
-    p.n_tgt[k - 1]++;
+    if (p.n_tgt[k - 1]++ > 0) {
+        p.t_tgt[k - 1] = smooth(p.t_tgt[k - 1], t);
+    }
 }
 
 void mtp_policy_observe_head(mtp_policy & p, int32_t n_decodes, double t) {
-    if (n_decodes > 0 && t > 0) {
+    if (n_decodes > 0 && t > 0 && p.n_head++ > 0) {
         p.t_head = smooth(p.t_head, t / n_decodes);
     }
 }

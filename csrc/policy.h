@@ -31,6 +31,7 @@ struct mtp_policy {
     std::vector<double>  t_tgt;       // smoothed target pass time by k (index k-1); < 0: not measured
     std::vector<int32_t> n_tgt;       // measurements by k
     double  t_head    = -1;           // smoothed head decode time; < 0: not measured
+    int32_t n_head    = 0;            // head measurements
     double  t_fixed   = 0;            // per-step time outside the decodes (sampling, Python), smoothed
     std::vector<double>  acc_w;       // decayed accepted counts by draft position
     std::vector<double>  try_w;       // decayed tried counts by draft position
@@ -48,7 +49,8 @@ void mtp_policy_init(mtp_policy & p, int32_t cap);
 // the length to draft next: the best by the current estimates, or an exploring choice
 int32_t mtp_policy_next(mtp_policy & p, int32_t n_max);
 
-// measurements: a target pass over k tokens took t seconds; n_decodes head decodes took t seconds;
+// measurements: a target pass over k tokens took t seconds; n_decodes head decodes took t seconds
+// (while drafting: not a first draft after plain steps, whose first batch catches up on them);
 // a step drafted n tokens of which the first n_acc were accepted; the step's remaining time
 void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t);
 void mtp_policy_observe_head  (mtp_policy & p, int32_t n_decodes, double t);
