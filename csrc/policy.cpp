@@ -4,11 +4,9 @@
 #include <algorithm>
 #include <cmath>
 
-// smoothing of measured times: weight of a new measurement, and how far one may move the estimate
-// (a single preempted decode on a busy machine must not swing the choice; a lasting change of
-// load moves the estimate within a few steps)
-static constexpr double T_ALPHA    = 0.15;
-static constexpr double T_CLIP     = 4.0;
+// measured times: the median of the last T_WINDOW measurements (a preempted decode on a busy
+// machine does not move it; a lasting change of load does within half a window)
+static constexpr size_t T_WINDOW = 7;
 // acceptance: each observation of a position decays its earlier ones (a window of ~20 steps, so
 // a change of text shows within a few dozen tokens); the prior is worth this many observations
 static constexpr double ACC_DECAY  = 0.95;
@@ -56,17 +54,25 @@ void mtp_policy_init(mtp_policy & p, int32_t cap) {
     p.cap = cap;
     p.t_tgt.assign(cap + 1, -1.0);
     p.n_tgt.assign(cap + 1, 0);
+    p.w_tgt.assign(cap + 1, {});
     p.acc_w.assign(cap, 0.0);
     p.try_w.assign(cap, 0.0);
     p.probe_interval = PROBE_START;
 }
 
-static double smooth(double est, double t) {
-    if (est < 0) {
-        return t;
+static void window_add(std::vector<double> & w, double t) {
+    if (w.size() >= T_WINDOW) {
+        w.erase(w.begin());
     }
-    t = std::clamp(t, est / T_CLIP, est * T_CLIP);
-    return est + T_ALPHA * (t - est);
+    w.push_back(t);
+}
+
+static double window_median(std::vector<double> w) {
+    if (w.empty()) {
+        return -1;
+    }
+    std::nth_element(w.begin(), w.begin() + w.size() / 2, w.end());
+    return w[w.size() / 2];
 }
 
 // the first pass over a new batch size also builds and allocates its graph: that one is not counted
@@ -75,19 +81,22 @@ void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t) {
         return;
     }
     if (p.n_tgt[k - 1]++ > 0) {
-        p.t_tgt[k - 1] = smooth(p.t_tgt[k - 1], t);
+        window_add(p.w_tgt[k - 1], t);
+        p.t_tgt[k - 1] = window_median(p.w_tgt[k - 1]);
     }
 }
 
 void mtp_policy_observe_head(mtp_policy & p, int32_t n_decodes, double t) {
     if (n_decodes > 0 && t > 0 && p.n_head++ > 0) {
-        p.t_head = smooth(p.t_head, t / n_decodes);
+        window_add(p.w_head, t / n_decodes);
+        p.t_head = window_median(p.w_head);
     }
 }
 
 void mtp_policy_observe_fixed(mtp_policy & p, double t) {
     if (t >= 0) {
-        p.t_fixed = p.t_fixed + T_ALPHA * (t - p.t_fixed);
+        window_add(p.w_fixed, t);
+        p.t_fixed = window_median(p.w_fixed);
     }
 }
 
@@ -125,11 +134,13 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
     } else {
         const int32_t lo = seen.front(), hi = seen.back();
         const double t_lo = p.t_tgt[lo - 1], t_hi = p.t_tgt[hi - 1];
-        // slope beyond the largest measured size: from the two largest, else the prior's
+        // slope beyond the largest measured size: the prior's, or the two largest sizes' when that
+        // is less (optimistic, so that a longer draft is tried and measured rather than ruled out
+        // by a guess; one measurement corrects it)
         double slope = T_PRIOR_SLOPE * t_lo / prior(lo);
         if (seen.size() >= 2) {
             const int32_t k2 = seen[seen.size() - 2];
-            slope = std::max(0.0, (t_hi - p.t_tgt[k2 - 1]) / (hi - k2));
+            slope = std::clamp((t_hi - p.t_tgt[k2 - 1]) / (hi - k2), 0.0, slope);
         }
         size_t s = 0;
         for (int32_t k = 1; k <= nk; ++k) {
@@ -185,7 +196,19 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         const int32_t probe_max = std::clamp((int32_t) std::ceil(extra / (PROBE_OVERHEAD * est.t_target[0])), PROBE_MAX_LO, PROBE_MAX_HI);
         p.probe_interval = std::clamp(p.probe_interval, PROBE_MIN, probe_max);
         if (++p.n_plain_run >= p.probe_interval) {
+            // the best length that drafts at all (1 unless acceptance is believed high)
             n = 1;
+            double best_r = 0;
+            double reach = 1, tokens = 1;
+            for (int32_t m = 1; m <= n_max; ++m) {
+                reach  *= est.acceptance[m - 1];
+                tokens += reach;
+                const double r = tokens / (m * est.t_head + est.t_target[m]);
+                if (r > best_r) {
+                    best_r = r;
+                    n = m;
+                }
+            }
             p.n_plain_run = 0;
         }
     } else {

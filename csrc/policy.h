@@ -28,11 +28,14 @@ struct mtp_policy_estimates {
 struct mtp_policy {
     int32_t cap = 0;                  // the largest n any generation may ask for
 
-    std::vector<double>  t_tgt;       // smoothed target pass time by k (index k-1); < 0: not measured
+    std::vector<double>  t_tgt;       // target pass time by k (index k-1); < 0: not measured
     std::vector<int32_t> n_tgt;       // measurements by k
-    double  t_head    = -1;           // smoothed head decode time; < 0: not measured
+    std::vector<std::vector<double>> w_tgt; // the latest measurements by k
+    double  t_head    = -1;           // head decode time; < 0: not measured
     int32_t n_head    = 0;            // head measurements
-    double  t_fixed   = 0;            // per-step time outside the decodes (sampling, Python), smoothed
+    std::vector<double> w_head;
+    double  t_fixed   = 0;            // per-step time outside the decodes (sampling, Python)
+    std::vector<double> w_fixed;
     std::vector<double>  acc_w;       // decayed accepted counts by draft position
     std::vector<double>  try_w;       // decayed tried counts by draft position
 
