@@ -3,7 +3,7 @@
 
 On synthetic bench-size oracle models (mtprun.synth's ``bench`` preset with 12 layers: 1.1 GB of
 f16 weights) with MTP agreement 0.5 / 0.7 / 0.9, it measures
-plain decoding and MTP with draft lengths 1..6, alternating the configurations over several
+plain decoding, MTP with draft lengths 1..6 and adaptive (auto), alternating the configurations over several
 repetitions (these machines are noisy) and reporting medians: tok/s, ratio to plain, acceptance,
 acceptance by draft position, tokens per target pass, and where the time goes (target decodes,
 MTP-head decodes, token choice, and the engine's own overhead per step).
@@ -82,12 +82,13 @@ def build_model(cache: Path, agree: float, preset: str, dtype: str | None = None
     return path
 
 
-def run_ours(eng: Engine, prompt: list[int], n_tokens: int, n_max: int | None) -> Result:
-    cfg = GenerationConfig(
-        max_tokens=n_tokens,
-        sampling=SamplingConfig(temperature=0.0),
-        spec=SpecConfig(enabled=n_max is not None, n_max=n_max or 1),
-    )
+def run_ours(eng: Engine, prompt: list[int], n_tokens: int, n_max: int | str | None) -> Result:
+    """n_max: None plain, "auto" adaptive (ceiling 6), a number a fixed draft length."""
+    if n_max == "auto":
+        spec = SpecConfig()
+    else:
+        spec = SpecConfig(enabled=n_max is not None, n_max=n_max or 1, adaptive=False)
+    cfg = GenerationConfig(max_tokens=n_tokens, sampling=SamplingConfig(temperature=0.0), spec=spec)
     eng.reset()  # same work every repetition: prefill + generation from an empty cache
     result = None
     for ev in eng.generate(prompt, cfg):
@@ -140,10 +141,11 @@ def main() -> int:
         plain_eng = Engine(ModelConfig(**{**base.__dict__, "mtp": False}))
         mtp_eng = Engine(base)
         prompt = mtp_eng.tokenize(prompt_text)
-        plain, ours = Runs(), {n: Runs() for n in args.n_max}
+        plain, ours, auto = Runs(), {n: Runs() for n in args.n_max}, Runs()
         theirs: dict[int, list[tuple[float, float]]] = {n: [] for n in args.n_max}
         for _ in range(args.reps):  # alternate the configurations inside each repetition
             plain.add(run_ours(plain_eng, prompt, args.tokens, None))
+            auto.add(run_ours(mtp_eng, prompt, args.tokens, "auto"))
             for n in args.n_max:
                 ours[n].add(run_ours(mtp_eng, prompt, args.tokens, n))
                 if ref:
@@ -167,6 +169,9 @@ def main() -> int:
                 t_acc = med([a for _, a in theirs[n]])
                 line += f"  | {t_tps:15.2f} {t_acc:6.1%} {med(r.tps) / t_tps:10.2f}x"
             print(line, flush=True)
+        best = max(args.n_max, key=lambda n: med(ours[n].tps))
+        print(f" auto {med(auto.tps):7.2f} {med(auto.tps) / p_tps:7.2f}x {med(auto.acceptance):6.1%} {med(auto.tokens_per_pass):8.2f}"
+              f" {med(auto.step_ms):8.1f}   | auto / best fixed (n={best}): {med(auto.tps) / med(ours[best].tps):.2f}x", flush=True)
         plain_eng.close()
         mtp_eng.close()
     return 0
