@@ -3,21 +3,14 @@
 //
 // Terms. The target context holds the conversation: `cache` lists the tokens in its memory
 // (positions 0..n_past-1) and `id_last` is the newest token, chosen but not yet decoded. The MTP
-// head at position j reads token x_j together with h_{j-1}, the target's hidden row at j-1, and
-// predicts x_{j+1}; when it drafts further it reads its own hidden row instead of the target's.
+// head's side (its two memory layouts and the window of target hidden rows) is the drafter
+// (drafter.h); how many tokens to draft each step is the policy's choice (policy.h).
 //
-// Two drafter layouts:
-//  - separate memory (Qwen3.5/3.6 and other embedded nextn heads): the MTP context has its own KV
-//    for its layer, which must hold (x_j, h_{j-1}) for every cached position. Positions whose
-//    target rows are known but not yet fed to the head are "pending"; they are decoded in the same
-//    batch as the next draft's first token (one MTP decode per draft token, no separate catch-up).
-//  - shared memory (Gemma 4 assistant): the drafter reads the target's KV directly; it only needs
-//    h_{n_past-1}, and all its draft tokens sit at the same position.
-//
-// One step: draft up to n tokens -> decode [id_last, d1..dn] on the target in one batch -> accept
-// the agreeing prefix (greedy: equal argmax; sampling: min(1, p/q) with residual resampling) ->
-// remove rejected positions from the target memory (hybrid models roll their recurrent state back
-// through llama.cpp's per-token snapshots, n_rs_seq) -> the next token becomes id_last.
+// One step, as llama.cpp's speculative-simple: choose n (0 = a plain step) -> draft up to n tokens
+// -> decode [id_last, d1..dn] on the target in one batch -> accept the agreeing prefix (greedy:
+// equal argmax; sampling: min(1, p/q) with residual resampling) -> remove rejected positions from
+// the target memory (hybrid models roll their recurrent state back through llama.cpp's per-token
+// snapshots, n_rs_seq) -> the next token becomes id_last -> the policy learns from the step.
 
 #include "engine.h"
 #include "drafter.h"
