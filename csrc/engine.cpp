@@ -706,10 +706,12 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
 
     // 4. emit, roll the rejected positions back
     int32_t stop = MTP_STOP_NONE;
+    const double t_catch_up0 = e->drafter ? mtp_drafter_t_catch_up(e->drafter) : 0.0;
     if (st == MTP_OK) {
         stop = emit(e, n_acc, next, out);
-        st = roll_back(e, out, np, err);
+        st = roll_back(e, out, np, err); // (the head catches up here after many plain steps)
     }
+    e->stats.t_draft_s += e->drafter ? mtp_drafter_t_catch_up(e->drafter) - t_catch_up0 : 0.0;
     if (st != MTP_OK) {
         state_clear(e);
         return st;
