@@ -56,6 +56,8 @@ def _preload_llama() -> None:
 #   libgomp default (spin), -t 2:  16.4 / 18.3 idle,   4.8 /   6.3 loaded  (0.29x / 0.34x)
 #   libgomp default (spin), -t 1: 176.3 / 160.5 idle, 73.6 /  62.3 loaded  (0.42x / 0.39x)
 #   passive,                -t 2: 165.1 / 119.4 idle, 150.8 / 139.5 loaded (0.91x / 1.17x)
+# and again on a quieter machine (same command): spin -t 2 stalled loaded (no result within 60 s,
+# 48.3 / 41.5 idle), spin -t 1 0.19x / 0.23x, passive -t 2 116.4 / 96.9 idle, 126.8 / 186.8 loaded.
 # A spinning thread holds the core its busy neighbour wants while it waits for a thread that is
 # not running, so every barrier can cost a scheduler time slice; sleeping threads do not. Passive
 # waiting with the physical core count (the default -t) degrades gracefully, so it is the default.
