@@ -24,6 +24,8 @@ nb::handle g_core_error_type;
     throw core_error{ (int) status, message };
 }
 
+nb::list memory_list(const std::vector<mtp_memory_entry> & entries); // defined at the end of this file
+
 class Engine {
 public:
     Engine(const std::string & path, const std::string & draft_path, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
@@ -78,12 +80,14 @@ public:
         d["mtp_active"] = i.mtp_active;
         d["mtp_note"] = i.mtp_note;
         d["recurrent"] = i.recurrent;
+        d["mtp_chain"] = i.mtp_chain;
         d["chat_template"] = nb::bytes(i.chat_template.data(), i.chat_template.size());
         d["bos_token"] = nb::bytes(i.bos_token.data(), i.bos_token.size());
         d["eos_token"] = nb::bytes(i.eos_token.data(), i.eos_token.size());
         d["add_bos"] = i.add_bos;
         d["backend"] = i.backend;
         d["system_info"] = i.system_info;
+        d["memory"] = memory_list(i.memory);
         return d;
     }
 
@@ -294,4 +298,72 @@ NB_MODULE(_core, m) {
              "The target's logits for the token after the finished conversation (for tests; state is kept).")
         .def("cancel", &Engine::cancel, "Make the running generation stop at the next step (thread-safe).")
         .def("reset", &Engine::reset, "Forget the cached conversation.");
+
+    m.def("devices", []() {
+        nb::list out;
+        for (const mtp_device_memory & d : mtp_memory_devices()) {
+            nb::dict x;
+            x["name"] = d.name;
+            x["description"] = d.description;
+            x["type"] = d.type;
+            x["free"] = d.free;
+            x["total"] = d.total;
+            out.append(x);
+        }
+        return out;
+    }, "The backend devices (name, description, type: cpu/gpu/igpu/accel) with free and total memory in bytes.");
+    m.def("memory_dry_run", [](const std::string & path, const std::string & draft_path, int32_t n_ctx, int32_t n_batch,
+                               int32_t n_gpu_layers, int32_t flash_attn, bool use_mtp, int32_t n_draft_capacity) {
+        mtp_model_params p;
+        p.path = path;
+        p.draft_path = draft_path;
+        p.n_ctx = n_ctx;
+        p.n_batch = n_batch;
+        p.n_gpu_layers = n_gpu_layers;
+        p.flash_attn = flash_attn;
+        p.use_mtp = use_mtp;
+        p.n_draft_capacity = n_draft_capacity;
+        std::vector<mtp_memory_entry> entries;
+        std::string err;
+        bool ok;
+        {
+            nb::gil_scoped_release release;
+            ok = mtp_memory_dry_run(p, entries, err);
+        }
+        if (!ok) {
+            raise(MTP_ERR_MODEL, err);
+        }
+        return memory_list(entries);
+    }, "path"_a, "draft_path"_a, "n_ctx"_a, "n_batch"_a, "n_gpu_layers"_a, "flash_attn"_a, "use_mtp"_a, "n_draft_capacity"_a,
+    "What the engine's contexts would allocate (llama.cpp's breakdown rows), from llama.cpp's no_alloc dry "
+    "run: no weights are read. Raises CoreError(status, message).");
+    m.def("context_memory", [](uintptr_t ctx) {
+        std::vector<mtp_memory_entry> entries;
+        mtp_memory_collect(reinterpret_cast<const llama_context *>(ctx), "other", false, entries);
+        return memory_list(entries);
+    }, "address"_a,
+    "llama.cpp's memory breakdown of a llama_context created elsewhere in this process through the same "
+    "libllama (e.g. llama-cpp-python's), given its address; for checking mtprun against llama.cpp's defaults.");
 }
+
+namespace {
+
+// llama.cpp's memory breakdown of an engine's contexts, one dict per (context, buffer type)
+nb::list memory_list(const std::vector<mtp_memory_entry> & entries) {
+    nb::list out;
+    for (const mtp_memory_entry & m : entries) {
+        nb::dict x;
+        x["context"] = m.context;
+        x["buffer"] = m.buffer;
+        x["device"] = m.device;
+        x["host"] = m.host;
+        x["shared_model"] = m.shared_model;
+        x["model"] = m.model;
+        x["state"] = m.state;
+        x["compute"] = m.compute;
+        out.append(x);
+    }
+    return out;
+}
+
+} // namespace

@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <algorithm>
+#include <climits>
 #include <chrono>
 
 // plain steps leave positions pending for a separate-memory head; past this many they are fed in
@@ -24,6 +25,8 @@ struct mtp_drafter {
     bool              mem_shared = false;
     int32_t           n_embd_h   = 0;
     int32_t           n_batch    = 0;
+    int32_t           n_heads    = 1;    // chained heads in the model (1: not chained)
+    int32_t           heads_used = 1;    // chained heads fed every cached position
 
     bool    valid   = false; // the head's state follows the target's cache
     int32_t mtp_len = 0;     // separate memory: positions held by the MTP context
@@ -31,6 +34,7 @@ struct mtp_drafter {
     std::vector<float> h_rows;
     int32_t            h_pos0 = -1;
     std::vector<float> h_tmp;
+    std::vector<float> h_chain; // chained heads: h_{n_past-1}, then each head's output row
 
     double t_catch_up = 0;
 };
@@ -57,6 +61,7 @@ mtp_drafter * mtp_drafter_init(const mtp_drafter_params & params) {
     d->ctx_dft    = params.ctx_dft;
     d->mem_shared = params.mem_shared;
     d->n_embd_h   = params.n_embd_h;
+    d->n_heads    = params.mem_shared ? 1 : std::max(1, params.n_heads);
     d->n_batch    = (int32_t) llama_n_batch(params.ctx_dft);
     d->batch      = llama_batch_ext_init(params.ctx_dft);
     mtp_drafter_clear(d);
@@ -97,6 +102,9 @@ void mtp_drafter_clear(mtp_drafter * d) {
     if (!d->mem_shared) {
         llama_memory_clear(llama_get_memory(d->ctx_dft), true);
     }
+    if (d->n_heads > 1) {
+        llama_set_nextn_layer_offset(d->ctx_dft, 0); // an error may have left another head selected
+    }
     d->valid   = true;
     d->mtp_len = 0;
     // position -1 has no target row: the head sees zeros there (as llama.cpp does)
@@ -105,6 +113,10 @@ void mtp_drafter_clear(mtp_drafter * d) {
 }
 
 bool mtp_drafter_valid(const mtp_drafter * d) { return d->valid; }
+int32_t mtp_drafter_n_heads(const mtp_drafter * d) { return d ? d->n_heads : 1; }
+int32_t mtp_drafter_heads_used(const mtp_drafter * d) { return d ? d->heads_used : 1; }
+void mtp_drafter_use_heads(mtp_drafter * d, int32_t n) { d->heads_used = std::max(1, std::min(n, d->n_heads)); }
+int32_t mtp_drafter_max_draft(const mtp_drafter * d) { return d && d->n_heads > 1 ? d->heads_used : INT32_MAX; }
 void mtp_drafter_invalidate(mtp_drafter * d) { d->valid = false; }
 
 int32_t mtp_drafter_reuse_from(const mtp_drafter * d, int32_t keep) {
@@ -186,11 +198,60 @@ static mtp_status feed(mtp_drafter * d, const std::vector<llama_token> & cache, 
     return MTP_OK;
 }
 
+// chained heads: every head in use is fed the cached positions [mtp_len, upto) (each writes only
+// its own layer's KV; the cells freed by seq_rm are reused in order for the same positions, so the
+// other heads' rows stay, as in llama.cpp's draft-mtp process())
+static mtp_status feed_heads(mtp_drafter * d, const std::vector<llama_token> & cache, int32_t upto, std::string & err) {
+    if (d->n_heads <= 1) {
+        return feed(d, cache, upto, LLAMA_TOKEN_NULL, d->t_catch_up, err);
+    }
+    const int32_t from = d->mtp_len;
+    mtp_status st = MTP_OK;
+    for (int32_t head = 0; head < d->heads_used && st == MTP_OK; ++head) {
+        d->mtp_len = from;
+        llama_set_nextn_layer_offset(d->ctx_dft, head);
+        st = feed(d, cache, upto, LLAMA_TOKEN_NULL, d->t_catch_up, err);
+    }
+    llama_set_nextn_layer_offset(d->ctx_dft, 0);
+    return st;
+}
+
+// chained heads: head `head` decodes the positions [from, n_past) it has not seen, id_last at
+// n_past and the drafts so far d_1..d_head after it (fed the previous heads' rows, h_chain), with
+// output on the last one (or, when output is false, only up to id_last and without output)
+static mtp_status chain_decode(mtp_drafter * d, const std::vector<llama_token> & cache, llama_token id_last,
+                               const std::vector<llama_token> & draft, int32_t from, int32_t head, bool output,
+                               double & acc, std::string & err) {
+    const int32_t np = (int32_t) cache.size();
+    llama_memory_seq_rm(llama_get_memory(d->ctx_dft), 0, from, -1);
+    llama_set_nextn_layer_offset(d->ctx_dft, head);
+    llama_batch_ext_clear(d->batch);
+    bool ok = true;
+    for (int32_t j = from; j < np && ok; ++j) {
+        ok = mtp_batch_add(d->batch, cache[j], j, h_row(d, j - 1), d->n_embd_h, false);
+    }
+    const int32_t n_draft = output ? head : 0;
+    for (int32_t t = 0; t <= n_draft && ok; ++t) {
+        const llama_token tok = t == 0 ? id_last : draft[t - 1];
+        ok = mtp_batch_add(d->batch, tok, np + t, d->h_chain.data() + (size_t) t * d->n_embd_h, d->n_embd_h,
+                           output && t == n_draft);
+    }
+    if (!ok) {
+        err = "MTP batch overflow";
+        return MTP_ERR_RUNTIME;
+    }
+    const int32_t rc = decode(d, acc);
+    if (rc != 0) {
+        return decode_failed(rc, err);
+    }
+    return MTP_OK;
+}
+
 // feed pending positions until at most `leave` remain
 static mtp_status catch_up_to(mtp_drafter * d, const std::vector<llama_token> & cache, int32_t leave, std::string & err) {
     const int32_t n_past = (int32_t) cache.size();
     while (d->mtp_len < n_past - leave) {
-        const mtp_status st = feed(d, cache, std::min(n_past - leave, d->mtp_len + d->n_batch), LLAMA_TOKEN_NULL, d->t_catch_up, err);
+        const mtp_status st = feed_heads(d, cache, std::min(n_past - leave, d->mtp_len + d->n_batch), err);
         if (st != MTP_OK) {
             return st;
         }
@@ -221,8 +282,9 @@ mtp_status mtp_drafter_accept(mtp_drafter * d, const std::vector<llama_token> & 
         h_trim_front(d, n_past - 1);
         return MTP_OK;
     }
-    // the next draft batch holds the pending positions and one token: keep it within the batch
-    const int32_t limit = std::max(0, std::min(CATCH_UP_AT, d->n_batch - 1));
+    // the next draft batch holds the pending positions and one token (chained heads: up to one
+    // per head in use): keep it within the batch
+    const int32_t limit = std::max(0, std::min(CATCH_UP_AT, d->n_batch - (d->n_heads > 1 ? d->heads_used : 1)));
     if (n_past - d->mtp_len > limit) {
         const mtp_status st = catch_up_to(d, cache, 0, err);
         if (st != MTP_OK) {
@@ -240,10 +302,15 @@ mtp_status mtp_drafter_draft(mtp_drafter * d, const std::vector<llama_token> & c
     out.tokens.clear();
     out.n_decodes = out.n_caught = 0;
     out.t_decode = out.t_choose = 0;
+    const bool chained = d->n_heads > 1;
+    if (chained) {
+        n = std::min(n, d->heads_used); // one draft position per trained head, as llama.cpp
+    }
     if (n <= 0) {
         return MTP_OK;
     }
     const int32_t np = (int32_t) cache.size();
+    const int32_t from = d->mtp_len; // chained heads: the first cached position head 0 feeds now
     const bool greedy = mtp_sampler_greedy(smpl);
 
     // first decode: id_last at n_past with h_{n_past-1} (separate memory: after the pending positions)
@@ -263,8 +330,11 @@ mtp_status mtp_drafter_draft(mtp_drafter * d, const std::vector<llama_token> & c
         }
     }
     out.n_decodes = 1;
-    // the rows before n_past-1 have been fed; keep h_{n_past-1} and the next verify's rows
-    h_trim_front(d, np - 1);
+    int32_t heads_run = 1; // chained heads that decoded this step (head 0: the feed above)
+    if (chained) {
+        const float * h0 = h_row(d, np - 1);
+        d->h_chain.assign(h0, h0 + d->n_embd_h);
+    }
 
     if ((int32_t) out.q.size() < n) {
         out.q.resize(n);
@@ -296,12 +366,23 @@ mtp_status mtp_drafter_draft(mtp_drafter * d, const std::vector<llama_token> & c
         if (i + 1 == n) {
             break;
         }
-        // draft position i+2: feed the token back with the head's own hidden row (the place where
-        // a per-position head choice would select the head for the next position)
+        // draft position i+2: feed the token back with the head's own hidden row
         const float * h = llama_get_embeddings_nextn_ith(d->ctx_dft, -1);
         if (!h) {
             err = "MTP head produced no hidden state";
             return MTP_ERR_RUNTIME;
+        }
+        if (chained) {
+            // head i+1 drafts position i+2: it re-reads the pending positions, id_last and the
+            // draft so far with its own layer (KV is per layer), fed the previous heads' rows
+            d->h_chain.insert(d->h_chain.end(), h, h + d->n_embd_h);
+            const mtp_status st = chain_decode(d, cache, id_last, out.tokens, from, i + 1, true, out.t_decode, err);
+            if (st != MTP_OK) {
+                return st;
+            }
+            out.n_decodes++;
+            heads_run++;
+            continue;
         }
         d->h_tmp.assign(h, h + d->n_embd_h);
         llama_batch_ext_clear(d->batch);
@@ -316,6 +397,19 @@ mtp_status mtp_drafter_draft(mtp_drafter * d, const std::vector<llama_token> & c
     for (size_t i = 0; i < out.tokens.size(); ++i) {
         mtp_sampler_pop(smpl);
     }
+    if (chained) {
+        // heads that did not draft this time still need the positions up to id_last
+        for (int32_t head = heads_run; head < d->heads_used; ++head) {
+            const mtp_status st = chain_decode(d, cache, id_last, out.tokens, from, head, false, out.t_decode, err);
+            if (st != MTP_OK) {
+                return st;
+            }
+            out.n_decodes++;
+        }
+        llama_set_nextn_layer_offset(d->ctx_dft, 0);
+    }
+    // the rows before n_past-1 have been fed; keep h_{n_past-1} and the next verify's rows
+    h_trim_front(d, np - 1);
     if (d->mem_shared) {
         llama_memory_seq_rm(llama_get_memory(d->ctx_dft), 0, np, -1);
     }

@@ -8,6 +8,10 @@
 //    target rows are known but not yet fed to the head are "pending"; they are decoded in the
 //    same batch as the next draft's first token (no separate catch-up decode), and in one batch
 //    of their own when plain steps let too many of them gather (mtp_drafter_accept).
+//    Chained heads (several nextn blocks: hy_v3, mimo2, step35): head i drafts position i, as in
+//    llama.cpp's draft-mtp; every head in use is fed every cached position (each writes its own
+//    layer's KV), and head i re-reads the last token and the drafts so far with the previous
+//    heads' output rows.
 //  - shared memory (Gemma 4 assistant): the drafter reads the target's KV directly; it only needs
 //    h_{n_past-1}, and all its draft tokens sit at the same position.
 #pragma once
@@ -26,6 +30,7 @@ struct mtp_drafter_params {
     llama_context * ctx_dft    = nullptr; // the MTP context (LLAMA_CONTEXT_TYPE_MTP)
     bool            mem_shared = false;   // the drafter reads the target's KV (Gemma 4 assistant)
     int32_t         n_embd_h   = 0;       // width of the hidden rows
+    int32_t         n_heads    = 1;       // chained heads (separate memory only); 1: one head drafts every position
 };
 
 // what one draft call did
@@ -46,6 +51,14 @@ void mtp_drafter_clear(mtp_drafter * d);
 // whether the head's state follows the target's cache (false after a plain generation)
 bool mtp_drafter_valid(const mtp_drafter * d);
 void mtp_drafter_invalidate(mtp_drafter * d);
+
+// chained heads: how many the model has; how many are fed (set per generation, before the
+// prefill: a generation wanting more heads than were fed must clear first); the longest draft
+// (the heads in use when chained, else unbounded)
+int32_t mtp_drafter_n_heads(const mtp_drafter * d);
+int32_t mtp_drafter_heads_used(const mtp_drafter * d);
+void    mtp_drafter_use_heads(mtp_drafter * d, int32_t n);
+int32_t mtp_drafter_max_draft(const mtp_drafter * d);
 
 // prompt reuse: the position from which the target must decode again to keep `keep` cached
 // tokens usable by the head; then cut the head's state back to that position

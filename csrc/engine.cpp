@@ -94,6 +94,29 @@ static int32_t n_past(const mtp_engine * e) { return (int32_t) e->cache.size(); 
 
 static bool use_mtp(const mtp_engine * e) { return e->drafter != nullptr; }
 
+// architectures whose MTP graph in llama.cpp 0c1e570 runs any of several heads (nextn layer
+// offset), and those whose graph asserts exactly one head
+static bool arch_chains(const std::string & arch) {
+    return arch == "hy_v3" || arch == "mimo2" || arch == "step35";
+}
+static bool arch_single_head(const std::string & arch) {
+    static const char * names[] = { "qwen35", "qwen35moe", "qwen3next", "deepseek2", "deepseek32", "deepseek4",
+                                    "glm4moe", "glm-dsa", "bailingmoe3", "cohere2moe", "nemotron_h_moe" };
+    return std::find(std::begin(names), std::end(names), arch) != std::end(names);
+}
+
+// why llama.cpp cannot run the embedded MTP layers of a model ("" if it can): it would abort the
+// process (a graph asserting one head) or fail to create the MTP context
+static std::string mtp_unsupported(const gguf_meta & m) {
+    if (m.arch == "glm5-next") { // the nextn layers load, but the MTP graph throws "not implemented yet"
+        return "llama.cpp has no MTP graph for architecture 'glm5-next' yet";
+    }
+    if (m.n_nextn > 1 && arch_single_head(m.arch)) {
+        return "llama.cpp runs a single MTP head for architecture '" + m.arch + "', this model has " + std::to_string(m.n_nextn);
+    }
+    return "";
+}
+
 // forget everything cached
 static void state_clear(mtp_engine * e) {
     llama_memory_clear(llama_get_memory(e->ctx_tgt), true);
@@ -261,7 +284,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params.n_gpu_layers;
-    mp.load_mtp     = params.use_mtp && !has_sidecar && meta_tgt.n_nextn > 0;
+    mp.load_mtp     = params.use_mtp && !has_sidecar && meta_tgt.n_nextn > 0 && mtp_unsupported(meta_tgt).empty();
     e->model_tgt = llama_model_load_from_file(params.path.c_str(), mp);
     if (!e->model_tgt) {
         const std::string cause = log_last_error();
@@ -281,17 +304,9 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     info.mtp_kind  = has_sidecar ? MTP_KIND_SIDECAR : (meta_tgt.n_nextn > 0 ? MTP_KIND_EMBEDDED : MTP_KIND_NONE);
     e->recurrent   = llama_model_is_recurrent(e->model_tgt) || llama_model_is_hybrid(e->model_tgt);
 
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx           = (uint32_t) params.n_ctx;
-    cp.n_batch         = (uint32_t) std::max(params.n_batch, cap + 1);
-    cp.n_ubatch        = cp.n_batch;
-    cp.n_seq_max       = 1;
-    cp.n_threads       = n_threads;
-    cp.n_threads_batch = n_threads;
-    cp.flash_attn_type = (llama_flash_attn_type) params.flash_attn;
-    cp.no_perf         = true;
-    cp.n_rs_seq        = params.use_mtp ? (uint32_t) cap : 0; // recurrent snapshots for rollback
-    cp.n_outputs_max   = (uint32_t) (cap + 1);
+    // the contexts as llama.cpp's tools create theirs; the choices are documented in memory.cpp
+    const bool mtp_possible = params.use_mtp && (has_sidecar || meta_tgt.n_nextn > 0);
+    llama_context_params cp = mtp_target_context_params(params, mtp_possible, n_threads);
 
     e->ctx_tgt = llama_init_from_model(e->model_tgt, cp);
     if (!e->ctx_tgt) {
@@ -312,14 +327,12 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
             : "the model has no MTP layers";
     } else if (e->recurrent && llama_n_rs_seq(e->ctx_tgt) < (uint32_t) cap) {
         info.mtp_note = "llama.cpp cannot roll back the recurrent state of architecture '" + meta_tgt.arch + "'";
+    } else if (info.mtp_kind == MTP_KIND_EMBEDDED && !mtp_unsupported(meta_tgt).empty()) {
+        info.mtp_note = mtp_unsupported(meta_tgt);
     } else if (info.mtp_kind == MTP_KIND_EMBEDDED && n_nextn <= 0) {
         info.mtp_note = "llama.cpp did not load the model's MTP layers";
     } else {
-        llama_context_params dp = cp;
-        dp.ctx_type      = LLAMA_CONTEXT_TYPE_MTP;
-        dp.ctx_other     = e->ctx_tgt;
-        dp.n_ctx         = (uint32_t) e->n_ctx;
-        dp.n_rs_seq      = 0;
+        llama_context_params dp = mtp_draft_context_params(cp, e->ctx_tgt);
         if (has_sidecar) {
             llama_model_params dmp = llama_model_default_params();
             dmp.n_gpu_layers = params.n_gpu_layers;
@@ -350,11 +363,16 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
             return init_fail(e, MTP_ERR_MODEL, status);
         }
         dfp.mem_shared = llama_get_ctx_other(e->ctx_dft) == e->ctx_tgt && info.mtp_kind == MTP_KIND_SIDECAR;
+        if (!dfp.mem_shared && n_nextn > 1 && arch_chains(meta_tgt.arch)) {
+            dfp.n_heads = n_nextn; // chained heads: head i drafts position i
+        }
         llama_set_embeddings_nextn(e->ctx_tgt, true, /*masked*/ false);
         llama_set_embeddings_nextn(e->ctx_dft, true, /*masked*/ true);
         e->drafter = mtp_drafter_init(dfp);
     }
     mtp_policy_init(e->policy, cap);
+    mtp_memory_collect(e->ctx_tgt, "target", false, info.memory);
+    mtp_memory_collect(e->ctx_dft, "draft", e->model_dft == nullptr, info.memory);
 
     info.arch          = meta_tgt.arch;
     {
@@ -372,6 +390,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     info.n_layer_nextn = std::max(n_nextn, (int32_t) meta_tgt.n_nextn);
     info.mtp_active    = e->ctx_dft != nullptr;
     info.recurrent     = e->recurrent;
+    info.mtp_chain     = e->drafter && mtp_drafter_n_heads(e->drafter) > 1;
     {
         const char * tmpl = llama_model_chat_template(e->model_tgt, nullptr);
         info.chat_template = tmpl ? tmpl : "";
@@ -493,16 +512,23 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
     while (keep < n_past(e) && keep < n_keep_max && e->cache[keep] == prompt[keep]) {
         ++keep;
     }
-    if (spec && !mtp_drafter_valid(e->drafter)) {
+    // chained heads: a generation drafting with more heads than the cache has fed starts over
+    const int32_t n_heads    = e->drafter ? mtp_drafter_n_heads(e->drafter) : 1;
+    const int32_t heads_want = spec && n_heads > 1 ? std::min(gp.n_max, n_heads) : 1;
+    if (spec && (!mtp_drafter_valid(e->drafter) || heads_want > mtp_drafter_heads_used(e->drafter))) {
         state_clear(e); // the head's state went stale in a plain generation: rebuild it
         keep = 0;
+    }
+    if (spec) {
+        mtp_drafter_use_heads(e->drafter, heads_want);
     }
     if (keep < n_past(e)) {
         // re-decode from one position earlier so the hidden row h_{from} is known again (and, for
         // the head, no later than the first position it has not seen)
         const int32_t from = e->drafter ? mtp_drafter_reuse_from(e->drafter, keep) : keep - 1;
         // recurrent state cannot go back arbitrarily far: start over
-        if (e->recurrent || from < 0 || !llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, from, -1)) {
+        if (e->recurrent || from < 0 || !mtp_memory_can_resume(e->ctx_tgt, from) ||
+            !llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, from, -1)) {
             state_clear(e);
             keep = 0;
         } else {
@@ -551,7 +577,9 @@ static int32_t draft_length(mtp_engine * e) {
     if (!e->stats.speculative) {
         return 0;
     }
-    return e->gen.adaptive ? mtp_policy_next(e->policy, e->gen.n_max) : e->gen.n_max;
+    // chained heads: one draft position per head in use, as llama.cpp (never past the last head)
+    const int32_t n_max = std::min(e->gen.n_max, mtp_drafter_max_draft(e->drafter));
+    return e->gen.adaptive ? mtp_policy_next(e->policy, n_max) : n_max;
 }
 
 // the target's logits at verify rows 0..n_draft: accept the agreeing prefix of the draft (greedy:

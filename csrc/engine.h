@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "llama.h"
+#include "memory.h"
 
 enum mtp_status {
     MTP_OK            = 0,
@@ -44,7 +45,7 @@ struct mtp_model_params {
     int32_t n_gpu_layers     = -1;   // -1: all
     int32_t flash_attn       = -1;   // -1 auto, 0 off, 1 on
     bool    use_mtp          = true; // false: plain decoding only, MTP layers are not loaded
-    int32_t n_draft_capacity = 8;    // the largest n_max a generation may ask for
+    int32_t n_draft_capacity = 6;    // the largest n_max a generation may ask for (sizes the rollback snapshots)
 };
 
 struct mtp_model_info {
@@ -62,12 +63,14 @@ struct mtp_model_info {
     bool        mtp_active   = false;         // whether speculation can run
     std::string mtp_note;                     // why MTP is off, when it is
     bool        recurrent    = false;         // hybrid/recurrent target (rollback via snapshots)
+    bool        mtp_chain    = false;         // n_layer_nextn > 1 heads chained: head i drafts position i
     std::string chat_template;                // empty: none in the GGUF
     std::string bos_token;
     std::string eos_token;
     bool        add_bos      = false;
     std::string backend;
     std::string system_info;                  // llama.cpp's CPU/backend feature line
+    std::vector<mtp_memory_entry> memory;     // what the contexts allocated (llama.cpp's breakdown)
 };
 
 struct mtp_sampling_params {

@@ -1,180 +1,248 @@
 #!/usr/bin/env python3
 """Benchmark mtprun's engine: plain decoding vs MTP speculative decoding, in one run.
 
-On synthetic bench-size oracle models (mtprun.synth's ``bench`` preset with 12 layers: 1.1 GB of
-f16 weights) with MTP agreement 0.5 / 0.7 / 0.9, it measures
-plain decoding, MTP with draft lengths 1..6 and adaptive (auto), alternating the configurations over several
-repetitions (these machines are noisy) and reporting medians: tok/s, ratio to plain, acceptance,
-acceptance by draft position, tokens per target pass, and where the time goes (target decodes,
-MTP-head decodes, token choice, and the engine's own overhead per step).
+Cells: synthetic bench-size oracle models (mtprun.synth's ``bench`` preset deepened to 12 layers:
+1.1 GB of f16 weights) per weight type (``--quant``: f16 or a llama.cpp quantization) and MTP
+agreement (``--agree``), plus, with ``--phases``, a phase-changing model whose agreement
+alternates along the text (``--phase-spec``; no fixed draft length is right everywhere).
+Configurations per cell: plain decoding, fixed draft lengths (``--n-max``), ``auto`` (the
+adaptive draft length, ceiling 6, where this mtprun has it) and llama.cpp's own
+``llama-speculative-simple --spec-type draft-mtp`` at each n (``--ref-bin DIR`` or
+``MTPRUN_LLAMA_REF_BIN``; build it with ``scripts/build_reference.sh``). They alternate over
+``--reps`` repetitions (machines are noisy) and the figures are medians: tok/s, x plain,
+acceptance, acceptance by draft position, tokens per target pass, prompt speed, where mtprun's
+time goes, auto vs the best fixed n and vs llama.cpp's best n, and a summary of issue 15's
+targets naming the cells that miss them. ``--json OUT`` writes every figure.
 
-If llama.cpp's own ``llama-speculative-simple`` is available (``--ref-bin DIR`` or
-``MTPRUN_LLAMA_REF_BIN``; build it with ``scripts/build_reference.sh``), the same model and
-settings run through it too, interleaved with ours, for a side-by-side figure.
+Models are built once into ``--cache`` ($MTPRUN_BENCH_CACHE, else $MTPRUN_CACHE/bench, else
+~/.cache/mtprun/bench). The measuring code lives in ``mtprun.benchmark``.
 
-    python scripts/bench_engine.py                      # full run (a few minutes on 2 cores)
-    python scripts/bench_engine.py --agree 0.7 --n-max 1 2 3 --reps 3 --tokens 128
+    python scripts/bench_engine.py                                  # a few minutes on 2 cores
+    python scripts/bench_engine.py --quant f16,Q8_0,Q4_K_M --agree 0.3,0.5,0.7,0.9 --phases \\
+        --reps 3 --tokens 128 --json bench.json                     # the full figures
+    python scripts/bench_engine.py --preset tiny --agree 0.7 --n-max 1,2 --reps 1 --tokens 32   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
-import re
+import platform
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtprun import GenerationConfig, ModelConfig, SamplingConfig, SpecConfig
+from mtprun import ModelConfig
+from mtprun import benchmark as bm
 from mtprun.engine import Engine
-from mtprun.events import Result
-from mtprun.synth import SynthSpec, write_model
-
-
-@dataclass
-class Runs:
-    tps: list[float] = field(default_factory=list)
-    acceptance: list[float] = field(default_factory=list)
-    by_pos: list[tuple[float, ...]] = field(default_factory=list)
-    tokens_per_pass: list[float] = field(default_factory=list)
-    step_ms: list[float] = field(default_factory=list)  # wall time per target pass
-    verify_ms: list[float] = field(default_factory=list)  # per step, in target decodes
-    draft_ms: list[float] = field(default_factory=list)  # per step, in MTP-head decodes
-    choose_ms: list[float] = field(default_factory=list)  # per step, choosing tokens
-    overhead_ms: list[float] = field(default_factory=list)  # per step, everything else
-
-    def add(self, r: Result) -> None:
-        s = r.stats
-        steps = max(1, s.n_target_passes)
-        self.tps.append(s.generation_tps)
-        self.acceptance.append(s.acceptance)
-        self.by_pos.append(s.acceptance_by_position)
-        self.tokens_per_pass.append(s.tokens_per_pass)
-        self.step_ms.append(1e3 * s.generation_seconds / steps)
-        self.verify_ms.append(1e3 * s.verify_seconds / steps)
-        self.draft_ms.append(1e3 * s.draft_seconds / steps)
-        self.choose_ms.append(1e3 * s.sample_seconds / steps)
-        self.overhead_ms.append(1e3 * s.overhead_seconds / steps)
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
+from mtprun.errors import MtprunError
+from mtprun.synth import ARCHS, QUANTS, SynthSpec, cycle_length, draft_path_for, parse_agree_phases, write_model
 
 # The bench preset, deepened so the MTP head (one block + the output head) weighs ~14% of the
 # target as in real MTP models (Qwen3.6-27B: ~6%), rather than the ~40% of a 4-layer model.
 BENCH_SHAPE = {"n_layer": 12, "n_ff": 4096}
+PROMPTS = [
+    " Once upon a quiet morning, seven curious foxes",
+    " Every brave explorer carried bright lanterns and small maps;",
+    "Hello there, tell me a story.",
+]
+DEFAULT_PHASES = "40:0.95,40:0.2"
 
 
-def build_model(cache: Path, agree: float, preset: str, dtype: str | None = None) -> Path:
-    shape = {**BENCH_SHAPE, **({"dtype": dtype} if dtype else {})}
-    spec = SynthSpec.preset(preset, arch="qwen35", mode="oracle", agree=agree, seed=1, **shape)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _list(kind, name: str):
+    def parse(text: str):
+        try:
+            out = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a comma-separated list, got {text!r}") from None
+        if not out:
+            raise argparse.ArgumentTypeError(f"{name} is empty")
+        return out
+    return parse
+
+
+def default_cache() -> Path:
+    if os.environ.get("MTPRUN_BENCH_CACHE"):
+        return Path(os.environ["MTPRUN_BENCH_CACHE"]).expanduser()
+    if os.environ.get("MTPRUN_CACHE"):
+        return Path(os.environ["MTPRUN_CACHE"]).expanduser() / "bench"
+    return Path.home() / ".cache" / "mtprun" / "bench"
+
+
+def build_model(cache: Path, arch: str, preset: str, quant: str, agree: float, phases) -> tuple[Path, Path | None, int]:
+    """The cell's model in the cache (written once; the key is the whole spec), its drafter
+    sidecar if it has one, and its cycle length."""
+    # tiny (smoke runs): widened so that K-quants' 256-value blocks fit every row
+    shape = dict(BENCH_SHAPE) if preset == "bench" else {"n_embd": 512, "n_ff": 512, "draft_n_embd": 256}
+    if quant not in ("f16", "f32"):
+        shape.update(dtype="f16", quant=quant)
+    elif quant == "f32":
+        shape.update(dtype="f32")
+    else:
+        shape.update(dtype="f16")
+    spec = SynthSpec.preset(preset, arch=arch, mode="oracle", agree=agree, seed=1, agree_phases=phases, **shape)
     key = hashlib.sha256(repr(spec).encode()).hexdigest()[:10]
-    path = cache / f"bench-qwen35-oracle-{agree:g}-{key}.gguf"
+    label = f"phases-{key}" if phases else f"{agree:g}-{key}"
+    path = cache / f"bench-{arch}-{quant}-{label}.gguf"
     if not path.exists():
         t0 = time.perf_counter()
         res = write_model(spec, path)
         print(f"# built {path.name}: {res.weight_bytes / 1e6:.0f} MB of weights in {time.perf_counter() - t0:.1f}s", flush=True)
-    return path
+    draft = draft_path_for(path)  # a drafter sidecar, for architectures that have one (gemma4)
+    return path, draft if draft.exists() else None, cycle_length(spec)
 
 
-def run_ours(eng: Engine, prompt: list[int], n_tokens: int, n_max: int | str | None) -> Result:
-    """n_max: None plain, "auto" adaptive (ceiling 6), a number a fixed draft length."""
-    if n_max == "auto":
-        spec = SpecConfig()
-    else:
-        spec = SpecConfig(enabled=n_max is not None, n_max=n_max or 1, adaptive=False)
-    cfg = GenerationConfig(max_tokens=n_tokens, sampling=SamplingConfig(temperature=0.0), spec=spec)
-    eng.reset()  # same work every repetition: prefill + generation from an empty cache
-    result = None
-    for ev in eng.generate(prompt, cfg):
-        if isinstance(ev, Result):
-            result = ev
-    assert result is not None
-    return result
+def fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if x is None or x != x else f"{x:{spec}}{suffix}"
 
 
-_REF_TPS = re.compile(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s")
-_REF_ACC = re.compile(r"accept\s+=\s+([\d.]+)%")
+def print_cell(name: str, cmp: bm.Comparison, runs: bm.Runs) -> None:
+    ms = {c.name: r for c, r in runs.by_config.items()}
+    print(f"config             tok/s  x plain  accept  tok/pass  prompt t/s  ms/step  target  mtp-head  choose   accept by position")
+    for cname, s in cmp.summaries.items():
+        if not s.n_runs:
+            continue
+        line = (f"{cname:16s} {s.tps:7.2f} {cmp.x_plain[cname]:7.2f}x {fmt(s.acceptance if cname != 'plain' else None, '6.1%'):>6s}"
+                f" {s.tokens_per_pass:8.2f} {s.prompt_tps:10.1f}")
+        if not cname.startswith("llama.cpp"):
+            steps = [m for m in ms[cname] if m.n_target_passes]
+            per = lambda f: statistics.median(1e3 * f(m) / m.n_target_passes for m in steps) if steps else float("nan")  # noqa: E731
+            line += (f" {per(lambda m: m.generation_seconds):8.1f} {per(lambda m: m.verify_seconds):7.1f}"
+                     f" {per(lambda m: m.draft_seconds):9.1f} {per(lambda m: m.sample_seconds):7.2f}")
+        else:
+            line += " " * 35
+        line += "   " + " ".join(f"{x:.2f}" for x in s.acceptance_by_position)
+        print(line)
+    notes = []
+    if cmp.best_fixed:
+        notes.append(f"best fixed {cmp.best_fixed} ({cmp.x_plain[cmp.best_fixed]:.2f}x plain)")
+    if cmp.best_reference:
+        notes.append(f"llama.cpp's best {cmp.best_reference.split()[-1]} ({cmp.x_plain[cmp.best_reference]:.2f}x plain)")
+    if cmp.auto_vs_plain is not None:
+        notes.append(f"auto: {cmp.auto_vs_plain:.2f}x plain, {fmt(cmp.auto_vs_best_fixed)}x best fixed, "
+                     f"{fmt(cmp.auto_vs_best_reference)}x llama.cpp's best")
+    if notes:
+        print("  " + "; ".join(notes), flush=True)
 
 
-def run_ref(bin_dir: Path, model: Path, prompt: str, n_tokens: int, n_max: int, threads: int, n_ctx: int) -> tuple[float, float]:
-    cmd = [
-        str(bin_dir / "llama-speculative-simple"), "-m", str(model), "--spec-type", "draft-mtp",
-        "--spec-draft-n-max", str(n_max), "-p", prompt, "-n", str(n_tokens), "--temp", "0",
-        "-t", str(threads), "-c", str(n_ctx), "-fa", "off", "--spec-draft-p-min", "0",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    text = out.stdout + out.stderr
-    m, a = _REF_TPS.search(text), _REF_ACC.search(text)
-    if out.returncode != 0 or not m:
-        raise RuntimeError(f"llama-speculative-simple failed ({out.returncode}): {text[-400:]}")
-    return float(m.group(3)), float(a.group(1)) / 100 if a else float("nan")
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--agree", type=float, nargs="+", default=[0.5, 0.7, 0.9])
-    ap.add_argument("--n-max", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=128)
+def main(argv: list[str] | None = None) -> int:
+    ap = _Parser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", default="qwen35", choices=ARCHS, help="synthetic architecture (default qwen35)")
+    ap.add_argument("--quant", type=_list(str, "--quant"), default=["f16"],
+                    help="weight types, comma-separated: f16, f32 or " + ", ".join(QUANTS) + " (default f16)")
+    ap.add_argument("--agree", type=_list(float, "--agree"), default=[0.5, 0.9], help="MTP agreements (default 0.5,0.9)")
+    ap.add_argument("--phases", action="store_true", help="also the phase-changing model (per weight type)")
+    ap.add_argument("--phase-spec", default=DEFAULT_PHASES, help=f"its phases, LEN:AGREE,... (default {DEFAULT_PHASES})")
+    ap.add_argument("--n-max", type=_list(int, "--n-max"), default=[1, 2, 3, 4, 5, 6], help="fixed draft lengths (default 1..6)")
+    ap.add_argument("--no-auto", action="store_true", help="skip the adaptive configuration")
+    ap.add_argument("--no-ref", action="store_true", help="skip llama.cpp's loop")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (medians; default 3)")
+    ap.add_argument("--tokens", type=int, default=64, help="tokens generated per prompt (default 64)")
+    ap.add_argument("--prompts", type=int, default=2, help=f"how many of the built-in prompts (1..{len(PROMPTS)}, default 2)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--ctx", type=int, default=2048)
-    ap.add_argument("--preset", default="bench")
-    ap.add_argument("--dtype", choices=["f32", "f16", "q8_0"], help="weight type (default: the preset's, f16)")
-    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("MTPRUN_BENCH_CACHE", "/tmp/mtprun-bench")))
+    ap.add_argument("--preset", default="bench", choices=["bench", "tiny"])
+    ap.add_argument("--cache", type=Path, default=None, help="where the models are built (see above)")
     ap.add_argument("--ref-bin", type=Path, default=os.environ.get("MTPRUN_LLAMA_REF_BIN"))
-    args = ap.parse_args()
-    args.cache.mkdir(parents=True, exist_ok=True)
-    ref = args.ref_bin if args.ref_bin and (Path(args.ref_bin) / "llama-speculative-simple").exists() else None
+    ap.add_argument("--json", type=Path, metavar="OUT", help="write every figure to OUT")
+    args = ap.parse_args(argv)
 
-    print(f"# mtprun bench: {args.tokens} tokens greedy, {args.threads} threads, ctx {args.ctx}, "
-          f"{args.reps} reps (medians), flash attention off" + (f", reference {ref}" if ref else ", no reference binary"))
-    prompt_text = " Once upon a quiet morning, seven curious foxes"
-    for agree in args.agree:
-        path = build_model(args.cache, agree, args.preset, args.dtype)
-        base = ModelConfig(path=path, n_ctx=args.ctx, n_threads=args.threads, flash_attn=False)
-        plain_eng = Engine(ModelConfig(**{**base.__dict__, "mtp": False}))
-        mtp_eng = Engine(base)
-        prompt = mtp_eng.tokenize(prompt_text)
-        plain, ours, auto = Runs(), {n: Runs() for n in args.n_max}, Runs()
-        theirs: dict[int, list[tuple[float, float]]] = {n: [] for n in args.n_max}
-        for _ in range(args.reps):  # alternate the configurations inside each repetition
-            plain.add(run_ours(plain_eng, prompt, args.tokens, None))
-            auto.add(run_ours(mtp_eng, prompt, args.tokens, "auto"))
-            for n in args.n_max:
-                ours[n].add(run_ours(mtp_eng, prompt, args.tokens, n))
-                if ref:
-                    theirs[n].append(run_ref(ref, path, prompt_text, args.tokens, n, args.threads, args.ctx))
-        p_tps = med(plain.tps)
-        print(f"\n## agree {agree:g} ({path.name}, {mtp_eng.info.size_bytes / 1e6:.0f} MB)")
-        print(f"plain: {p_tps:7.2f} tok/s, {med(plain.step_ms):6.1f} ms/token "
-              f"(target {med(plain.verify_ms):.1f}, choose {med(plain.choose_ms):.2f}, overhead {med(plain.overhead_ms):.2f})")
-        hdr = "n_max   tok/s  x plain  accept  tok/pass  ms/step  target  mtp-head  choose  overhead  accept by position"
-        if ref:
-            hdr += "  | llama.cpp tok/s  accept  ours/theirs"
-        print(hdr)
-        for n in args.n_max:
-            r = ours[n]
-            by_pos = [statistics.median(p[i] for p in r.by_pos) for i in range(n)]
-            line = (f"{n:5d} {med(r.tps):7.2f} {med(r.tps) / p_tps:7.2f}x {med(r.acceptance):6.1%} {med(r.tokens_per_pass):8.2f}"
-                    f" {med(r.step_ms):8.1f} {med(r.verify_ms):7.1f} {med(r.draft_ms):9.1f} {med(r.choose_ms):7.2f}"
-                    f" {med(r.overhead_ms):9.2f}  " + " ".join(f"{x:.2f}" for x in by_pos))
-            if ref:
-                t_tps = med([t for t, _ in theirs[n]])
-                t_acc = med([a for _, a in theirs[n]])
-                line += f"  | {t_tps:15.2f} {t_acc:6.1%} {med(r.tps) / t_tps:10.2f}x"
-            print(line, flush=True)
-        best = max(args.n_max, key=lambda n: med(ours[n].tps))
-        print(f" auto {med(auto.tps):7.2f} {med(auto.tps) / p_tps:7.2f}x {med(auto.acceptance):6.1%} {med(auto.tokens_per_pass):8.2f}"
-              f" {med(auto.step_ms):8.1f}   | auto / best fixed (n={best}): {med(auto.tps) / med(ours[best].tps):.2f}x", flush=True)
-        plain_eng.close()
-        mtp_eng.close()
-    return 0
+    bad = [q for q in args.quant if q not in ("f16", "f32") and q not in QUANTS]
+    if bad:
+        ap.error(f"unknown --quant {bad[0]!r} (choose from f16, f32, {', '.join(QUANTS)})")
+    if any(not 0 <= a <= 1 for a in args.agree):
+        ap.error("--agree values must be in [0, 1]")
+    if any(not 1 <= n <= 8 for n in args.n_max):
+        ap.error("--n-max values must be within 1..8")
+    if args.reps < 1 or args.tokens < 1 or not 1 <= args.prompts <= len(PROMPTS) or args.threads < 1:
+        ap.error("--reps, --tokens and --threads must be at least 1, --prompts within 1..3")
+    try:
+        phases = parse_agree_phases(args.phase_spec) if args.phases else None
+    except MtprunError as exc:
+        ap.error(str(exc))
+    cache = args.cache or default_cache()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        ap.error(f"cannot create the cache directory {cache}: {exc.strerror}")
+    ref = args.ref_bin if args.ref_bin and (Path(args.ref_bin) / "llama-speculative-simple").is_file() else None
+
+    configs = bm.configurations(args.n_max, auto=not args.no_auto, reference=ref is not None and not args.no_ref)
+    texts = PROMPTS[: args.prompts]
+    print(f"# mtprun bench: {args.arch}, {args.tokens} tokens greedy x {len(texts)} prompts, {args.threads} threads, "
+          f"ctx {args.ctx}, {args.reps} reps alternating (medians), flash attention off; {platform.machine()} "
+          f"{os.cpu_count()} CPUs" + (f"; llama.cpp reference {ref}" if ref else "; no llama.cpp reference binary"))
+    if not args.no_auto and not bm.adaptive_available():
+        print("# note: this mtprun's SpecConfig has no `adaptive` field yet: the auto configuration is skipped")
+    cells: list[tuple[str, float | None, str]] = [(q, a, f"{q} agree {a:g}") for q in args.quant for a in args.agree]
+    if phases:
+        cells += [(q, None, f"{q} phases {args.phase_spec}") for q in args.quant]
+
+    report: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "configurations": [c.name for c in configs], "cells": {}}
+    comparisons: dict[str, bm.Comparison] = {}
+    interrupted = failed = False
+    for quant, agree, cell in cells:
+        try:
+            path, draft, cycle = build_model(cache, args.arch, args.preset, quant, agree if agree is not None else 1.0,
+                                      phases if agree is None else None)
+        except MtprunError as exc:
+            print(f"error: {cell}: {exc}", file=sys.stderr)
+            return 2
+        # a phase cell generates at least two turns of its cycle: every phase, twice
+        n_tokens = args.tokens if agree is not None else max(args.tokens, 2 * cycle)
+        base = dict(path=path, draft_path=draft, n_ctx=args.ctx, n_threads=args.threads, flash_attn=False)
+        with Engine(ModelConfig(**base, mtp=False)) as plain_eng, Engine(ModelConfig(**base)) as mtp_eng:
+            prompts = [mtp_eng.tokenize(t) for t in texts]
+
+            def measure(c: bm.Configuration) -> bm.Measurement:
+                if c.kind == "llama.cpp":
+                    return bm.measure_reference(ref, path, texts, c.n_max, n_tokens, draft=draft,
+                                                threads=args.threads, n_ctx=args.ctx)
+                return bm.measure_engine(plain_eng if c.kind == "plain" else mtp_eng, prompts, c, n_tokens)
+
+            try:
+                runs = bm.run_alternating(configs, measure, args.reps)
+            except MtprunError as exc:
+                print(f"error: {cell}: {exc}", file=sys.stderr)
+                failed = True
+                break
+            size = mtp_eng.info.size_bytes
+        cmp = bm.compare({c.name: bm.summarize(r) for c, r in runs.by_config.items()})
+        comparisons[cell] = cmp
+        print(f"\n## {cell} ({path.name}, {size / 1e6:.0f} MB, {n_tokens} tokens per prompt)"
+              + (" -- interrupted" if runs.interrupted else ""))
+        print_cell(cell, cmp, runs)
+        report["cells"][cell] = {"model": str(path), "model_bytes": size, "quant": quant, "agree": agree, "tokens": n_tokens,
+                                 "phases": args.phase_spec if agree is None else None, **cmp.as_dict(),
+                                 "runs": {c.name: [m.as_dict() for m in r] for c, r in runs.by_config.items()}}
+        if runs.interrupted:
+            interrupted = True
+            break
+
+    targets = bm.check_targets(comparisons, [c for _, a, c in cells if a is None])
+    report["targets"] = [t.__dict__ | {"misses": list(t.misses)} for t in targets]
+    report["interrupted"] = interrupted
+    report["failed"] = failed
+    print("\n## targets (issue 15)")
+    for t in targets:
+        state = "not measured" if t.met is None else ("met" if t.met else "MISSED")
+        extra = f" (worst {t.value:.2f}x)" if t.value is not None and "median" not in t.description else (
+            f" (median {t.value:.2f}x)" if t.value is not None else "")
+        print(f"- {t.description}: {state}{extra}" + (f"; misses: {', '.join(t.misses)}" if t.misses else ""))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"# wrote {args.json}")
+    return 1 if failed else 130 if interrupted else 0
 
 
 if __name__ == "__main__":

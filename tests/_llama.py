@@ -207,3 +207,57 @@ def greedy(ctx: Context, prompt: Sequence[int], n: int) -> tuple[list[int], list
         margins.append(m)
         logits = ctx.decode([t], all_logits=False)[-1]
     return out, margins
+
+
+def reference_memory(model_path, draft_path=None, *, n_ctx: int, n_max: int, flash_attn: bool,
+                     mtp: bool = True) -> tuple[list[dict], list[dict]]:
+    """llama.cpp's memory breakdown (mtprun._core.context_memory) of the contexts llama.cpp's own tools
+    create for this model: the target as common_context_params_to_llama does with common_params'
+    defaults (n_batch 2048, n_ubatch 512, swa_full off, n_rs_seq = n_max with draft-mtp), and with
+    ``mtp`` the MTP context as common_speculative_init_result does (same parameters, ctx_type MTP,
+    the target's n_ctx, no snapshots, ctx_other = the target). Returns (target rows, MTP rows)."""
+    from mtprun._native import core
+
+    quiet()
+    mp = L.llama_model_default_params()
+    mp.load_mtp = mtp and draft_path is None
+    tgt = L.llama_model_load_from_file(str(model_path).encode(), mp)
+    if not tgt:
+        raise RuntimeError(f"llama.cpp could not load {model_path}")
+    dft_model = None
+    contexts = []
+    try:
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, 2048, 512, 1
+        cp.n_outputs_max, cp.n_outputs_max_per_seq = 0, 1
+        cp.n_rs_seq = n_max if mtp else 0  # params.speculative.need_n_rs_seq()
+        cp.swa_full = False  # common_params.swa_full
+        cp.kv_unified = False
+        cp.flash_attn_type = 1 if flash_attn else 0
+        cp.n_threads = cp.n_threads_batch = 1
+        ctx = L.llama_init_from_model(tgt, cp)
+        if not ctx:
+            raise RuntimeError("llama.cpp could not create the target context")
+        contexts.append(ctx)
+        if mtp:
+            dp = cp
+            dp.ctx_type = 1  # LLAMA_CONTEXT_TYPE_MTP
+            dp.n_ctx = L.llama_n_ctx(ctx)
+            dp.n_rs_seq = 0
+            dp.ctx_other = ctx
+            if draft_path is not None:
+                dmp = L.llama_model_default_params()
+                dmp.load_mtp = True
+                dft_model = L.llama_model_load_from_file(str(draft_path).encode(), dmp)
+            dctx = L.llama_init_from_model(dft_model or tgt, dp)
+            if not dctx:
+                raise RuntimeError("llama.cpp could not create the MTP context")
+            contexts.append(dctx)
+        rows = [core.context_memory(ctypes.cast(c, ctypes.c_void_p).value) for c in contexts]
+        return rows[0], (rows[1] if len(rows) > 1 else [])
+    finally:
+        for c in reversed(contexts):
+            L.llama_free(c)
+        if dft_model:
+            L.llama_model_free(dft_model)
+        L.llama_model_free(tgt)

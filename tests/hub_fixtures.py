@@ -42,7 +42,6 @@ __all__ = [
     "run_cli",
 ]
 
-SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 @functools.cache
@@ -235,7 +234,11 @@ def cache_dir() -> Path:
 def cli_env(**extra: str) -> dict[str, str]:
     """The current (test) environment for a ``python -m mtprun`` subprocess."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # the mtprun this test process imported (installed, with its engine; or src/ in a bare checkout)
+    import mtprun
+
+    pkg_root = str(Path(mtprun.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["COLUMNS"] = "200"
     env.update(extra)

@@ -12,11 +12,12 @@ Two real HTTP servers (ephemeral ports, one thread per request):
   ``GatedRepo`` (401 without a token, 403 with a token that was not granted access),
   ``RevisionNotFound``, ``EntryNotFound``.
 * the CDN, on another port (so another origin, like the real signed CDN URLs): ``GET``/``HEAD``
-  of ``/blobs/{sha256}``, honouring ``Range: bytes=N-`` with ``206`` and ``Content-Range``.
+  of ``/blobs/{sha256}``, honouring ``Range: bytes=N-`` and ``bytes=N-M`` with ``206`` and
+  ``Content-Range`` (``ignore_ranges = True``: a server that answers 200 with the whole file).
 
 Knobs for tests: ``cut(path, after_bytes, times)`` drops the connection mid-body; ``stall(path,
 after_bytes)`` sends part of the body and then hangs until ``release()``; ``requests`` records
-every request (server, method, path, headers); ``declared_size`` makes the listing and headers
+every request (server, method, path, headers); ``sent`` counts the body bytes sent per file; ``declared_size`` makes the listing and headers
 announce a size other than the content's.
 """
 
@@ -74,6 +75,8 @@ class FakeHub:
         self.stalled = threading.Event()  # set once a stalled transfer has sent its bytes
         self._release = threading.Event()
         self._blobs: dict[str, tuple[FakeRepo, str]] = {}
+        self.ignore_ranges = False  # a CDN that answers every GET with the whole file (200)
+        self.sent: dict[str, int] = {}  # CDN body bytes sent per file (whether the client reads them or not)
         self.hub = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "hub"))
         self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "cdn"))
         self.hub.daemon_threads = self.cdn.daemon_threads = True
@@ -146,6 +149,10 @@ class FakeHub:
         if repo.gated and file and not allowed:
             return (403 if token else 401, "GatedRepo", GATED_MESSAGE.format(repo=repo.repo_id))
         return None
+
+    def count(self, path: str, n: int) -> None:
+        with self._lock:
+            self.sent[path] = self.sent.get(path, 0) + n
 
     def next_cut(self, path: str) -> int | None:
         with self._lock:
@@ -288,20 +295,26 @@ def _handler(hub: FakeHub, server: str) -> type[BaseHTTPRequestHandler]:
             rng = self.headers.get("Range")
             status = 200
             headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "ETag": f'"{sha}"'}
-            if rng and rng.startswith("bytes="):
-                first = rng[6:].split("-")[0]
+            stop = total  # exclusive
+            if hub.ignore_ranges:
+                headers.pop("Accept-Ranges")
+            elif rng and rng.startswith("bytes="):
+                first, _, last = rng[6:].partition("-")
                 start = int(first) if first else 0
-                if start >= total:
+                if last:
+                    stop = min(int(last) + 1, total)
+                if start >= total or stop <= start:
                     return self._send(416, {"Content-Range": f"bytes */{total}"}, b"", head)
                 status = 206
-                headers["Content-Range"] = f"bytes {start}-{total - 1}/{total}"
-            body = data[start:]
-            headers["Content-Length"] = str(total - start)
+                headers["Content-Range"] = f"bytes {start}-{stop - 1}/{total}"
+            body = data[start:stop]
+            headers["Content-Length"] = str(stop - start)
             if head:
                 return self._send(status, headers, b"", True)
             cut = hub.next_cut(filename)
             stall = hub.take_stall(filename) if cut is None else None
             if cut is None and stall is None:
+                hub.count(filename, len(body))
                 return self._send(status, headers, body)
             keep = cut if cut is not None else stall
             headers["Connection"] = "close"
@@ -311,6 +324,7 @@ def _handler(hub: FakeHub, server: str) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body[:keep])
             self.wfile.flush()
+            hub.count(filename, len(body[:keep]))
             if stall is not None:
                 hub.stalled.set()
                 hub._release.wait(60)

@@ -137,6 +137,51 @@ def test_oracle_acceptance_matches_agreement(synth_model, arch, agree):
                 assert r.stats.tokens_per_pass == pytest.approx(n_tokens / math.ceil(n_tokens / (n_max + 1)), rel=0.02)
 
 
+# Q4_K_M quantizes rows in blocks of 256: the tiny models' n_ff (and gemma4's drafter) widened
+QUANT_FIELDS = {"Q8_0": {}, "Q4_K_M": dict(n_embd=512, n_ff=512, draft_n_embd=256)}
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_K_M"])
+def test_quantized_oracle_keeps_its_cycle_acceptance_and_losslessness(synth_model, arch, quant):
+    """llama.cpp's quantizer keeps what the oracle construction promises: the cycle, the exact
+    draft/accept counts, and greedy MTP output equal to plain decoding."""
+    model = synth_model(arch=arch, mode="oracle", agree=0.7, quant=quant, **QUANT_FIELDS[quant])
+    n_tokens = 300
+    with open_engine(model) as eng:
+        assert eng.info.mtp_active
+        prompt = eng.tokenize(PROMPTS[1])
+        plain = run(eng, prompt, greedy(n_tokens, spec=False))
+        assert list(plain.tokens) == model.greedy_continuation(prompt[-1], n_tokens)
+        for n_max in (1, 3, 6):
+            eng.reset()
+            r = run(eng, prompt, greedy(n_tokens, spec=True, n_max=n_max))
+            assert r.tokens == plain.tokens, n_max
+            drafted, accepted, passes = expected_counts(model, prompt[-1], n_tokens, n_max)
+            assert r.stats.drafted_by_position == tuple(drafted)
+            assert r.stats.accepted_by_position == tuple(accepted)
+            assert r.stats.n_target_passes == passes
+
+
+def test_phase_model_acceptance_follows_its_phases(synth_model):
+    model = synth_model(arch="qwen35", mode="oracle", agree_phases=((40, 0.95), (40, 0.2)))
+    n_tokens = 3 * len(model.cycle)
+    pos = {c: k for k, c in enumerate(model.cycle)}
+    with open_engine(model) as eng:
+        prompt = eng.tokenize(PROMPTS[0])
+        steps = [e for e in eng.generate(prompt, greedy(n_tokens, spec=True, n_max=1)) if isinstance(e, Step)]
+    # one draft per step, made after the step's previous token: accepted exactly where the phases say
+    prev, by_phase = prompt[-1], ([], [])
+    for st in steps:
+        if st.n_drafted:
+            k = pos[prev]
+            assert st.n_accepted == model.agree_positions[k], k
+            by_phase[k >= 40].append(st.n_accepted)
+        prev = st.pieces[-1].token
+    high, low = (sum(x) / len(x) for x in by_phase)
+    assert high > 0.9 and low < 0.3
+
+
 # --- lossless sampling ---------------------------------------------------------------------------
 
 

@@ -336,6 +336,17 @@ def test_same_seed_gives_identical_files(tmp_path, arch, mode):
     (dict(dtype="q4_0"), "unknown dtype"),
     (dict(arch="gemma4", draft_n_embd=256), "draft_n_embd must differ"),
     (dict(seed=-1), "seed must be"),
+    (dict(quant="Q9_9"), "unknown quant"),
+    (dict(quant="q8_0"), "unknown quant"),
+    (dict(quant="Q8_0", dtype="q8_0"), "quant needs f16 or f32"),
+    (dict(quant="Q4_K_M"), "rows of 384"),  # tiny's n_ff = 384 is not a multiple of 256
+    (dict(arch="gemma4", quant="Q4_K_M", n_embd=512, n_ff=512), "drafter .* rows of 128"),
+    (dict(agree_phases=()), "agree_phases must be"),
+    (dict(agree_phases=[(40, 0.5)]), "agree_phases must be"),
+    (dict(agree_phases=((0, 0.5),)), "phase lengths"),
+    (dict(agree_phases=((40, 1.5),)), "phase values"),
+    (dict(agree_phases=((150, 0.9), (150, 0.1))), "allows at most 192"),
+    (dict(agree_phases=((40, 0.9),), end_with_eos=True), "cannot be combined"),
 ])
 def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, bad, message):
     with pytest.raises(InvalidInputError, match=message) as err:
@@ -378,7 +389,8 @@ def test_script_writes_model_and_prints_one_summary_line(tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["--arch", "llama"], ["--agree", "1.5"], ["--agree", "abc"], ["--n-embd", "100"], ["--bogus"],
-    ["--preset", "huge"], [],
+    ["--preset", "huge"], [], ["--quant", "Q3"], ["--quant", "Q4_K_M"], ["--agree-phases", "40:0.9,40"],
+    ["--agree-phases", "40:0.9,x:0.2"],
 ])
 def test_script_bad_input_prints_one_error_line_and_exits_2(tmp_path, args):
     out = _script(*args, *(["--out", "m.gguf"] if args else []), cwd=tmp_path)
@@ -420,3 +432,139 @@ def test_end_with_eos_closes_the_oracle_passage_and_only_for_oracles(tmp_path):
     with pytest.raises(InvalidInputError, match="end_with_eos"):
         write_model(SynthSpec(arch="qwen35", mode="random", end_with_eos=True), tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+# ----------------------------------------------------------------------- quantized models
+
+# Q4_K_M needs rows that are multiples of 256: tiny models with n_ff (and gemma4's drafter) widened
+QUANT_FIELDS = {"Q8_0": {}, "Q4_K_M": dict(n_embd=512, n_ff=512, draft_n_embd=256)}
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_K_M"])
+def test_quantized_model_keeps_its_mtp_tensors_quantized(synth_model, arch, quant):
+    r = synth_model(arch, "oracle", agree=0.7, quant=quant, **QUANT_FIELDS[quant])
+    files = [r.model_path] + ([r.draft_path] if r.draft_path else [])
+    types = {}
+    for i, path in enumerate(files):
+        reader = gguf.GGUFReader(path)
+        assert reader.fields["general.file_type"].parts[-1][0] == synth.QUANTS[quant][0]
+        types.update({(i, t.name): t.tensor_type.name for t in reader.tensors})
+    want = {"Q8_0": {"Q8_0"}, "Q4_K_M": {"Q4_K", "Q6_K"}}[quant]
+    big = [k for k in types if k[1].endswith(".weight") and "norm" not in k[1] and "rope" not in k[1]
+           and "layer_output_scale" not in k[1]]
+    assert {types[k] for k in big} <= want | {"F32"} and {types[k] for k in big} & want
+    # the MTP block (qwen35) and the whole drafter (gemma4) are quantized as well
+    mtp = [k for k in big if (k[0] == 1 if arch == "gemma4" else k[1].startswith(f"blk.{r.spec.n_layer}."))]
+    assert mtp and all(types[k] in want for k in mtp if types[k] != "F32")
+    assert any("nextn" in k[1] for k in mtp)
+    assert r.weight_bytes == sum(int(t.n_bytes) for p in files for t in gguf.GGUFReader(p).tensors)
+    assert r.weight_bytes < 0.6 * synth.weight_bytes(r.spec)  # smaller than the f32 model it came from
+    with _load_target(r) as m:
+        assert m.n_layer_nextn == (1 if arch == "qwen35" else 0)
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+def test_quantized_oracle_greedy_follows_the_cycle(synth_model, arch):
+    r = synth_model(arch, "oracle", agree=0.7, quant="Q4_K_M", **QUANT_FIELDS["Q4_K_M"])
+    with _load_target(r) as m, Context(m) as ctx:
+        prompt = m.tokenize(CHAT_PROMPTS[arch], add_special=False)
+        tokens, margins = greedy(ctx, prompt, 2 * len(r.cycle) + 5)
+        assert tokens == r.greedy_continuation(prompt[-1], len(tokens))
+        assert min(margins) >= 10.0
+
+
+def test_quantizing_writes_atomically_and_reports_quantizer_failures(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "_QUANTIZE_SCRIPT", "import sys; print('boom: bad tensor', file=sys.stderr); sys.exit(3)")
+    with pytest.raises(InvalidInputError, match="quantizer failed on mtp-m.gguf: boom: bad tensor"):
+        write_model(SynthSpec(arch="gemma4", quant="Q8_0"), tmp_path / "m.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_script_quantizes(tmp_path):
+    out = _script("--quant", "Q8_0", "--agree", "0.5", "--out", "q.gguf", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\n") == 1 and "Q8_0" in out.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["q.gguf"]
+    assert gguf.GGUFReader(tmp_path / "q.gguf").fields["general.file_type"].parts[-1][0] == 7
+    again = write_model(SynthSpec(agree=0.5, quant="Q8_0"), tmp_path / "again.gguf")
+    assert again.model_path.read_bytes() == (tmp_path / "q.gguf").read_bytes()  # still a pure function of the spec
+
+
+# ------------------------------------------------------------- phase-changing agreement
+
+PHASES = ((40, 0.95), (40, 0.2))
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+def test_agree_phases_lay_out_the_agreement_in_stretches(synth_model, arch):
+    r = synth_model(arch, "oracle", agree_phases=PHASES)
+    L = len(r.cycle)
+    assert L == 80  # the 60-token passage grown to a whole repetition of the 80-token pattern
+    assert len(set(r.cycle)) == L and r.cycle[:60] == tuple(synth_model(arch, "oracle").cycle)
+    pos = r.agree_positions
+    assert len(pos) == L
+    assert sum(pos[:40]) == 38 and sum(pos[40:]) == 8  # round(0.95 * 40), round(0.2 * 40)
+    assert r.agree_tokens == frozenset(c for c, a in zip(r.cycle, pos) if a)
+    assert r.expected_acceptance == pytest.approx(46 / 80)
+    for k, c in enumerate(r.cycle):
+        assert (r.mtp_prediction[c] == r.successor[c]) == pos[k]
+    # the cycle still reads as text: the passage, then filler words
+    assert r.cycle_text.startswith(synth.CYCLE_TEXT) and len(r.cycle_text) > len(synth.CYCLE_TEXT)
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+def test_phase_model_generates_its_cycle_and_drafts_by_phase(synth_model, arch):
+    r = synth_model(arch, "oracle", agree_phases=PHASES)
+    with _load_target(r) as m:
+        prompt = m.tokenize("Hello there")
+        seq = prompt + r.greedy_continuation(prompt[-1], len(r.cycle) + 1)
+        with Context(m) as ctx:
+            tokens, _ = greedy(ctx, prompt, len(r.cycle))
+        assert tokens == list(r.cycle)
+        assert m.detokenize(tokens) == r.cycle_text
+        with Context(m, nextn=True) as tgt:
+            tgt.decode(seq)
+            hidden = np.stack([tgt.hidden(i, m.n_embd) for i in range(len(seq))])
+            pairs = list(zip(seq[1:], hidden[:-1], range(1, len(seq))))
+            if r.draft_path is None:
+                with Context(m, mtp=True, other=tgt) as dft:
+                    logits = dft.mtp_logits(*map(list, zip(*pairs)))
+            else:
+                with Model(r.draft_path) as dm, Context(dm, mtp=True, other=tgt) as dft:
+                    logits = np.concatenate([dft.mtp_logits([t], h[None], [p]) for t, h, p in pairs])
+    drafts = [top2(row)[0] for row in logits]
+    # the head's draft after cycle[k] is right exactly where the phases say
+    right = [d == r.successor[t] for d, (t, _, _) in zip(drafts, pairs)][len(prompt) - 1:][: len(r.cycle)]
+    assert right == list(r.agree_positions)
+    assert sum(right[:40]) / 40 > 0.9 > 0.3 > sum(right[40:]) / 40
+
+
+def test_agree_phases_repeat_along_a_long_cycle_and_in_random_models(tmp_path):
+    r = write_model(SynthSpec(n_embd=512, agree_phases=((100, 1.0), (20, 0.0))), tmp_path / "a.gguf")
+    assert len(r.cycle) == 120 and r.agree_positions == (True,) * 100 + (False,) * 20
+    r = write_model(SynthSpec(agree_phases=((10, 1.0), (15, 0.0))), tmp_path / "b.gguf")
+    assert len(r.cycle) == 75 and r.agree_positions == ((True,) * 10 + (False,) * 15) * 3
+    rnd = write_model(SynthSpec(mode="random", agree_phases=((10, 1.0), (10, 0.0))), tmp_path / "c.gguf")
+    plain = write_model(SynthSpec(mode="random"), tmp_path / "d.gguf")
+    assert rnd.model_path.read_bytes() != plain.model_path.read_bytes()  # the head drafts by phase
+
+
+def test_script_writes_a_phase_model(tmp_path):
+    out = _script("--agree-phases", "40:0.95, 40:0.2", "--out", "p.gguf", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "agree=40:0.95,40:0.2 (cycle of 80 tokens" in out.stdout
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+def test_bench_preset_rows_fit_k_quant_blocks(arch):
+    """bench_engine.py quantizes the bench preset (and its 12-layer variant) to Q4_K_M/Q6_K: every
+    row must be a whole number of 256-value blocks, or llama.cpp would fall back per tensor."""
+    for shape in ({}, {"n_layer": 12, "n_ff": 4096}):
+        spec = SynthSpec.preset("bench", arch=arch, quant="Q4_K_M", **shape)
+        dims = synth._spec_dims(spec)
+        synth._check_quant_rows(spec, dims, synth._plan(spec, dims, synth._vocab(arch, dims.n_vocab)))
+    spec = SynthSpec(arch=arch, quant="Q4_K_M")  # the tiny preset does not fit, and says so
+    dims = synth._spec_dims(spec)
+    with pytest.raises(InvalidInputError, match="blocks of 256"):
+        synth._check_quant_rows(spec, dims, synth._plan(spec, dims, synth._vocab(arch, dims.n_vocab)))

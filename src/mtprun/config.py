@@ -35,7 +35,7 @@ class ModelConfig:
     n_gpu_layers: int = -1  # -1: all layers (when llama-cpp-python was built with a GPU backend)
     flash_attn: bool | None = None  # None: llama.cpp decides
     mtp: bool = True  # False: plain decoding; MTP layers and drafter are not loaded
-    n_draft_capacity: int = 8  # the largest SpecConfig.n_max any generation may use
+    n_draft_capacity: int = 6  # the largest SpecConfig.n_max any generation may use (sizes rollback snapshots)
     verbose: bool = False  # let llama.cpp's own log through to stderr
 
     def __post_init__(self) -> None:

@@ -31,6 +31,7 @@ from ._native import core
 from .config import GenerationConfig, ModelConfig
 from .errors import ContextOverflowError, EngineClosedError, InvalidInputError, ModelError, MtprunError
 from .events import GenerationStats, PolicyEstimates, Result, Step, StopReason, TokenPiece
+from .memory import MeasuredMemory, measured
 
 __all__ = ["Engine", "ModelInfo", "choose_draft_length"]
 
@@ -87,6 +88,8 @@ class ModelInfo:
     add_bos: bool
     backend: str
     system_info: str  # llama.cpp's feature line (CPU instruction sets, backends)
+    memory: MeasuredMemory | None = None  # what llama.cpp allocated for the contexts (its breakdown)
+    mtp_chain: bool = False  # several MTP heads, chained: head i drafts draft position i
 
 
 class Engine:
@@ -144,6 +147,8 @@ class Engine:
             add_bos=raw["add_bos"],
             backend=raw["backend"],
             system_info=raw["system_info"].strip(),
+            memory=measured(raw.get("memory", ())),
+            mtp_chain=raw["mtp_chain"],
         )
         self._busy = threading.Lock()
 
@@ -332,3 +337,26 @@ def _interruptible(fn, *args, cancel):
     if interrupted is not None:
         raise interrupted
     return box.get("value")
+
+
+def gpu_free_bytes() -> int | None:
+    """Free memory of the first GPU llama.cpp sees (ggml_backend_dev_memory), or None without one."""
+    for dev in core.devices():
+        if dev["type"] in ("gpu", "igpu"):
+            return int(dev["free"])
+    return None
+
+
+def dry_run(config: ModelConfig) -> MeasuredMemory:
+    """What loading ``config`` would allocate, from llama.cpp's no_alloc dry run (the way its -fit
+    measures: no weights are read), with the engine's contexts. Run it on files an Engine has
+    already accepted: llama.cpp's own loader is all that checks them here."""
+    flash = -1 if config.flash_attn is None else int(config.flash_attn)
+    try:
+        rows = core.memory_dry_run(
+            os.fspath(config.path), os.fspath(config.draft_path) if config.draft_path is not None else "",
+            config.n_ctx, config.n_batch, config.n_gpu_layers, flash, config.mtp, config.n_draft_capacity,
+        )
+    except core.CoreError as exc:
+        raise _error(exc) from None
+    return measured(rows)

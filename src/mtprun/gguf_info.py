@@ -32,13 +32,14 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import ModelError
 
-__all__ = ["GgufInfo", "read_gguf_info", "MAX_TEXT"]
+__all__ = ["GgufInfo", "read_gguf_info", "header_length", "MAX_TEXT"]
 
 MAX_TEXT = 256  # characters kept of any string value (names, architecture, ...)
 MAX_KEY = 65535  # bytes; the GGUF spec's bound for key names
 MAX_TENSOR_NAME = 4096  # bytes; ggml itself allows 64
 MAX_DIMS = 8  # ggml uses 4
 MAX_ARRAY_DEPTH = 3
+MAX_SMALL_ARRAY = 4096  # elements: numeric arrays up to this long are kept (per-layer values)
 DRAFTER_ARCHS = frozenset({"gemma4-assistant"})
 _NEXTN_TENSOR = re.compile(r"^blk\.\d+\.nextn\.")
 _MAGIC = b"GGUF"
@@ -90,6 +91,10 @@ class GgufInfo:
     target_hidden_size: int | None  # eagle3/dflash drafters: hidden size of the target
     scalars: Mapping[str, Scalar] = field(default_factory=dict, repr=False)
     arrays: Mapping[str, tuple[str, int]] = field(default_factory=dict, repr=False)
+    # numeric arrays of at most MAX_SMALL_ARRAY elements (per-layer hyperparameters), read whole
+    small_arrays: Mapping[str, tuple[int | float | bool, ...]] = field(default_factory=dict, repr=False)
+    # bytes of tensor data per tensor name (None: a type whose size is unknown)
+    tensor_bytes: Mapping[str, int | None] = field(default_factory=dict, repr=False)
 
     @property
     def has_embedded_mtp(self) -> bool:
@@ -173,6 +178,7 @@ class _Parser:
         self.size = size
         self.pos = 0
         self.endian = "<"
+        self.small: tuple | None = None  # the last small numeric array read by _value
 
     # --- primitives ------------------------------------------------------------------------------
     def _take(self, n: int) -> bytes:
@@ -223,7 +229,12 @@ class _Parser:
                 raise _Corrupt("arrays nested too deep")
             etype = self._u32()
             count = self._u64()
-            self._skip_array(etype, count, depth)
+            fmt = _SCALAR_FORMATS.get(etype)  # type: ignore[call-overload]
+            if depth == 0 and fmt is not None and count <= MAX_SMALL_ARRAY:
+                n = count * struct.calcsize(fmt)
+                self.small = tuple(struct.unpack(self.endian + fmt * count, self._take(n)))
+            else:
+                self._skip_array(etype, count, depth)
             return (_type_name(etype), count)
         raise _Corrupt(f"unknown value type {vtype}")
 
@@ -279,15 +290,20 @@ class _Parser:
 
         scalars: dict[str, Scalar] = {}
         arrays: dict[str, tuple[str, int]] = {}
+        small_arrays: dict[str, tuple] = {}
         for _ in range(n_kv):
             key = self._string(MAX_KEY, "key")
             vtype = self._u32()
+            self.small = None
             value = self._value(vtype)
             if isinstance(value, tuple):
                 arrays[key] = value
+                if self.small is not None and not key.startswith("tokenizer."):
+                    small_arrays[key] = self.small
             elif value is not None:
                 scalars[key] = value
 
+        tensor_bytes: dict[str, int | None] = {}
         n_params = 0
         nextn = 0
         data_end = 0  # bytes of tensor data the header promises
@@ -306,6 +322,7 @@ class _Parser:
             if _NEXTN_TENSOR.match(name):
                 nextn += 1
             nbytes = _tensor_bytes(ttype, n_elem)
+            tensor_bytes[name] = nbytes
             if nbytes is None:
                 sizes_known = False
             else:
@@ -356,6 +373,8 @@ class _Parser:
             target_hidden_size=arch_int("target_hidden_size"),
             scalars=MappingProxyType(scalars),
             arrays=MappingProxyType(arrays),
+            small_arrays=MappingProxyType(small_arrays),
+            tensor_bytes=MappingProxyType(tensor_bytes),
         )
 
 
@@ -393,3 +412,39 @@ def _int(value: object) -> int | None:
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def header_length(data: bytes | memoryview) -> int | None:
+    """Bytes of the GGUF header at the start of ``data`` (up to the aligned start of the tensor
+    data), or None when ``data`` holds only part of it. Used to read a remote file's header with
+    ranged requests: fetch a prefix, ask, fetch more. Raises ModelError if it is not GGUF."""
+    p = _Parser(Path("<header>"), data, len(data))  # type: ignore[arg-type]
+    try:
+        if p._take(4) != _MAGIC:
+            raise ModelError("not a GGUF file")
+        version = struct.unpack("<I", p._take(4))[0]
+        if version & 0xFFFF == 0 and version != 0:
+            p.endian = ">"
+            version = struct.unpack(">I", struct.pack("<I", version))[0]
+        if version not in (2, 3):
+            raise ModelError(f"unsupported GGUF version {version}")
+        n_tensors, n_kv = p._u64(), p._u64()
+        alignment = 32
+        for _ in range(n_kv):
+            key = p._string(MAX_KEY, "key")
+            value = p._value(p._u32())
+            if key == "general.alignment" and _int(value):
+                alignment = int(value)  # type: ignore[arg-type]
+        for _ in range(n_tensors):
+            p._string(MAX_TENSOR_NAME, "tensor name")
+            n_dims = p._u32()
+            if n_dims > MAX_DIMS:
+                raise _Corrupt(f"a tensor has {n_dims} dimensions")
+            p._skip(8 * n_dims + 4 + 8)
+    except _Truncated:
+        return None
+    except _Corrupt as exc:
+        raise ModelError(f"corrupt GGUF header ({exc})") from None
+    if alignment <= 0 or alignment & (alignment - 1):
+        alignment = 32
+    return -(-p.pos // alignment) * alignment

@@ -30,6 +30,26 @@ sliding layer n_layer-2 and its last global layer n_layer-1), ``nextn.post_proje
 [n_embd, n_embd_target] and ``embedding_length_out = n_embd_target``. The target has an untied
 ``output`` tensor (real Gemma ties it to ``token_embd``; the oracle needs them to differ).
 
+``qwen35moe`` -- Qwen3.6-35B-A3B's layout: ``qwen35`` with every FFN (trunk and MTP block)
+replaced by a softmax router over routed SwiGLU experts plus a shared expert scaled by
+sigmoid(ffn_gate_inp_shexp . x)::
+
+    blk.i  ffn_gate_inp [n_embd, n_expert], ffn_gate_exps / ffn_up_exps [n_embd, n_ff_exp, n_expert],
+        ffn_down_exps [n_ff_exp, n_embd, n_expert], ffn_gate_inp_shexp [n_embd],
+        ffn_gate_shexp / ffn_up_shexp [n_embd, n_ff_exp], ffn_down_shexp [n_ff_exp, n_embd]
+    keys: qwen35moe.expert_count, expert_used_count, expert_feed_forward_length,
+        expert_shared_feed_forward_length (no feed_forward_length), the rest as qwen35
+
+``hy_v3`` -- dense Hunyuan V3 (no experts) with ``len(head_agree)`` MTP blocks, the cheapest
+architecture whose heads llama.cpp chains (head i drafts draft position i)::
+
+    blk.i  (i < n_layer): attn_norm, attn_q/k/v, attn_q_norm, attn_k_norm, attn_output,
+        ffn_norm, ffn_gate, ffn_up, ffn_down
+    blk.{n_layer + h}: the same block plus nextn.eh_proj, nextn.enorm, nextn.hnorm and
+        nextn.shared_head_norm (its final norm before the shared LM head)
+    keys: hy_v3.block_count = n_layer + heads, hy_v3.nextn_predict_layers = heads,
+        hy_v3.expert_feed_forward_length (required by the loader), ...
+
 Tokenizer: a real BPE vocabulary built from the passage in ``CYCLE_TEXT`` (every word of it is one
 token, reachable through merges of its prefixes), all 256 bytes, filler pseudo-words up to
 ``n_vocab``, and the chat special tokens. ``qwen35`` uses GPT-2 byte-level BPE (``gpt2`` /
@@ -86,6 +106,34 @@ Oracle construction, with d = n_embd:
    never moves the argmax, so each drafted position is accepted exactly when the token it follows
    is in A: per-position acceptance ~ agree, ~1.0 at agree = 1. ``SynthResult.simulate_speculative``
    replays llama.cpp's greedy draft/verify loop on these rules to give exact expected counts.
+   Chained heads (hy_v3): head h has its own map m_h and agree set A_h (chosen so that, on the
+   greedy walk, position h+1 is accepted ~head_agree[h] of the times it is reached) and drafts
+   position h+1; ``head_predictions`` lists each head's drafts and the replay uses head h there.
+   Experts, router and shared expert (qwen35moe) write only into the complement like any sub-block.
+
+Quantized models (``quant``)
+----------------------------
+``quant="Q8_0" | "Q4_K_M" | ...`` (see ``QUANTS``) writes the f16/f32 model as above, then runs
+llama.cpp's own quantizer on it (``llama_model_quantize`` with its default parameters, through
+llama-cpp-python's ctypes API, in a child process so its log and any crash stay there), and
+only then moves the files into place. The quantizer loads MTP layers (``load_mtp``): qwen35's
+``blk.{n_layer}`` (``nextn.eh_proj`` and the block) is quantized like any other layer. The
+gemma4-assistant sidecar is quantized too, with the same type, as shipped drafters are: a
+drafter left at f16 beside a 4-bit target would make drafting look dearer than it is. Every
+row a quantized tensor is cut into must be a multiple of the type's block (32 values; 256 for
+K-quants) -- else llama.cpp silently falls back to another type for that tensor, so such specs
+are refused. The oracle survives quantization: zero rows stay exactly zero in every type, the
+one non-zero LM-head entry per row keeps its sign and size, and the residual noise (Q4_K's
+offsets on zero entries) moves logits by far less than the oracle's margin (tested: cycle,
+exact acceptance counts, MTP == plain for Q8_0 and Q4_K_M).
+
+Phase-changing agreement (``agree_phases``)
+-------------------------------------------
+``agree_phases=((40, 0.95), (40, 0.2))`` lays the agree set out in stretches along the ring,
+the pattern repeated from position 0: round(p n) agreeing positions in each stretch of n.
+An oracle's cycle grows (filler words after the passage) to a whole number of repetitions of
+the pattern, so the phases line up when the cycle wraps. ``SynthResult.agree_positions`` says
+which positions agree.
 
 Everything is a pure function of the spec: the same spec and seed give byte-identical files.
 """
@@ -95,9 +143,11 @@ from __future__ import annotations
 import contextvars
 import math
 import os
+import subprocess
+import sys
 import time
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -113,16 +163,19 @@ __all__ = [
     "DTYPES",
     "MODES",
     "PRESETS",
+    "QUANTS",
     "SpecSimulation",
     "SynthResult",
     "SynthSpec",
+    "cycle_length",
     "demo_spec",
     "draft_path_for",
+    "parse_agree_phases",
     "weight_bytes",
     "write_model",
 ]
 
-ARCHS = ("qwen35", "gemma4")
+ARCHS = ("qwen35", "gemma4", "qwen35moe", "hy_v3")
 MODES = ("random", "oracle")
 DTYPES = ("f32", "f16", "q8_0")
 
@@ -144,7 +197,7 @@ _HEAD_W = ORACLE_TOP_LOGIT / 0.45
 # Random models: how strongly the trunk writes into the signal coordinates (vs 1 into the rest),
 # tuned so that the context overrides the planted successor on 1-2% of the steps: more would
 # make near-ties (and so batched vs one-token disagreements) frequent.
-_RANDOM_CONTEXT = MappingProxyType({"qwen35": 0.7, "gemma4": 0.8})
+_RANDOM_CONTEXT = MappingProxyType({"qwen35": 0.7, "gemma4": 0.8, "qwen35moe": 0.55, "hy_v3": 0.85})
 _MAX_VOCAB = 262144
 _MAX_LAYERS = 128
 
@@ -155,6 +208,11 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "bench": MappingProxyType({
         "n_embd": 2048, "n_layer": 4, "n_ff": 3072, "n_vocab": 16384, "dtype": "f16",
     }),
+})
+# Per-architecture additions to a preset. qwen35moe bench: Qwen3.6-35B-A3B's expert shape
+# (n_ff_exp 512 at n_embd 2048) with 8 experts, 2 used: ~600 MB of f16, ~60% of it read per token.
+ARCH_PRESETS: Mapping[tuple[str, str], Mapping[str, Any]] = MappingProxyType({
+    ("bench", "qwen35moe"): MappingProxyType({"n_expert": 8, "n_expert_used": 2, "n_ff_exp": 512}),
 })
 
 
@@ -182,6 +240,29 @@ class SynthSpec:
     draft_n_layer: int = 2
     name: str = ""
     end_with_eos: bool = False  # oracle: the passage ends with the end-of-generation token
+    # attention / recurrent geometry, 0: derived from n_embd (set them to copy a real model's KV
+    # cache and recurrent state at a small n_embd; *_full: gemma4's global layers)
+    n_head: int = 0
+    n_head_kv: int = 0
+    head_dim: int = 0
+    n_head_kv_full: int = 0
+    head_dim_full: int = 0
+    n_swa: int = 0  # gemma4 sliding window
+    ssm_d_state: int = 0  # qwen35 gated delta net: head size,
+    ssm_n_group: int = 0  # key (and query) heads,
+    ssm_dt_rank: int = 0  # value heads
+    # Quantize the written (f16/f32) model with llama.cpp's own quantizer: a QUANTS name, or None.
+    quant: str | None = None
+    # Agreement in stretches along the ring instead of one ``agree``: ((length, agree), ...),
+    # repeated from ring position 0; an oracle's cycle is extended with filler words to a whole
+    # number of repetitions. None: ``agree`` everywhere.
+    agree_phases: tuple[tuple[int, float], ...] | None = None
+    # qwen35moe (routed experts + gated shared expert): 0 = 8 experts, 2 used, n_ff_exp = n_ff / 4
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    # hy_v3: one agreement per chained MTP head (head i drafts position i); () = one head, `agree`
+    head_agree: tuple[float, ...] = ()
 
     @classmethod
     def preset(cls, name: str, /, **overrides: Any) -> SynthSpec:
@@ -191,11 +272,12 @@ class SynthSpec:
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:
             raise InvalidInputError(f"unknown SynthSpec field(s): {', '.join(unknown)}")
-        return cls(**{**PRESETS[name], **overrides})
+        arch_preset = ARCH_PRESETS.get((name, overrides.get("arch", cls.arch)), {})
+        return cls(**{**PRESETS[name], **arch_preset, **overrides})
 
     def validate(self) -> None:
         """Raise ``InvalidInputError`` (one line) unless this spec forms a valid model."""
-        _dims(self)
+        _spec_dims(self)
 
 
 def demo_spec() -> SynthSpec:
@@ -257,6 +339,12 @@ class SynthResult:
     agree_tokens: frozenset[int] | None = None  # cycle tokens after which the MTP head is right
     expected_acceptance: float | None = None  # per drafted position: len(agree_tokens) / len(cycle)
     top_logit: float | None = None  # nominal oracle top logit = top-1 margin (all others are 0)
+    # per cycle position k: whether the MTP head is right after cycle[k] (the phases, in order)
+    agree_positions: tuple[bool, ...] | None = None
+    # Chained MTP heads (hy_v3 with head_agree; oracle only): head i's greedy draft after each
+    # token id when it drafts position i, and its agree-set share. None: one head.
+    head_predictions: tuple[Mapping[int, int], ...] | None = None
+    head_expected_acceptance: tuple[float, ...] | None = None
 
     def summary(self) -> str:
         """One line describing what was written."""
@@ -265,12 +353,16 @@ class SynthResult:
         if self.draft_path is not None:
             parts.append(f"+ drafter {self.draft_path} ({_mb(self.draft_bytes)})")
         desc = f"{s.arch} {s.mode}"
-        if self.expected_acceptance is not None:
-            desc += (f" agree={s.agree:g} (cycle of {len(self.cycle or ())} tokens, expected acceptance"
+        if self.head_expected_acceptance is not None:
+            desc += (f" {len(self.head_expected_acceptance)} chained MTP heads, agree="
+                     + "/".join(f"{a:.3f}" for a in self.head_expected_acceptance))
+        elif self.expected_acceptance is not None:
+            agree = _phases_text(s.agree_phases) if s.agree_phases else f"{s.agree:g}"
+            desc += (f" agree={agree} (cycle of {len(self.cycle or ())} tokens, expected acceptance"
                      f" per drafted position {self.expected_acceptance:.3f})")
         parts.append(
             f"{desc}, n_embd={s.n_embd} n_layer={s.n_layer} n_vocab={self.n_vocab} "
-            f"n_ctx={s.n_ctx} {s.dtype} seed={s.seed}, in {self.seconds:.2f}s"
+            f"n_ctx={s.n_ctx} {s.quant or s.dtype} seed={s.seed}, in {self.seconds:.2f}s"
         )
         return " ".join(parts[:-1]) + ": " + parts[-1]
 
@@ -291,9 +383,11 @@ class SynthResult:
         to have room for the whole generation).
         """
         succ = self._need(self.successor)
-        mtp = self._need(self.mtp_prediction)
+        heads = self.head_predictions or (self._need(self.mtp_prediction),)
         if n_max < 0 or n_predict < 0:
             raise InvalidInputError("n_max and n_predict must be >= 0")
+        if len(heads) > 1:  # chained heads: head i drafts position i, at most one draft per head
+            n_max = min(n_max, len(heads))
         id_last, produced, drafted, accepted = last_token, 0, 0, 0
         reached, by_pos = [0] * n_max, [0] * n_max
         tokens: list[int] = []
@@ -303,8 +397,8 @@ class SynthResult:
             # full n_max draft is verified.
             draft: list[int] = []
             t = id_last
-            for _ in range(min(n_max, room) if room > 0 else n_max):
-                t = mtp[t]
+            for i in range(min(n_max, room) if room > 0 else n_max):
+                t = heads[min(i, len(heads) - 1)][t]
                 draft.append(t)
             ids, cur = [], id_last
             for i, d in enumerate(draft):
@@ -359,6 +453,12 @@ class _Dims:
     draft_n_head: int
     draft_n_ff: int
     cycle_len: int  # ring length: the oracle's cycle, or the random model's planted ring
+    # qwen35moe experts (0: dense FFNs)
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    n_ff_shexp: int = 0
+    n_nextn: int = 1  # MTP heads (hy_v3 chains several)
 
 
 def _kv_heads(n_head: int, ratio: int) -> int:
@@ -406,7 +506,7 @@ def _dims(spec: SynthSpec) -> _Dims:
     head_dim = 64 if d <= 512 else 128
     n_head = max(2, d // head_dim)
     draft_d = draft_n_layer = draft_n_head = draft_n_ff = 0
-    if spec.arch == "qwen35":
+    if spec.arch != "gemma4":
         n_head_kv = _kv_heads(n_head, 4)
         head_dim_full = head_dim
         n_head_kv_full = n_head_kv
@@ -433,6 +533,29 @@ def _dims(spec: SynthSpec) -> _Dims:
         group = math.lcm(n_head_kv, n_head_kv_full)
         draft_n_head = max(group, draft_d // head_dim // group * group)
         draft_n_ff = 2 * draft_d
+    geometry = ("n_head", "n_head_kv", "head_dim", "n_head_kv_full", "head_dim_full", "n_swa",
+                "ssm_d_state", "ssm_n_group", "ssm_dt_rank")
+    for fname in geometry:
+        v = getattr(spec, fname)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1 << 16:
+            raise bad(f"{fname} must be an integer in [0, 65536], got {v!r}")
+    n_head = spec.n_head or n_head
+    head_dim = spec.head_dim or head_dim
+    n_head_kv = spec.n_head_kv or (n_head_kv if not spec.n_head else _kv_heads(n_head, 4 if spec.arch == "qwen35" else 2))
+    head_dim_full = spec.head_dim_full or (head_dim if spec.arch == "qwen35" else 2 * head_dim)
+    n_head_kv_full = spec.n_head_kv_full or (n_head_kv if spec.arch == "qwen35" else _kv_heads(n_head, 4))
+    if n_head % n_head_kv or n_head % n_head_kv_full or head_dim % 2 or head_dim_full % 2:
+        raise bad(f"KV heads must divide n_head ({n_head}) and head sizes be even")
+    if spec.arch == "qwen35":
+        ssm_d_state = spec.ssm_d_state or ssm_d_state
+        ssm_n_group = spec.ssm_n_group or ssm_n_group
+        ssm_dt_rank = spec.ssm_dt_rank or ssm_dt_rank
+        if ssm_dt_rank % ssm_n_group:
+            raise bad(f"ssm_n_group ({ssm_n_group}) must divide ssm_dt_rank ({ssm_dt_rank})")
+    else:
+        n_swa = spec.n_swa or n_swa
+        group = math.lcm(n_head_kv, n_head_kv_full)
+        draft_n_head = max(group, draft_d // head_dim // group * group)
     room = min(d, draft_d or d)
     room -= room // 4  # keep a quarter of the residual stream for the complement
     if spec.end_with_eos and spec.mode != "oracle":
@@ -441,13 +564,13 @@ def _dims(spec: SynthSpec) -> _Dims:
         cycle_len = min(len(_Vocab.cycle_words()) + int(spec.end_with_eos), room)
     else:
         cycle_len = min(room, len(_vocab(spec.arch, spec.n_vocab).ordinary_ids()))
-    return _Dims(
+    return _arch_dims(spec, _Dims(
         d=d, n_layer=spec.n_layer, n_ff=n_ff, n_vocab=spec.n_vocab, head_dim=head_dim,
         head_dim_full=head_dim_full, n_head=n_head, n_head_kv=n_head_kv, n_head_kv_full=n_head_kv_full,
         ssm_d_state=ssm_d_state, ssm_n_group=ssm_n_group, ssm_dt_rank=ssm_dt_rank, ssm_conv=4,
         full_attn_interval=min(4, spec.n_layer), n_swa=n_swa, draft_d=draft_d, draft_n_layer=draft_n_layer,
         draft_n_head=draft_n_head, draft_n_ff=draft_n_ff, cycle_len=cycle_len,
-    )
+    ))
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,6 +869,9 @@ class _Plan:
     gain: float  # size of the sub-block outputs in the complement
     context: float  # size of the trunk sub-block outputs in the signal coordinates
     jitter: float  # random spread of the norm weights
+    # chained heads (hy_v3): per head i, its agree set and m_i(k); head 0's are agree / mtp_index
+    head_agree: list[list[bool]] = field(default_factory=list)
+    head_mtp_index: list[list[int]] = field(default_factory=list)
 
     @property
     def L(self) -> int:
@@ -764,12 +890,14 @@ def _plan(spec: SynthSpec, dims: _Dims, vocab: _Vocab) -> _Plan:
         ring = [pool[int(i)] for i in _rng(spec.seed, "ring").permutation(len(pool))[:L]]
         alias = _rng(spec.seed, "alias").integers(0, L, dims.n_vocab)
         gain, context, jitter = 1.0, _RANDOM_CONTEXT[spec.arch], 0.1
+    if spec.agree_phases and spec.mode == "oracle" and len(ring) < L:  # room for whole phase repetitions
+        ring = _extend_ring(ring, vocab, L)
     alias[ring] = np.arange(L)
-    agree = _agree_set(spec.seed, L, spec.agree)
+    agree = _phase_agree_set(spec.seed, L, spec.agree_phases) if spec.agree_phases else _agree_set(spec.seed, L, spec.agree)
     mtp_index = [k if agree[k] else (k + L // 2) % L for k in range(L)]
     signal = _rng(spec.seed, "signal").permutation(dims.d)[:L]
     draft_signal = _rng(spec.seed, "draft-signal").permutation(dims.draft_d)[:L] if dims.draft_d else None
-    return _Plan(ring, alias, agree, mtp_index, signal, draft_signal, gain, context, jitter)
+    return _with_heads(spec, _Plan(ring, alias, agree, mtp_index, signal, draft_signal, gain, context, jitter))
 
 
 def _agree_set(seed: int, L: int, p: float) -> list[bool]:
@@ -904,6 +1032,9 @@ def _qwen35_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> N
 
     # qwen35 adds sub-block outputs to the residual stream unnormalized: 2x is about unit size
     def ffn(p: str, il: int, context: float) -> None:
+        if dims.n_expert:  # qwen35moe: routed experts + gated shared expert, trunk and MTP block
+            _moe_ffn(spec, dims, plan, t, p, il, context)
+            return
         t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
         t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
         t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 2 * plan.gain, sig, 2 * context))
@@ -1037,6 +1168,178 @@ def _gemma4_draft_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors
 
 
 # --------------------------------------------------------------------------------------------
+# more architectures: qwen35moe (experts) and hy_v3 (chained MTP heads)
+
+
+def _arch_dims(spec: SynthSpec, dims: _Dims) -> _Dims:
+    """Validate the qwen35moe / hy_v3 fields of ``spec`` and add their dimensions to ``dims``."""
+    bad = InvalidInputError
+    for fname in ("n_expert", "n_expert_used", "n_ff_exp"):
+        v = getattr(spec, fname)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad(f"{fname} must be an integer >= 0, got {v!r}")
+    if spec.arch == "qwen35moe":
+        n_expert = spec.n_expert or 8
+        n_used = spec.n_expert_used or min(2, n_expert)
+        n_ff_exp = spec.n_ff_exp or max(32, dims.n_ff // 4 // 32 * 32)
+        if not 2 <= n_expert <= 256:
+            raise bad(f"n_expert must be in [2, 256], got {n_expert}")
+        if not 1 <= n_used <= n_expert:
+            raise bad(f"n_expert_used must be in [1, n_expert={n_expert}], got {n_used}")
+        if n_ff_exp % 32 or not 32 <= n_ff_exp <= 65536:
+            raise bad(f"n_ff_exp must be a multiple of 32 in [32, 65536], got {n_ff_exp}")
+        dims = replace(dims, n_expert=n_expert, n_expert_used=n_used, n_ff_exp=n_ff_exp, n_ff_shexp=n_ff_exp)
+    elif spec.n_expert or spec.n_expert_used or spec.n_ff_exp:
+        raise bad("n_expert, n_expert_used and n_ff_exp apply to qwen35moe only")
+    heads = spec.head_agree
+    if not isinstance(heads, tuple):
+        raise bad(f"head_agree must be a tuple of numbers, got {heads!r}")
+    if heads:
+        if spec.arch != "hy_v3":
+            raise bad(f"head_agree (several chained MTP heads) applies to hy_v3 only: llama.cpp runs one head for {spec.arch}")
+        if not 1 <= len(heads) <= 4:
+            raise bad(f"head_agree must have 1 to 4 entries, got {len(heads)}")
+        for v in heads:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise bad(f"head_agree entries must be numbers in [0, 1], got {v!r}")
+        if spec.agree not in (1.0, heads[0]):
+            raise bad("agree and head_agree[0] differ: with head_agree, it sets every head's agreement")
+        dims = replace(dims, n_nextn=len(heads))
+    return dims
+
+
+def _with_heads(spec: SynthSpec, plan: _Plan) -> _Plan:
+    """Give each MTP head its own agree set (head 0: ``agree`` or ``head_agree[0]``)."""
+    L = plan.L
+    for i, p in enumerate(spec.head_agree or (spec.agree,)):
+        if not spec.head_agree:
+            a = plan.agree
+        elif i == 0:
+            a = _agree_set(spec.seed, L, p)
+        else:
+            a = _chained_agree_set(spec.seed, L, p, plan.head_agree)
+        plan.head_agree.append(a)
+        plan.head_mtp_index.append([k if a[k] else (k + L // 2) % L for k in range(L)])
+    plan.agree, plan.mtp_index = plan.head_agree[0], plan.head_mtp_index[0]
+    return plan
+
+
+def _chained_agree_set(seed: int, L: int, p: float, earlier: list[list[bool]]) -> list[bool]:
+    """Head i's agree set (i = len(earlier)): round(p L) ring indices, the best of 256 seeded
+    random choices at making the acceptance at draft position i+1, given the earlier positions
+    were accepted, ~p on the greedy walk a prompt outside the cycle starts (drafting with heads
+    0..i, four turns of the cycle). A head is right after ring index k exactly when k is in its set."""
+    i, n = len(earlier), int(round(p * L))
+    rng = _rng(seed, f"agree.{i}")
+    best, best_score = [False] * L, math.inf
+    for _ in range(256 if 0 < n < L else 1):
+        a = np.zeros(L, dtype=bool)
+        a[rng.permutation(L)[:n]] = True
+        heads = [*earlier, a.tolist()]
+        reached = accepted = produced = 0
+        cur = L - 1  # the last prompt token behaves like the cycle's last token
+        while produced < 4 * L:
+            t = cur
+            for j, h in enumerate(heads):  # head j drafts position j+1 after token index t
+                reached += j == i
+                if not h[t]:
+                    break
+                accepted += j == i
+                t = (t + 1) % L
+            produced += (t - cur) % L + 1
+            cur = (t + 1) % L
+        score = abs(accepted / reached - p) if reached else 0.0
+        if score < best_score:
+            best, best_score = a.tolist(), score
+    return best
+
+
+def _moe_ffn(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors, p: str, il: int, context: float) -> None:
+    """qwen35moe's FFN: a softmax router over ``n_expert`` SwiGLU experts (``n_expert_used`` per
+    token) plus a shared expert scaled by sigmoid(ffn_gate_inp_shexp . x). Experts and shared
+    expert write into the complement only (``context`` into the signal coordinates)."""
+    s, d, sig = spec.seed, dims.d, plan.signal
+    E, F, Fs = dims.n_expert, dims.n_ff_exp, dims.n_ff_shexp
+    t.add(f"{p}.ffn_gate_inp.weight", _gauss(s, f"{il}.ffn_gate_inp", (E, d), 1 / math.sqrt(d)))
+    t.add(f"{p}.ffn_gate_exps.weight", _gauss(s, f"{il}.ffn_gate_exps", (E, F, d), 1 / math.sqrt(d)))
+    t.add(f"{p}.ffn_up_exps.weight", _gauss(s, f"{il}.ffn_up_exps", (E, F, d), 1 / math.sqrt(d)))
+    down = _gauss(s, f"{il}.ffn_down_exps", (E, d, F), 2 * plan.gain / math.sqrt(F))
+    down[:, sig, :] *= np.float32(context / plan.gain)
+    t.add(f"{p}.ffn_down_exps.weight", down)
+    t.add(f"{p}.ffn_gate_inp_shexp.weight", _gauss(s, f"{il}.ffn_gate_inp_shexp", (d,), 1 / math.sqrt(d)))
+    t.add(f"{p}.ffn_gate_shexp.weight", _gauss(s, f"{il}.ffn_gate_shexp", (Fs, d), 1 / math.sqrt(d)))
+    t.add(f"{p}.ffn_up_shexp.weight", _gauss(s, f"{il}.ffn_up_shexp", (Fs, d), 1 / math.sqrt(d)))
+    # x2: the sigmoid gate halves the shared expert on average
+    t.add(f"{p}.ffn_down_shexp.weight", _out_proj(s, f"{il}.ffn_down_shexp", d, Fs, 4 * plan.gain, sig, 4 * context))
+
+
+def _hy_v3_tensors(spec: SynthSpec, dims: _Dims, plan: _Plan, t: _Tensors) -> None:
+    """Dense hy_v3 (Hunyuan V3 without experts): pre-norm attention with q/k norms and a SwiGLU
+    FFN per layer, then ``n_nextn`` MTP blocks blk.{n_layer + i}, each a full decoder block plus
+    nextn.eh_proj / enorm / hnorm / shared_head_norm. Head i drafts position i (llama.cpp feeds
+    it head i-1's output row); its eh_proj maps signal s_k -> s_{m_i(k)} with head i's own agree set."""
+    s, d, sig, jit = spec.seed, dims.d, plan.signal, plan.jitter
+    hd, nh, nkv = dims.head_dim, dims.n_head, dims.n_head_kv
+    t.add("token_embd.weight", _embeddings(spec, dims, plan, math.sqrt(d)))
+    t.add("output_norm.weight", _norm(d, s, "output_norm", jit))
+    t.add("output.weight", _lm_head(dims, plan, sig, d))
+
+    def block(il: int, context: float) -> None:
+        p = f"blk.{il}"
+        t.add(f"{p}.attn_norm.weight", _norm(d, s, f"{il}.attn_norm", jit))
+        t.add(f"{p}.attn_q.weight", _gauss(s, f"{il}.attn_q", (nh * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_k.weight", _gauss(s, f"{il}.attn_k", (nkv * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_v.weight", _gauss(s, f"{il}.attn_v", (nkv * hd, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.attn_q_norm.weight", _norm(hd, s, f"{il}.q_norm", jit))
+        t.add(f"{p}.attn_k_norm.weight", _norm(hd, s, f"{il}.k_norm", jit))
+        t.add(f"{p}.attn_output.weight", _out_proj(s, f"{il}.attn_output", d, nh * hd, 2 * plan.gain, sig, 2 * context))
+        t.add(f"{p}.ffn_norm.weight", _norm(d, s, f"{il}.ffn_norm", jit))
+        t.add(f"{p}.ffn_gate.weight", _gauss(s, f"{il}.ffn_gate", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_up.weight", _gauss(s, f"{il}.ffn_up", (dims.n_ff, d), 1 / math.sqrt(d)))
+        t.add(f"{p}.ffn_down.weight", _out_proj(s, f"{il}.ffn_down", d, dims.n_ff, 2 * plan.gain, sig, 2 * context))
+
+    for il in range(dims.n_layer):
+        block(il, plan.context)
+    for i in range(dims.n_nextn):
+        il = dims.n_layer + i
+        p = f"blk.{il}"
+        block(il, 0.0)
+        tok = np.zeros((d, d), dtype=np.float32)
+        for k in range(plan.L):
+            tok[sig[plan.head_mtp_index[i][k]], sig[k]] = 1.0
+        tok += _complement_map(s, f"{il}.nextn.eh_proj.e", d, d, 0.5, sig, sig)
+        hid = _complement_map(s, f"{il}.nextn.eh_proj.h", d, d, 0.5, sig, sig)
+        t.add(f"{p}.nextn.eh_proj.weight", np.concatenate([tok, hid], axis=1))
+        t.add(f"{p}.nextn.enorm.weight", _norm(d, s, f"{il}.nextn.enorm", jit))
+        t.add(f"{p}.nextn.hnorm.weight", _norm(d, s, f"{il}.nextn.hnorm", jit))
+        t.add(f"{p}.nextn.shared_head_norm.weight", _norm(d, s, f"{il}.nextn.shared_head_norm", jit))
+
+
+def _moe_kv(w: gguf.GGUFWriter, a: str, dims: _Dims) -> None:
+    w.add_uint32(f"{a}.expert_count", dims.n_expert)
+    w.add_uint32(f"{a}.expert_used_count", dims.n_expert_used)
+    w.add_uint32(f"{a}.expert_feed_forward_length", dims.n_ff_exp)
+    w.add_uint32(f"{a}.expert_shared_feed_forward_length", dims.n_ff_shexp)
+
+
+def _hy_v3_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
+    a = "hy_v3"
+    w.add_uint32(f"{a}.block_count", dims.n_layer + dims.n_nextn)
+    w.add_uint32(f"{a}.context_length", spec.n_ctx)
+    w.add_uint32(f"{a}.embedding_length", dims.d)
+    w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
+    w.add_uint32(f"{a}.expert_feed_forward_length", dims.n_ff)  # required key; no experts here
+    w.add_uint32(f"{a}.attention.head_count", dims.n_head)
+    w.add_uint32(f"{a}.attention.head_count_kv", dims.n_head_kv)
+    w.add_uint32(f"{a}.attention.key_length", dims.head_dim)
+    w.add_uint32(f"{a}.attention.value_length", dims.head_dim)
+    w.add_uint32(f"{a}.rope.dimension_count", dims.head_dim)
+    w.add_float32(f"{a}.rope.freq_base", 10_000.0)
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_uint32(f"{a}.nextn_predict_layers", dims.n_nextn)
+
+
+# --------------------------------------------------------------------------------------------
 # metadata
 
 
@@ -1053,13 +1356,15 @@ def _default_name(spec: SynthSpec) -> str:
     return spec.name or f"mtprun-synth-{spec.arch}-{spec.mode}"
 
 
-def _qwen35_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims) -> None:
-    a = "qwen35"
+def _qwen35_kv(w: gguf.GGUFWriter, spec: SynthSpec, dims: _Dims, a: str = "qwen35") -> None:
     n_all = dims.n_layer + 1
     w.add_uint32(f"{a}.block_count", n_all)
     w.add_uint32(f"{a}.context_length", spec.n_ctx)
     w.add_uint32(f"{a}.embedding_length", dims.d)
-    w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
+    if dims.n_expert:
+        _moe_kv(w, a, dims)
+    else:
+        w.add_uint32(f"{a}.feed_forward_length", dims.n_ff)
     w.add_uint32(f"{a}.attention.head_count", dims.n_head)
     w.add_uint32(f"{a}.attention.head_count_kv", dims.n_head_kv)
     w.add_uint32(f"{a}.attention.key_length", dims.head_dim)
@@ -1157,9 +1462,12 @@ def _check_out(out: str | os.PathLike[str]) -> Path:
 def _build(spec: SynthSpec, dims: _Dims, plan: _Plan) -> list[tuple[bool, str, _Tensors]]:
     """The tensors of each file to write, in order: [(is_drafter, arch, tensors)]."""
     tgt = _Tensors(spec.dtype)
-    if spec.arch == "qwen35":
+    if spec.arch in ("qwen35", "qwen35moe"):
         _qwen35_tensors(spec, dims, plan, tgt)
-        return [(False, "qwen35", tgt)]
+        return [(False, spec.arch, tgt)]
+    if spec.arch == "hy_v3":
+        _hy_v3_tensors(spec, dims, plan, tgt)
+        return [(False, "hy_v3", tgt)]
     dft = _Tensors(spec.dtype)
     _gemma4_draft_tensors(spec, dims, plan, dft)
     _gemma4_target_tensors(spec, dims, plan, tgt)
@@ -1167,8 +1475,9 @@ def _build(spec: SynthSpec, dims: _Dims, plan: _Plan) -> list[tuple[bool, str, _
 
 
 def weight_bytes(spec: SynthSpec) -> int:
-    """Tensor data bytes ``write_model(spec, ...)`` would write (all files), without writing."""
-    dims = _dims(spec)
+    """Tensor data bytes ``write_model(spec, ...)`` would write (all files), without writing;
+    for a ``quant`` spec, those of the f16/f32 files it quantizes."""
+    dims = _spec_dims(spec)
     plan = _plan(spec, dims, _vocab(spec.arch, dims.n_vocab))
     token = _DRY_RUN.set(True)
     try:
@@ -1200,16 +1509,20 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
     t0 = time.perf_counter()
     if not isinstance(spec, SynthSpec):
         raise InvalidInputError(f"spec must be a SynthSpec, got {type(spec).__name__}")
-    dims = _dims(spec)
+    dims = _spec_dims(spec)
     path = _check_out(out)
     draft_path = draft_path_for(path) if spec.arch == "gemma4" else None
 
     vocab = _vocab(spec.arch, dims.n_vocab)
     plan = _plan(spec, dims, vocab)
     name = _default_name(spec)
+    if spec.quant:
+        _check_quant_rows(spec, dims, plan)
 
     kv_writers = {
         "qwen35": lambda w, t: (_general(w, spec, t, name), _qwen35_kv(w, spec, dims)),
+        "qwen35moe": lambda w, t: (_general(w, spec, t, name), _qwen35_kv(w, spec, dims, "qwen35moe")),
+        "hy_v3": lambda w, t: (_general(w, spec, t, name), _hy_v3_kv(w, spec, dims)),
         "gemma4": lambda w, t: (_general(w, spec, t, name), _gemma4_target_kv(w, spec, dims)),
         "gemma4-assistant": lambda w, t: (_general(w, spec, t, f"{name}-assistant"), _gemma4_draft_kv(w, spec, dims)),
     }
@@ -1224,6 +1537,8 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
             tmp = _new_temp(final)
             temps.append((tmp, final))
             n_weight_bytes += _write_gguf(tmp, arch, kv, vocab, tensors)
+        if spec.quant:
+            n_weight_bytes = _quantize_files(temps, spec.quant)
         for tmp, final in temps:
             os.replace(tmp, final)
     finally:
@@ -1240,13 +1555,19 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
         words = _Vocab.cycle_words()[: L - int(spec.end_with_eos)]
         extra = dict(
             cycle=tuple(plan.ring),
-            cycle_text="".join(words),
+            cycle_text="".join(words) if len(words) == L - int(spec.end_with_eos) else _ring_text(vocab, plan.ring),
             successor=MappingProxyType(succ),
             mtp_prediction=MappingProxyType(mtp),
             agree_tokens=agree,
             expected_acceptance=len(agree) / L,
             top_logit=ORACLE_TOP_LOGIT,
+            agree_positions=tuple(plan.agree),
         )
+        if dims.n_nextn > 1:
+            extra["head_predictions"] = tuple(
+                MappingProxyType({i: plan.ring[(m[int(plan.alias[i])] + 1) % L] for i in range(dims.n_vocab)})
+                for m in plan.head_mtp_index)
+            extra["head_expected_acceptance"] = tuple(sum(a) / L for a in plan.head_agree)
     return SynthResult(
         spec=spec,
         model_path=path,
@@ -1262,6 +1583,171 @@ def write_model(spec: SynthSpec, out: str | os.PathLike[str]) -> SynthResult:
         add_bos=vocab.spm,
         **extra,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# quantized models and phase-changing agreement (SynthSpec.quant, SynthSpec.agree_phases)
+
+# llama.cpp's llama_ftype for each quantization name (include/llama.h), and the block size its
+# main tensor type needs along a row (K-quants: 256 values, the rest: 32).
+QUANTS: Mapping[str, tuple[int, int]] = MappingProxyType({
+    "Q4_0": (2, 32), "Q4_1": (3, 32), "Q8_0": (7, 32), "Q5_0": (8, 32), "Q5_1": (9, 32),
+    "Q2_K": (10, 256), "Q3_K_S": (11, 256), "Q3_K_M": (12, 256), "Q3_K_L": (13, 256),
+    "Q4_K_S": (14, 256), "Q4_K_M": (15, 256), "Q5_K_S": (16, 256), "Q5_K_M": (17, 256), "Q6_K": (18, 256),
+})
+_MAX_PHASES = 64
+
+
+def parse_agree_phases(text: str) -> tuple[tuple[int, float], ...]:
+    """``"40:0.95,40:0.2"`` -> ``((40, 0.95), (40, 0.2))`` (InvalidInputError on bad text)."""
+    out = []
+    for part in str(text).split(","):
+        length, sep, agree = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            out.append((int(length), float(agree)))
+        except ValueError:
+            raise InvalidInputError(f"agree phases must look like LENGTH:AGREE,LENGTH:AGREE (e.g. 40:0.95,40:0.2), got {text!r}") from None
+    return tuple(out)
+
+
+def cycle_length(spec: SynthSpec) -> int:
+    """How many tokens the spec's ring has: an oracle's cycle (the passage, grown to whole
+    repetitions of ``agree_phases``), a random model's ring."""
+    return _spec_dims(spec).cycle_len
+
+
+def _phases_text(phases: tuple[tuple[int, float], ...]) -> str:
+    return ",".join(f"{n}:{p:g}" for n, p in phases)
+
+
+def _spec_dims(spec: SynthSpec) -> _Dims:
+    """``_dims`` plus the checks of ``quant`` and ``agree_phases``; with phases, an oracle's cycle
+    grows (filler words after the passage) to a whole number of phase repetitions."""
+    dims = _dims(spec)
+    bad = InvalidInputError
+    if spec.quant is not None:
+        if spec.quant not in QUANTS:
+            raise bad(f"unknown quant {spec.quant!r} (choose from {', '.join(QUANTS)})")
+        if spec.dtype not in ("f16", "f32"):
+            raise bad(f"quant needs f16 or f32 weights to quantize from, got dtype {spec.dtype!r}")
+    if spec.agree_phases is None:
+        return dims
+    phases = spec.agree_phases
+    if not isinstance(phases, tuple) or not 1 <= len(phases) <= _MAX_PHASES or not all(
+        isinstance(ph, tuple) and len(ph) == 2 for ph in phases
+    ):
+        raise bad(f"agree_phases must be a tuple of 1..{_MAX_PHASES} (length, agree) pairs, got {phases!r}")
+    for n, p in phases:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
+            raise bad(f"agree phase lengths must be integers in [1, 100000], got {n!r}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and 0.0 <= p <= 1.0):
+            raise bad(f"agree phase values must be numbers in [0, 1], got {p!r}")
+    if spec.end_with_eos:
+        raise bad("end_with_eos and agree_phases cannot be combined")
+    if spec.mode != "oracle":
+        return dims  # the random ring is as long as the model allows; the phases repeat along it
+    period = sum(n for n, _ in phases)
+    L = -(-dims.cycle_len // period) * period
+    room = min(dims.d, dims.draft_d or dims.d)
+    room -= room // 4
+    if L > room:
+        raise bad(f"agree phases repeat every {period} tokens: the cycle needs {L} tokens, "
+                  f"but n_embd={spec.n_embd} allows at most {room}")
+    spare = len(_filler_ids(_vocab(spec.arch, dims.n_vocab)))
+    if L - dims.cycle_len > spare:
+        raise bad(f"agree phases need {L - dims.cycle_len} filler tokens, n_vocab={dims.n_vocab} has {spare}")
+    return replace(dims, cycle_len=L)
+
+
+def _filler_ids(vocab: _Vocab) -> list[int]:
+    """Ordinary tokens outside the passage, in vocabulary order from the end (the filler words)."""
+    passage = set(vocab.cycle_ids())
+    return [i for i in reversed(vocab.ordinary_ids()) if i not in passage]
+
+
+def _extend_ring(ring: list[int], vocab: _Vocab, L: int) -> list[int]:
+    return ring + _filler_ids(vocab)[: L - len(ring)]
+
+
+def _ring_text(vocab: _Vocab, ring: list[int]) -> str:
+    """What the ring's tokens detokenize to (passage words and filler words)."""
+    if vocab.spm:
+        return "".join(vocab.tokens[i].replace(vocab.space, " ") for i in ring)
+    inverse = {c: b for b, c in _BYTE_CHARS.items()}
+    return b"".join(bytes(inverse[c] for c in vocab.tokens[i]) for i in ring).decode("utf-8", errors="replace")
+
+
+def _phase_agree_set(seed: int, L: int, phases: tuple[tuple[int, float], ...]) -> list[bool]:
+    """The agree set laid out in stretches: the phases repeated from ring position 0 (the last
+    stretch cut at L), each stretch with round(p n) agreeing positions spread as ``_agree_set``."""
+    out: list[bool] = []
+    j = 0
+    while len(out) < L:
+        n, p = phases[j % len(phases)]
+        n = min(n, L - len(out))
+        out += _agree_set((seed + 1_000_003 * (j + 1)) % 2**63, n, float(p))
+        j += 1
+    return out
+
+
+def _check_quant_rows(spec: SynthSpec, dims: _Dims, plan: _Plan) -> None:
+    """llama.cpp quantizes rows in blocks (32 values, 256 for K-quants) and silently falls back
+    to another type for a tensor whose rows do not fit; refuse such a spec instead (one line)."""
+    assert spec.quant is not None
+    block = QUANTS[spec.quant][1]
+    token = _DRY_RUN.set(True)
+    try:
+        rule = _Tensors("f16")  # what stays f32 is what llama.cpp's quantizer leaves alone too
+        for is_drafter, _, tensors in _build(spec, dims, plan):
+            for name, arr in tensors.items:
+                if rule.storage(name, arr) != "f32" and arr.shape[-1] % block:
+                    where = "drafter " if is_drafter else ""
+                    raise InvalidInputError(
+                        f"{spec.quant} quantizes rows in blocks of {block}: {where}{name} has rows of "
+                        f"{arr.shape[-1]} (choose n_embd, n_ff and draft_n_embd as multiples of {block})")
+    finally:
+        _DRY_RUN.reset(token)
+
+
+# Runs in a child process: llama.cpp's quantizer logs to stderr through a process-wide logger
+# (which mtprun's engine also sets), and a crash must not take the caller with it.
+_QUANTIZE_SCRIPT = """
+import ctypes, sys
+import llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = int(sys.argv[3])
+p.nthread = int(sys.argv[4])
+sys.exit(0 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)) == 0 else 3)
+"""
+
+
+def _quantize_files(temps: list[tuple[Path, Path]], quant: str) -> int:
+    """Quantize every written temp file (target and gemma4 drafter alike) in place with llama.cpp's
+    ``llama_model_quantize`` (llama-cpp-python's ctypes API, default parameters); returns the
+    tensor-data bytes of the quantized files."""
+    total = 0
+    for i, (tmp, final) in enumerate(temps):
+        qtmp = _new_temp(final)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _QUANTIZE_SCRIPT, os.fspath(tmp), os.fspath(qtmp),
+                 str(QUANTS[quant][0]), str(os.cpu_count() or 1)],
+                capture_output=True, text=True, errors="replace",
+            )
+            if proc.returncode != 0:
+                if "No module named 'llama_cpp'" in proc.stderr:
+                    raise InvalidInputError("quantizing needs llama-cpp-python (pip install llama-cpp-python)")
+                lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+                raise InvalidInputError(f"llama.cpp's quantizer failed on {final.name}: {lines[-1] if lines else proc.returncode}")
+            os.replace(qtmp, tmp)
+        finally:
+            if qtmp.exists():
+                qtmp.unlink()
+        total += sum(int(t.n_bytes) for t in gguf.GGUFReader(tmp).tensors)
+        temps[i] = (tmp, final)
+    return total
 
 
 def _mb(n: int) -> str:

@@ -207,7 +207,7 @@ def model_config(*, ctx_size: int, threads: int | None, n_gpu_layers: int, mtp: 
     try:
         return ModelConfig(
             path=Path(), n_ctx=ctx_size, n_threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
-            n_draft_capacity=max(8, n_max), verbose=verbose,
+            n_draft_capacity=n_max, verbose=verbose,
         )
     except InvalidInputError as exc:
         raise InvalidInputError(f"invalid option value: {exc}") from None

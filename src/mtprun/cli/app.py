@@ -10,6 +10,7 @@ import typer
 from .. import __version__
 from . import chat as _chat
 from . import download as _download
+from . import graft as _graft
 from . import info as _info
 from . import run as _run
 from ._errors import EXIT_CODES_HELP
@@ -26,6 +27,7 @@ app.command("run", help=_run.HELP, no_args_is_help=False)(_run.run)
 app.command("chat", help=_chat.HELP)(_chat.chat)
 app.command("info", help=_info.HELP)(_info.info)
 app.command("download")(_download.download)
+app.command("graft", help=_graft.HELP)(_graft.graft)
 
 
 def _version(value: bool) -> None:

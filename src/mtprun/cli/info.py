@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..config import SpecConfig
 from ..errors import InvalidInputError
+from ..graft import describe_provenance, graft_provenance
+from ..memory import estimate
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
 from ._model import choose_model, open_engine
@@ -15,7 +19,7 @@ from .ui import Output, human_size, human_count
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.", rich_help_panel=o.OUTPUT)]
 
-HELP = f"""Architecture, size, quantization, context, MTP (embedded layers or the sidecar that pairs with the model), chat template and runtime backend of a model.
+HELP = f"""Architecture, size, quantization, context, MTP (embedded layers or the sidecar that pairs with the model), chat template and runtime backend of a model, and the memory a run at -c N drafting up to --spec-draft-n-max N will allocate: weights, KV cache, recurrent state, compute buffers, and what MTP adds (what --no-mtp saves).
 
 {EXIT_CODES_HELP}"""
 
@@ -24,11 +28,18 @@ def model_facts(choice, info, header=None) -> dict:
     """Everything ``info`` reports, as plain data (``header``: the file's GGUF header, if read)."""
     if info.mtp_kind == "embedded":
         mtp = "embedded MTP layers"
+        if info.n_layer_nextn > 1:
+            mtp += f", {info.n_layer_nextn} heads " + ("chained (head i drafts position i)" if info.mtp_chain else "(the first drafts)")
+        else:
+            mtp += ", 1 head"
     elif info.mtp_kind == "sidecar":
         mtp = f"sidecar {info.draft_path}"
     else:
         mtp = "none"
     template = info.chat_template
+    grafted = graft_provenance(header) if header is not None else None
+    if grafted:
+        mtp += f" (grafted by mtprun from {describe_provenance(grafted)})"
     return {
         "model": choice.label,
         "synthetic": choice.synthetic,
@@ -47,7 +58,10 @@ def model_facts(choice, info, header=None) -> dict:
         "vocab": info.n_vocab,
         "mtp": info.mtp_kind,
         "mtp_detail": mtp,
+        "mtp_heads": info.n_layer_nextn,
+        "mtp_chain": info.mtp_chain,
         "mtp_active": info.mtp_active,
+        "mtp_provenance": grafted,
         "mtp_note": info.mtp_note,
         "draft_path": str(info.draft_path) if info.draft_path else None,
         "chat_template": template is not None,
@@ -71,6 +85,8 @@ def info(
     offline: o.OfflineOpt = False,
     model_draft: o.DraftPathOpt = None,
     demo: o.DemoOpt = False,
+    ctx_size: o.CtxSizeOpt = 4096,
+    spec_draft_n_max: o.SpecDraftNMaxOpt = "auto",
     json_output: JsonOpt = False,
     color: o.ColorOpt = None,
     verbose: o.VerboseOpt = False,
@@ -85,9 +101,26 @@ def info(
         base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose)
         from ..gguf_info import read_gguf_info
 
+        try:
+            n_draft = SpecConfig.parse(spec_draft_n_max).n_max  # auto / auto:N: the ceiling sizes the contexts
+        except InvalidInputError:
+            n_draft = 0
+        if ctx_size < 0 or not 1 <= n_draft <= 32:
+            raise InvalidInputError("-c must be >= 0 and --spec-draft-n-max auto, auto:N or N with N within 1..32")
         header = read_gguf_info(choice.path)
+        # the memory estimate comes from the headers alone, before anything is loaded
+        est = estimate(
+            header, read_gguf_info(choice.draft_path) if choice.draft_path else None,
+            n_ctx=ctx_size, n_draft=n_draft,
+        )
         with open_engine(out, choice, base, quiet=True) as eng:
             facts = model_facts(choice, eng.info, header)
+        # the files passed the engine's checks: llama.cpp's dry run sizes the compute buffers
+        from ..engine import dry_run
+
+        est = est.with_dry_run(dry_run(replace(base, path=choice.path, draft_path=choice.draft_path,
+                                               n_ctx=ctx_size, n_draft_capacity=n_draft, mtp=True)))
+        facts["memory_estimate"] = est.as_dict()
         if json_output:
             out.json(facts)
             return
@@ -107,5 +140,32 @@ def info(
         if verbose and facts["system_info"]:
             rows.append(("system", facts["system_info"]))
         out.table(facts["model"], rows, to_stdout=True)
+        out.table(f"memory estimate at -c {est.n_ctx}, drafting up to {n_draft} (flash attention auto)", memory_rows(est), to_stdout=True)
 
     run_guarded(body)
+
+
+def memory_rows(est) -> list[tuple[str, str]]:
+    """The estimate as table rows (MiB, as llama.cpp logs them)."""
+    def mib(n: int) -> str:
+        return f"{n / 2**20:,.1f} MiB"
+
+    rows = [
+        ("model weights", mib(est.weights)),
+        ("KV cache", mib(est.kv) + (f" (of which sliding-window {mib(est.kv_swa)})" if est.kv_swa else "")),
+    ]
+    if est.recurrent:
+        rows.append(("recurrent state", mib(est.recurrent)))
+    rows += [
+        ("compute buffers", mib(est.compute) + (" (llama.cpp dry run)" if est.compute_source == "llama.cpp" else "")),
+        ("plain decoding", mib(est.plain_total)),
+        ("MTP head weights", mib(est.mtp_weights)),
+    ]
+    if est.mtp_snapshots:
+        rows.append(("MTP rollback snapshots", mib(est.mtp_snapshots)))
+    rows += [
+        ("MTP context KV / compute", f"{mib(est.mtp_kv)} / {mib(est.mtp_compute)}"),
+        ("with MTP", mib(est.total)),
+        ("--no-mtp saves", mib(est.mtp_total)),
+    ]
+    return rows

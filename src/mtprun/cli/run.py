@@ -122,12 +122,33 @@ def run(
                     "spec_draft_n_max": gen.spec.n_max if result.stats.mtp else 0,
                     "spec_draft_length": gen.spec.label if result.stats.mtp else "off",
                     "stats": result.stats.as_dict(),
+                    "memory": info.memory.as_dict() if info.memory else None,
                 })
             else:
                 out.stats_line(result.stats, result.stop_reason)
                 if verbose:
                     out.stats_table(result.stats, result.stop_reason)
+                    if info.memory:
+                        out.table("memory allocated (llama.cpp)", measured_rows(info.memory))
         if result.stop_reason == "cancelled":
             raise typer.Exit(130)
 
     run_guarded(body)
+
+
+def measured_rows(mem) -> list[tuple[str, str]]:
+    """llama.cpp's memory breakdown as table rows (MiB)."""
+    def mib(n: int) -> str:
+        return f"{n / 2**20:,.1f} MiB"
+
+    rows = [
+        ("model weights", mib(mem.weights)),
+        ("KV cache + recurrent state", mib(mem.state)),
+        ("compute buffers", mib(mem.compute)),
+    ]
+    if mem.mtp_weights or mem.mtp_state or mem.mtp_compute:
+        rows.append(("MTP weights / state / compute", f"{mib(mem.mtp_weights)} / {mib(mem.mtp_state)} / {mib(mem.mtp_compute)}"))
+    rows.append(("total", mib(mem.total)))
+    for dev, n in sorted(mem.devices.items()):
+        rows.append((f"  on {dev or 'host'}", mib(n)))
+    return rows

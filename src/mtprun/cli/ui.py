@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -144,6 +146,25 @@ class Output:
         for row in rows:
             table.add_row(*(Text(sanitize(cell)) for cell in row))
         (self.out if to_stdout else self.err).print(table)
+
+    @contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int, int | None], None]]:
+        """A byte progress bar on stderr (size, speed, ETA), shown only on a terminal; yields
+        ``update(done, total)``."""
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+            console=self.err, disable=not self.err.is_terminal,
+        )
+        with bar:
+            task = bar.add_task(sanitize(description), total=total)
+
+            def update(done: int, new_total: int | None = None) -> None:
+                bar.update(task, completed=done, total=new_total if new_total is not None else total)
+
+            yield update
+
 
 class ReplyStream:
     """Streams one reply to stdout as pieces arrive.
