@@ -177,6 +177,14 @@ public:
         }
     }
 
+    void pin_policy_costs(const std::vector<double> & t_target, double t_head) {
+        std::string err;
+        const mtp_status st = mtp_pin_policy_costs(get(), t_target, t_head, err);
+        if (st != MTP_OK) {
+            raise(st, err);
+        }
+    }
+
     void reset() {
         mtp_engine * e = get();
         nb::gil_scoped_release release;
@@ -297,7 +305,11 @@ NB_MODULE(_core, m) {
         .def("next_logits", &Engine::next_logits,
              "The target's logits for the token after the finished conversation (for tests; state is kept).")
         .def("cancel", &Engine::cancel, "Make the running generation stop at the next step (thread-safe).")
-        .def("reset", &Engine::reset, "Forget the cached conversation.");
+        .def("reset", &Engine::reset, "Forget the cached conversation.")
+        .def("pin_policy_costs", &Engine::pin_policy_costs, "t_target"_a, "t_head"_a,
+             "Fix the draft-length policy's costs (t_target[k-1]: a target pass over k tokens; t_head: one "
+             "head decode; any unit) instead of measuring them: its choices then follow acceptance alone "
+             "(for tests). Raises CoreError(status, message).");
 
     m.def("devices", []() {
         nb::list out;

@@ -782,6 +782,20 @@ void mtp_reset(mtp_engine * e) {
     state_clear(e);
 }
 
+mtp_status mtp_pin_policy_costs(mtp_engine * e, const std::vector<double> & t_target, double t_head, std::string & err) {
+    if (e->active) {
+        err = "the policy's costs cannot change during a generation";
+        return MTP_ERR_STATE;
+    }
+    if (t_target.empty() || !(t_head >= 0) ||
+        std::any_of(t_target.begin(), t_target.end(), [](double t) { return !(t > 0) || !std::isfinite(t); })) {
+        err = "pinned costs must be positive";
+        return MTP_ERR_INVALID;
+    }
+    mtp_policy_pin_costs(e->policy, t_target, t_head);
+    return MTP_OK;
+}
+
 mtp_status mtp_next_logits(mtp_engine * e, std::vector<float> & out, std::string & err) {
     const int32_t np = n_past(e);
     if (e->active || e->id_last == LLAMA_TOKEN_NULL) {

@@ -151,6 +151,10 @@ const mtp_stats & mtp_get_stats(mtp_engine * eng);
 void mtp_cancel(mtp_engine * eng);
 // forget the cached conversation
 void mtp_reset(mtp_engine * eng);
+// replace the policy's measured costs by fixed ones from now on (t_target[k-1]: a target pass over
+// k tokens, t_head: one head decode; any unit), so that its choices depend on acceptance alone:
+// for tests of the policy, which must not depend on the timings of the machine they run on
+mtp_status mtp_pin_policy_costs(mtp_engine * eng, const std::vector<double> & t_target, double t_head, std::string & err);
 
 // the target's logits for the token after the conversation (cache + id_last), for checking the
 // engine's state against a fresh one in tests; the conversation is unchanged

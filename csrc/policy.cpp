@@ -7,9 +7,11 @@
 // measured times: the median of the last T_WINDOW measurements (a preempted decode on a busy
 // machine does not move it; a lasting change of load does within half a window)
 static constexpr size_t T_WINDOW = 7;
-// acceptance: each observation of a position decays its earlier ones (a window of ~20 steps, so
-// a change of text shows within a few dozen tokens); the prior is worth this many observations
-static constexpr double ACC_DECAY  = 0.95;
+// acceptance: observations fade with the text generated since (per token, not per observation:
+// plain stretches observe only the occasional probe, and a change of text must still show within
+// a few dozen tokens; half-life ~23 tokens); the prior is worth this many observations
+static constexpr double ACC_DECAY_PER_TOKEN = 0.97;
+static double acc_decay_tokens(int64_t n) { return n <= 0 ? 1.0 : std::pow(ACC_DECAY_PER_TOKEN, (double) n); }
 static constexpr double ACC_PRIOR_W = 1.0;
 static constexpr double ACC_PRIOR  = 0.5;  // of position 1; position j's prior is position j-1's estimate
 // cost shape assumed for batch sizes never measured: t(k) = t(1) * (1 + SLOPE * (k - 1)) (the
@@ -57,7 +59,21 @@ void mtp_policy_init(mtp_policy & p, int32_t cap) {
     p.w_tgt.assign(cap + 1, {});
     p.acc_w.assign(cap, 0.0);
     p.try_w.assign(cap, 0.0);
+    p.acc_at.assign(cap, 0);
     p.probe_interval = PROBE_START;
+}
+
+void mtp_policy_pin_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head) {
+    const size_t n = t_target.size();
+    for (size_t k = 0; k < p.t_tgt.size(); ++k) {
+        const double step = n >= 2 ? t_target[n - 1] - t_target[n - 2] : 0.0;
+        p.t_tgt[k] = k < n ? t_target[k] : t_target[n - 1] + step * (double) (k + 1 - n);
+        p.n_tgt[k] = 1;
+    }
+    p.t_head  = t_head;
+    p.n_head  = 1;
+    p.t_fixed = 0;
+    p.pinned  = true;
 }
 
 static void window_add(std::vector<double> & w, double t) {
@@ -77,7 +93,7 @@ static double window_median(std::vector<double> w) {
 
 // the first pass over a new batch size also builds and allocates its graph: that one is not counted
 void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t) {
-    if (k < 1 || k > (int32_t) p.t_tgt.size() || !(t > 0)) {
+    if (p.pinned || k < 1 || k > (int32_t) p.t_tgt.size() || !(t > 0)) {
         return;
     }
     if (p.n_tgt[k - 1]++ > 0) {
@@ -87,14 +103,14 @@ void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t) {
 }
 
 void mtp_policy_observe_head(mtp_policy & p, int32_t n_decodes, double t) {
-    if (n_decodes > 0 && t > 0 && p.n_head++ > 0) {
+    if (!p.pinned && n_decodes > 0 && t > 0 && p.n_head++ > 0) {
         window_add(p.w_head, t / n_decodes);
         p.t_head = window_median(p.w_head);
     }
 }
 
 void mtp_policy_observe_fixed(mtp_policy & p, double t) {
-    if (t >= 0) {
+    if (!p.pinned && t >= 0) {
         window_add(p.w_fixed, t);
         p.t_fixed = window_median(p.w_fixed);
     }
@@ -104,9 +120,12 @@ void mtp_policy_observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) 
     // position j was tried when 1..j-1 were accepted
     const int32_t n = std::min(n_drafted, (int32_t) p.acc_w.size());
     for (int32_t j = 0; j < n && j <= n_acc; ++j) {
-        p.acc_w[j] = p.acc_w[j] * ACC_DECAY + (j < n_acc ? 1.0 : 0.0);
-        p.try_w[j] = p.try_w[j] * ACC_DECAY + 1.0;
+        const double decay = acc_decay_tokens(p.n_tokens - p.acc_at[j]);
+        p.acc_w[j]  = p.acc_w[j] * decay + (j < n_acc ? 1.0 : 0.0);
+        p.try_w[j]  = p.try_w[j] * decay + 1.0;
+        p.acc_at[j] = p.n_tokens;
     }
+    p.n_tokens += std::max(0, n_acc) + 1; // the step's tokens: the accepted drafts and the target's
     // a probe from plain mode: accepted -> look again soon, rejected -> back off
     if (p.probing && n_drafted >= 1) {
         p.probing = false;
@@ -173,8 +192,10 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
     e.acceptance.assign(n_max, 0.0);
     double prev = ACC_PRIOR;
     for (int32_t j = 0; j < n_max; ++j) {
-        const double a = j < (int32_t) p.acc_w.size() ? p.acc_w[j] : 0.0;
-        const double n = j < (int32_t) p.try_w.size() ? p.try_w[j] : 0.0;
+        const bool   known = j < (int32_t) p.acc_w.size();
+        const double decay = known ? acc_decay_tokens(p.n_tokens - p.acc_at[j]) : 0.0;
+        const double a = known ? p.acc_w[j] * decay : 0.0;
+        const double n = known ? p.try_w[j] * decay : 0.0;
         prev = (a + ACC_PRIOR_W * prev) / (n + ACC_PRIOR_W);
         e.acceptance[j] = prev;
     }

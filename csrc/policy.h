@@ -35,9 +35,12 @@ struct mtp_policy {
     int32_t n_head    = 0;            // head measurements
     std::vector<double> w_head;
     double  t_fixed   = 0;            // per-step time outside the decodes (sampling, Python)
+    bool    pinned    = false;        // costs fixed by mtp_policy_pin_costs: timings are not observed
     std::vector<double> w_fixed;
     std::vector<double>  acc_w;       // decayed accepted counts by draft position
     std::vector<double>  try_w;       // decayed tried counts by draft position
+    std::vector<int64_t> acc_at;      // n_tokens when each position's counts were last decayed
+    int64_t n_tokens      = 0;        // tokens generated (steps observed), the acceptance clock
 
     // exploration
     int32_t n_plain_run    = 0;       // plain steps since the last draft
@@ -48,6 +51,9 @@ struct mtp_policy {
 };
 
 void mtp_policy_init(mtp_policy & p, int32_t cap);
+// fixed costs from now on (t_target[k-1] for k = 1..; the last repeats its step beyond); the
+// timing observations are ignored, acceptance is still learnt (for tests)
+void mtp_policy_pin_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head);
 
 // the length to draft next: the best by the current estimates, or an exploring choice
 int32_t mtp_policy_next(mtp_policy & p, int32_t n_max);
