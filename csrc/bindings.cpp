@@ -116,28 +116,13 @@ public:
         return nb::bytes(s.data(), s.size());
     }
 
-    void begin(const std::vector<llama_token> & prompt, int32_t max_tokens, bool speculate, int32_t n_max, float p_min,
-               float temp, int32_t top_k, float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
-               float presence_penalty, uint64_t seed) {
-        mtp_gen_params g;
-        g.max_tokens = max_tokens;
-        g.speculate  = speculate;
-        g.n_max      = n_max;
-        g.p_min      = p_min;
-        g.sampling.temp             = temp;
-        g.sampling.top_k            = top_k;
-        g.sampling.top_p            = top_p;
-        g.sampling.min_p            = min_p;
-        g.sampling.repeat_penalty   = repeat_penalty;
-        g.sampling.repeat_last_n    = repeat_last_n;
-        g.sampling.presence_penalty = presence_penalty;
-        g.sampling.seed             = seed;
+    void begin(const std::vector<llama_token> & prompt, const mtp_gen_params & params) {
         std::string err;
         mtp_status st;
         mtp_engine * e = get();
         {
             nb::gil_scoped_release release;
-            st = mtp_begin(e, prompt, g, err);
+            st = mtp_begin(e, prompt, params, err);
         }
         if (st != MTP_OK) {
             raise(st, err);
@@ -169,25 +154,7 @@ public:
         return { res_.tokens, pieces, from_draft, res_.n_drafted, res_.n_accepted, res_.stop };
     }
 
-    nb::dict stats() {
-        const mtp_stats & s = mtp_get_stats(get());
-        nb::dict d;
-        d["n_prompt"] = s.n_prompt;
-        d["n_prompt_reused"] = s.n_prompt_reused;
-        d["t_prompt_s"] = s.t_prompt_s;
-        d["n_generated"] = s.n_generated;
-        d["t_gen_s"] = s.t_gen_s;
-        d["n_drafted"] = s.n_drafted;
-        d["n_accepted"] = s.n_accepted;
-        d["drafted_at"] = s.drafted_at;
-        d["accepted_at"] = s.accepted_at;
-        d["n_target_passes"] = s.n_target_passes;
-        d["t_draft_s"] = s.t_draft_s;
-        d["t_verify_s"] = s.t_verify_s;
-        d["t_sample_s"] = s.t_sample_s;
-        d["speculative"] = s.speculative;
-        return d;
-    }
+    mtp_stats stats() { return mtp_get_stats(get()); }
 
     std::vector<float> next_logits() {
         std::vector<float> out;
@@ -207,6 +174,14 @@ public:
     void cancel() {
         if (eng_) {
             mtp_cancel(eng_);
+        }
+    }
+
+    void pin_policy_costs(const std::vector<double> & t_target, double t_head) {
+        std::string err;
+        const mtp_status st = mtp_pin_policy_costs(get(), t_target, t_head, err);
+        if (st != MTP_OK) {
+            raise(st, err);
         }
     }
 
@@ -264,6 +239,53 @@ NB_MODULE(_core, m) {
           "The llama-cpp-python version the extension was compiled against.");
     m.def("set_verbose", &mtp_set_verbose, "verbose"_a, "Let llama.cpp's own log through to stderr.");
 
+    m.def("choose_draft_length", &mtp_choose_draft_length, "t_target"_a, "t_head"_a, "acceptance"_a, "n_max"_a,
+          "The draft-length policy's choice: the n in 0..n_max maximising expected tokens per second, where "
+          "t_target[k-1] is the cost of a target pass over k tokens, t_head of one MTP-head decode and "
+          "acceptance[j-1] the acceptance of draft position j given the previous ones.");
+
+    nb::class_<mtp_sampling_params>(m, "SamplingParams", "Token selection of one generation (engine.h mtp_sampling_params).")
+        .def(nb::init<>())
+        .def_rw("temp", &mtp_sampling_params::temp)
+        .def_rw("top_k", &mtp_sampling_params::top_k)
+        .def_rw("top_p", &mtp_sampling_params::top_p)
+        .def_rw("min_p", &mtp_sampling_params::min_p)
+        .def_rw("repeat_penalty", &mtp_sampling_params::repeat_penalty)
+        .def_rw("repeat_last_n", &mtp_sampling_params::repeat_last_n)
+        .def_rw("presence_penalty", &mtp_sampling_params::presence_penalty)
+        .def_rw("seed", &mtp_sampling_params::seed);
+
+    nb::class_<mtp_gen_params>(m, "GenParams", "One generation's settings (engine.h mtp_gen_params).")
+        .def(nb::init<>())
+        .def_rw("max_tokens", &mtp_gen_params::max_tokens)
+        .def_rw("speculate", &mtp_gen_params::speculate)
+        .def_rw("n_max", &mtp_gen_params::n_max)
+        .def_rw("adaptive", &mtp_gen_params::adaptive)
+        .def_rw("p_min", &mtp_gen_params::p_min)
+        .def_rw("sampling", &mtp_gen_params::sampling);
+
+    nb::class_<mtp_stats>(m, "Stats", "Statistics of a generation (engine.h mtp_stats), with the draft-length policy's estimates.")
+        .def_ro("n_prompt", &mtp_stats::n_prompt)
+        .def_ro("n_prompt_reused", &mtp_stats::n_prompt_reused)
+        .def_ro("t_prompt_s", &mtp_stats::t_prompt_s)
+        .def_ro("n_generated", &mtp_stats::n_generated)
+        .def_ro("t_gen_s", &mtp_stats::t_gen_s)
+        .def_ro("n_drafted", &mtp_stats::n_drafted)
+        .def_ro("n_accepted", &mtp_stats::n_accepted)
+        .def_ro("drafted_at", &mtp_stats::drafted_at)
+        .def_ro("accepted_at", &mtp_stats::accepted_at)
+        .def_ro("n_target_passes", &mtp_stats::n_target_passes)
+        .def_ro("t_draft_s", &mtp_stats::t_draft_s)
+        .def_ro("t_verify_s", &mtp_stats::t_verify_s)
+        .def_ro("t_sample_s", &mtp_stats::t_sample_s)
+        .def_ro("speculative", &mtp_stats::speculative)
+        .def_ro("adaptive", &mtp_stats::adaptive)
+        .def_ro("n_max", &mtp_stats::n_max)
+        .def_ro("steps_by_n", &mtp_stats::steps_by_n)
+        .def_ro("est_acceptance", &mtp_stats::est_acceptance)
+        .def_ro("est_t_target", &mtp_stats::est_t_target)
+        .def_ro("est_t_head", &mtp_stats::est_t_head);
+
     nb::class_<Engine>(m, "Engine", "A loaded target (+ MTP head) with its contexts and the speculative loop.")
         .def(nb::init<const std::string &, const std::string &, int32_t, int32_t, int32_t, int32_t, int32_t, bool, int32_t, bool>(),
              "path"_a, "draft_path"_a, "n_ctx"_a, "n_batch"_a, "n_threads"_a, "n_gpu_layers"_a, "flash_attn"_a,
@@ -275,8 +297,7 @@ NB_MODULE(_core, m) {
         .def("tokenize", &Engine::tokenize, "text"_a, "add_special"_a, "parse_special"_a, "UTF-8 bytes to token ids.")
         .def("token_piece", &Engine::token_piece, "token"_a, "The bytes of one token (special tokens rendered).")
         .def("detokenize", &Engine::detokenize, "tokens"_a, "The bytes of a token sequence.")
-        .def("begin", &Engine::begin, "prompt"_a, "max_tokens"_a, "speculate"_a, "n_max"_a, "p_min"_a, "temp"_a,
-             "top_k"_a, "top_p"_a, "min_p"_a, "repeat_penalty"_a, "repeat_last_n"_a, "presence_penalty"_a, "seed"_a,
+        .def("begin", &Engine::begin, "prompt"_a, "params"_a,
              "Start a generation: reuse the cached prefix and process the rest of the prompt.")
         .def("step", &Engine::step,
              "One speculative step: returns (tokens, pieces, from_draft, n_drafted, n_accepted, stop); stop != STOP_NONE ends it.")
@@ -284,7 +305,11 @@ NB_MODULE(_core, m) {
         .def("next_logits", &Engine::next_logits,
              "The target's logits for the token after the finished conversation (for tests; state is kept).")
         .def("cancel", &Engine::cancel, "Make the running generation stop at the next step (thread-safe).")
-        .def("reset", &Engine::reset, "Forget the cached conversation.");
+        .def("reset", &Engine::reset, "Forget the cached conversation.")
+        .def("pin_policy_costs", &Engine::pin_policy_costs, "t_target"_a, "t_head"_a,
+             "Fix the draft-length policy's costs (t_target[k-1]: a target pass over k tokens; t_head: one "
+             "head decode; any unit) instead of measuring them: its choices then follow acceptance alone "
+             "(for tests). Raises CoreError(status, message).");
 
     m.def("devices", []() {
         nb::list out;

@@ -87,7 +87,8 @@ struct mtp_sampling_params {
 struct mtp_gen_params {
     int32_t             max_tokens = -1;  // -1: unlimited
     bool                speculate  = true;
-    int32_t             n_max      = 2;   // draft tokens per step, 1..n_draft_capacity
+    int32_t             n_max      = 6;    // draft tokens per step, 1..n_draft_capacity (adaptive: the ceiling)
+    bool                adaptive   = true; // the policy picks 0..n_max per step from measured costs and acceptance
     float               p_min      = 0.0f; // stop drafting below this head confidence
     mtp_sampling_params sampling;
 };
@@ -115,6 +116,14 @@ struct mtp_stats {
     double  t_verify_s      = 0; // in llama.cpp decodes of the target while generating
     double  t_sample_s      = 0; // choosing tokens: draft choice, acceptance tests, sampling
     bool    speculative     = false;
+    bool    adaptive        = false; // the draft length was chosen per step
+    int32_t n_max           = 0;     // the (ceiling of the) draft length; 0: plain decoding
+    std::vector<int32_t> steps_by_n; // steps that drafted n = 0..n_max tokens
+    // the policy's current estimates (carried across generations): conditional acceptance by
+    // draft position 1..n_max, seconds of a target pass by batch size 1..n_max+1, of a head decode
+    std::vector<double> est_acceptance;
+    std::vector<double> est_t_target;
+    double  est_t_head      = 0;
 };
 
 struct mtp_engine;
@@ -142,10 +151,19 @@ const mtp_stats & mtp_get_stats(mtp_engine * eng);
 void mtp_cancel(mtp_engine * eng);
 // forget the cached conversation
 void mtp_reset(mtp_engine * eng);
+// replace the policy's measured costs by fixed ones from now on (t_target[k-1]: a target pass over
+// k tokens, t_head: one head decode; any unit), so that its choices depend on acceptance alone:
+// for tests of the policy, which must not depend on the timings of the machine they run on
+mtp_status mtp_pin_policy_costs(mtp_engine * eng, const std::vector<double> & t_target, double t_head, std::string & err);
 
 // the target's logits for the token after the conversation (cache + id_last), for checking the
 // engine's state against a fresh one in tests; the conversation is unchanged
 mtp_status mtp_next_logits(mtp_engine * eng, std::vector<float> & out, std::string & err);
+
+// the draft-length policy's pure choice (policy.h): the n in 0..n_max maximising expected tokens
+// per second, given t_target[k-1] (a target pass over k tokens), t_head and acceptance[j-1]
+int32_t mtp_choose_draft_length(const std::vector<double> & t_target, double t_head, const std::vector<double> & acceptance,
+                                int32_t n_max);
 
 // the llama.cpp build this engine was compiled against, and the one loaded at run time
 std::string mtp_build_commit();

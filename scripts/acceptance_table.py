@@ -30,7 +30,7 @@ def main() -> None:
                     cells = []
                     for n_max in (1, 3):
                         eng.reset()
-                        gen = GenerationConfig(max_tokens=600, sampling=SamplingConfig(temperature=0), spec=SpecConfig(n_max=n_max))
+                        gen = GenerationConfig(max_tokens=600, sampling=SamplingConfig(temperature=0), spec=SpecConfig(n_max=n_max, adaptive=False))
                         s = [e for e in eng.generate(prompt, gen) if isinstance(e, Result)][0].stats
                         acc = s.accepted_by_position
                         cond = [acc[0] / s.drafted_by_position[0]] + [acc[i] / acc[i - 1] if acc[i - 1] else 0.0 for i in range(1, len(acc))]

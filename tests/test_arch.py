@@ -183,7 +183,7 @@ def test_sampling_has_the_target_distribution(synth_model, arch, mode, temp, fie
         # in about a thousand fails at this significance; 6000 samples from 50000 on give p = 0.72)
         for seed in range(10_000, 10_000 + n):
             cfg = GenerationConfig(max_tokens=4, sampling=SamplingConfig(temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
-                                   spec=SpecConfig(enabled=spec, n_max=3))
+                                   spec=SpecConfig(enabled=spec, n_max=3, adaptive=False))
             r = run(eng, prompt, cfg)
             toks = list(r.tokens) + ([EOG] if r.stop_reason == "eos" else [])
             first.append(toks[0])
@@ -287,6 +287,23 @@ def test_chained_greedy_mtp_equals_plain_decoding(synth_model, mode):
                 r = run(eng, prompt, greedy(160, spec=True, n_max=n_max))
                 assert r.tokens == plain.tokens, (text, n_max)
                 assert 0 < r.stats.n_accepted < r.stats.n_drafted
+
+
+def test_auto_never_drafts_past_the_last_chained_head(synth_model):
+    """auto (ceiling 6) on the three-head model: the policy's ceiling is the number of heads. Its
+    costs are pinned to a nearly flat verify (drafting as far as acceptance carries pays), so the
+    cap, not the cost model, stops it at three; the output is plain decoding's."""
+    model = multi_head(synth_model)
+    with open_engine(model) as eng:
+        eng._core.pin_policy_costs([1.0 + 0.02 * k for k in range(7)], 0.01)
+        prompt = eng.tokenize(PROMPTS[0])
+        plain = run(eng, prompt, greedy(200, spec=False))
+        cfg = GenerationConfig(max_tokens=200, sampling=SamplingConfig(temperature=0.0), spec=SpecConfig.parse("auto"))
+        events = list(eng.generate(prompt, cfg))
+        lengths, r = [e.n_drafted for e in events[:-1]], events[-1]
+        assert r.stats.adaptive and r.tokens == plain.tokens
+        assert max(lengths) == len(HEADS), lengths
+        assert sum(r.stats.drafted_by_position[len(HEADS):]) == 0
 
 
 def test_chained_heads_follow_a_multi_turn_conversation_and_a_growing_draft_length(synth_model):

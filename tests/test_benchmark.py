@@ -79,7 +79,10 @@ def test_measure_reference_reads_llama_cpp_figures(llama_ref_bin, synth_model):
 def test_configurations_and_their_spec(monkeypatch):
     names = [c.name for c in bm.configurations([1, 2], auto=False, reference=True)]
     assert names == ["plain", "n=1", "n=2", "llama.cpp n=1", "llama.cpp n=2"]
-    assert bm.spec_config(bm.Configuration("fixed", 4)).n_max == 4
+    fixed = bm.spec_config(bm.Configuration("fixed", 4))
+    assert (fixed.n_max, fixed.adaptive) == (4, False)  # adaptive is the default: fixed n must say so
+    auto = bm.spec_config(bm.Configuration("auto", 6))
+    assert (auto.enabled, auto.n_max, auto.adaptive) == (True, 6, True)
     assert not bm.spec_config(bm.Configuration("plain")).enabled
     with pytest.raises(InvalidInputError):
         bm.spec_config(bm.Configuration("llama.cpp", 2))

@@ -6,7 +6,7 @@ import io
 import re
 
 from mtprun.cli.ui import Output, format_stats_line, stats_rows
-from mtprun.events import GenerationStats
+from mtprun.events import GenerationStats, PolicyEstimates
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -120,6 +120,12 @@ def test_stats_line_shows_tokens_speed_acceptance_tokens_per_pass_and_positions(
     assert "stopped: token limit" in format_stats_line(stats(), "length")
 
 
+def test_stats_line_says_auto_and_the_mean_draft_length():
+    line = format_stats_line(stats(adaptive=True, n_max=6, steps_by_draft_length=(4, 2, 0, 6, 0, 0, 0)))
+    assert "(75%), auto, mean draft 1.7, " in line  # (2*1 + 6*3) / 12 steps
+    assert "(75%), draft 2, " in format_stats_line(stats(adaptive=False, n_max=2, steps_by_draft_length=(0, 0, 12)))
+
+
 def test_stats_line_without_mtp_says_so():
     line = format_stats_line(stats(mtp=False, n_drafted=0, n_accepted=0, drafted_by_position=(), accepted_by_position=()))
     assert "MTP off" in line and "drafts" not in line
@@ -135,6 +141,13 @@ def test_stats_table_lists_every_statistic():
     assert rows["verify time"] == "1.200 s (60%)"
     assert rows["other time"] == "0.300 s (15%)"
     assert rows["stop reason"] == "eos"
+    rows = dict(stats_rows(stats(adaptive=True, n_max=2, steps_by_draft_length=(2, 4, 6),
+                                 policy=PolicyEstimates((0.9, 0.6), (0.010, 0.012, 0.0145), 0.002)), "eos"))
+    assert rows["MTP speculation"] == "on, draft length auto:2"
+    assert rows["steps by draft length"] == "0:2 1:4 2:6 (mean 1.33)"
+    assert rows["policy: acceptance"] == "90% 60%"
+    assert rows["policy: target ms"] == "1:10.00 2:12.00 3:14.50"
+    assert rows["policy: head ms"] == "2.00 per draft token"
     err = io.StringIO()
     Output(color=False, stdout=io.StringIO(), stderr=err).stats_table(stats(), "eos")
     assert "draft position 2" in err.getvalue() and "7/12 accepted (58%)" in err.getvalue()

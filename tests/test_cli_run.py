@@ -75,6 +75,25 @@ def test_json_holds_text_stop_reason_and_every_statistic(models):
     assert s["prompt_tokens_per_second"] > 0 and s["generation_tokens_per_second"] > 0
 
 
+def test_json_says_what_the_adaptive_draft_length_did(models):
+    d = run_json("-m", str(models.demo.model_path), "-p", "Hi", "-n", "40", "--spec-draft-n-max", "auto:4", *GREEDY)
+    assert d["spec_draft_n_max"] == 4 and d["spec_draft_length"] == "auto:4"
+    s = d["stats"]
+    assert s["adaptive"] is True and s["draft_length"] == "auto:4" and s["n_max"] == 4
+    steps = s["steps_by_draft_length"]
+    assert len(steps) == 5 and sum(steps) == s["target_passes"]
+    assert sum(n * c for n, c in enumerate(steps)) == s["drafted"]
+    assert s["mean_draft_length"] == pytest.approx(s["drafted"] / s["target_passes"])
+    pol = s["policy"]
+    assert len(pol["acceptance_by_position"]) == 4 and all(0 <= a <= 1 for a in pol["acceptance_by_position"])
+    assert len(pol["target_seconds_by_batch"]) == 5 and all(t > 0 for t in pol["target_seconds_by_batch"])
+    assert pol["head_seconds"] > 0
+    fixed = run_json("-m", str(models.demo.model_path), "-p", "Hi", "-n", "40", "--spec-draft-n-max", "2", *GREEDY)
+    fixed_steps = fixed["stats"]["steps_by_draft_length"]
+    assert fixed["stats"]["adaptive"] is False and fixed_steps[1] == 0 and fixed_steps[0] <= 1  # only the budget's last step is short
+    assert fixed["text"] == d["text"]
+
+
 @pytest.mark.parametrize("n_max", ["1", "3"])
 def test_greedy_text_is_the_same_with_and_without_mtp(models, n_max):
     base = ["-m", str(models.demo.model_path), "-p", "Write something", "-n", "48", "--spec-draft-n-max", n_max, *GREEDY]

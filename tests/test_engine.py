@@ -28,7 +28,7 @@ def greedy(n: int, spec: bool, n_max: int = 2, **sampling) -> GenerationConfig:
     return GenerationConfig(
         max_tokens=n,
         sampling=SamplingConfig(temperature=0.0, **sampling),
-        spec=SpecConfig(enabled=spec, n_max=n_max),
+        spec=SpecConfig(enabled=spec, n_max=n_max, adaptive=False),
     )
 
 
@@ -251,7 +251,7 @@ def test_sampling_has_the_target_distribution(synth_model, arch, mode, temp, spe
         first, second, accepted, drafted = [], [], 0, 0
         for seed in range(n):
             cfg = GenerationConfig(max_tokens=2, sampling=SamplingConfig(temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
-                                   spec=SpecConfig(enabled=spec, n_max=3))
+                                   spec=SpecConfig(enabled=spec, n_max=3, adaptive=False))
             r = run(eng, prompt, cfg)
             toks = list(r.tokens) + ([EOG] if r.stop_reason == "eos" else [])
             first.append(toks[0])
@@ -270,7 +270,7 @@ def test_same_seed_gives_the_same_sample(synth_model):
     model = synth_model(arch="qwen35", mode="oracle", agree=0.5)
     with open_engine(model) as eng:
         prompt = eng.tokenize(PROMPTS[1])
-        cfg = GenerationConfig(max_tokens=40, sampling=SamplingConfig(temperature=2.0, seed=7), spec=SpecConfig(n_max=3))
+        cfg = GenerationConfig(max_tokens=40, sampling=SamplingConfig(temperature=2.0, seed=7), spec=SpecConfig(n_max=3, adaptive=False))
         assert run(eng, prompt, cfg).tokens == run(eng, prompt, cfg).tokens
 
 
@@ -504,7 +504,7 @@ def test_draft_p_min_stops_drafting_when_the_head_is_unsure(synth_model):
 
         def with_p_min(p_min: float) -> Result:
             cfg = GenerationConfig(max_tokens=40, sampling=SamplingConfig(temperature=3.0, top_k=0, top_p=1.0, min_p=0.0, seed=1),
-                                   spec=SpecConfig(n_max=3, p_min=p_min))
+                                   spec=SpecConfig(n_max=3, adaptive=False, p_min=p_min))
             return run(eng, prompt, cfg)
 
         unsure, sure = with_p_min(0.999), with_p_min(0.5)

@@ -42,7 +42,7 @@ def pair(synth_model, tmp_path_factory):
 
 def greedy(path: Path, n: int = 48, spec: bool = True) -> tuple[list[int], float, str]:
     with Engine(ModelConfig(path=path, n_ctx=512)) as eng:
-        cfg = GenerationConfig(max_tokens=n, sampling=SamplingConfig(temperature=0), spec=SpecConfig(enabled=spec, n_max=2))
+        cfg = GenerationConfig(max_tokens=n, sampling=SamplingConfig(temperature=0), spec=SpecConfig(enabled=spec, n_max=2, adaptive=False))
         for ev in eng.generate(eng.tokenize("Once upon"), cfg):
             pass
         return list(ev.tokens), ev.stats.acceptance, eng.info.mtp_kind

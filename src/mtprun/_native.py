@@ -44,8 +44,39 @@ def _preload_llama() -> None:
             return
 
 
+# OpenMP's wait policy for ggml's CPU threads, fixed when libgomp loads (with libllama, below):
+# llama-cpp-python builds libggml-cpu with OpenMP, so ggml's own threadpool `poll` level does not
+# apply; libgomp's threads spin at every barrier (one per graph node) before they sleep.
+# MTPRUN_OMP_WAIT_POLICY: "passive" or "active" sets OMP_WAIT_POLICY, "default" leaves libgomp's;
+# an OMP_WAIT_POLICY the user set is kept.
+#
+# Measured with scripts/bench_load.py (2-core shared machine, a memory-bound synthetic f16 model,
+# 48 greedy tokens, tok/s plain / auto; "idle" had other developers' builds running, "load" adds
+# one `while 1: pass` process per core):
+#   libgomp default (spin), -t 2:  16.4 / 18.3 idle,   4.8 /   6.3 loaded  (0.29x / 0.34x)
+#   libgomp default (spin), -t 1: 176.3 / 160.5 idle, 73.6 /  62.3 loaded  (0.42x / 0.39x)
+#   passive,                -t 2: 165.1 / 119.4 idle, 150.8 / 139.5 loaded (0.91x / 1.17x)
+# and again on a quieter machine (same command): spin -t 2 stalled loaded (no result within 60 s,
+# 48.3 / 41.5 idle), spin -t 1 0.19x / 0.23x, passive -t 2 116.4 / 96.9 idle, 126.8 / 186.8 loaded.
+# A spinning thread holds the core its busy neighbour wants while it waits for a thread that is
+# not running, so every barrier can cost a scheduler time slice; sleeping threads do not. Passive
+# waiting with the physical core count (the default -t) degrades gracefully, so it is the default.
+_DEFAULT_WAIT_POLICY = "passive"
+
+
+def _set_wait_policy() -> None:
+    import os
+
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    policy = os.environ.get("MTPRUN_OMP_WAIT_POLICY", _DEFAULT_WAIT_POLICY).lower()
+    if policy in ("passive", "active"):
+        os.environ["OMP_WAIT_POLICY"] = policy.upper()
+
+
 def _load():
     try:
+        _set_wait_policy()
         _preload_llama()
         from . import _core
     except (ImportError, OSError) as exc:  # missing libllama, wrong ABI, not built

@@ -92,11 +92,11 @@ def spec_config(config: Configuration) -> SpecConfig:
     if config.kind == "plain":
         return SpecConfig(enabled=False)
     if config.kind == "fixed":
-        return SpecConfig(enabled=True, n_max=config.n_max)
+        return SpecConfig(enabled=True, n_max=config.n_max, adaptive=False)  # type: ignore[call-arg]
     if config.kind == "auto":
         if not adaptive_available():
             raise InvalidInputError("this mtprun has no adaptive draft length (SpecConfig.adaptive)")
-        return SpecConfig(enabled=True, n_max=config.n_max, adaptive=True)  # type: ignore[call-arg]
+        return SpecConfig.parse(f"auto:{config.n_max}")  # type: ignore[attr-defined]
     raise InvalidInputError(f"{config.name} does not run in mtprun's engine")
 
 

@@ -89,17 +89,48 @@ class SamplingConfig:
         return self.temperature <= 0
 
 
+AUTO_CEILING = 6  # the draft-length ceiling of "auto"
+
+
 @dataclass(frozen=True)
 class SpecConfig:
-    """Speculation: draft up to ``n_max`` tokens with the MTP head per step; ``enabled=False`` decodes plainly."""
+    """Speculation with the MTP head; ``enabled=False`` decodes plainly.
+
+    ``adaptive=True`` (the default): ``n_max`` is a ceiling and the engine picks 0..n_max draft
+    tokens each step from what it measures (target cost by batch size, head cost, acceptance by
+    position), 0 being a plain step. ``adaptive=False``: every step drafts ``n_max`` tokens.
+    Either way the output is what plain decoding gives (greedy: token for token; sampling: the
+    same distribution; a fixed ``n_max`` also reproduces a seeded sample exactly).
+    """
 
     enabled: bool = True
-    n_max: int = 2  # the Unsloth guide's recommended start; try 1..6 per machine
+    n_max: int = AUTO_CEILING  # draft tokens per step (adaptive: the most)
+    adaptive: bool = True
     p_min: float = 0.0  # stop drafting when the head's top probability falls below this
 
     def __post_init__(self) -> None:
         _check(_int_in(self.n_max, 1, 32), f"draft length (n_max) must be within 1..32, got {self.n_max}")
+        _check(isinstance(self.adaptive, bool), f"adaptive must be True or False, got {self.adaptive!r}")
         _check(_finite(self.p_min) and 0 <= self.p_min <= 1, f"draft p-min must be in [0, 1], got {self.p_min}")
+
+    @classmethod
+    def parse(cls, text: str, *, enabled: bool = True, p_min: float = 0.0) -> SpecConfig:
+        """From the CLI spelling: ``auto`` (adaptive, ceiling 6), ``auto:N`` (adaptive, ceiling N)
+        or ``N`` (always N draft tokens)."""
+        raw = str(text).strip().lower()
+        if raw == "auto":
+            return cls(enabled=enabled, n_max=AUTO_CEILING, adaptive=True, p_min=p_min)
+        adaptive = raw.startswith("auto:")
+        num = raw[len("auto:"):] if adaptive else raw
+        _check(num.isdigit(), f"draft length must be auto, auto:N or N (N within 1..32), got {text!r}")
+        return cls(enabled=enabled, n_max=int(num), adaptive=adaptive, p_min=p_min)
+
+    @property
+    def label(self) -> str:
+        """The CLI spelling of this setting (``auto``, ``auto:N`` or ``N``)."""
+        if not self.adaptive:
+            return str(self.n_max)
+        return "auto" if self.n_max == AUTO_CEILING else f"auto:{self.n_max}"
 
 
 @dataclass(frozen=True)

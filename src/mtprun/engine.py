@@ -30,11 +30,11 @@ from pathlib import Path
 from ._native import core
 from .config import GenerationConfig, ModelConfig
 from .errors import ContextOverflowError, EngineClosedError, InvalidInputError, ModelError, MtprunError
-from .events import GenerationStats, Result, Step, StopReason, TokenPiece
+from .events import GenerationStats, PolicyEstimates, Result, Step, StopReason, TokenPiece
 from .memory import MeasuredMemory, measured
 from .validate import MIN_CONTEXT, validate_file
 
-__all__ = ["Engine", "ModelInfo"]
+__all__ = ["Engine", "ModelInfo", "choose_draft_length"]
 
 _STOP_REASONS: dict[int, StopReason] = {
     core.STOP_EOS: "eos",
@@ -218,26 +218,10 @@ class Engine:
             self._busy.release()
 
     def _generate(self, native, prompt: list[int], config: GenerationConfig) -> Iterator[Step | Result]:
-        s, spec = config.sampling, config.spec
+        s = config.sampling
         seed = s.seed if s.seed is not None else secrets.randbits(64)
         try:
-            _interruptible(
-                native.begin,
-                prompt,
-                config.max_tokens,
-                spec.enabled,
-                spec.n_max,
-                spec.p_min,
-                s.temperature,
-                s.top_k,
-                s.top_p,
-                s.min_p,
-                s.repeat_penalty,
-                s.repeat_last_n,
-                s.presence_penalty,
-                seed,
-                cancel=native.cancel,
-            )
+            _interruptible(native.begin, prompt, _gen_params(config, seed), cancel=native.cancel)
         except core.CoreError as exc:
             raise _error(exc) from None
 
@@ -287,23 +271,62 @@ def _context_size(n_ctx: int, n_ctx_train: int | None) -> int:
     return max(n_ctx, MIN_CONTEXT)
 
 
-def _stats(raw: dict) -> GenerationStats:
+def _gen_params(config: GenerationConfig, seed: int):
+    """The native generation settings (a nanobind-bound struct) of a validated config."""
+    s, spec = config.sampling, config.spec
+    g = core.GenParams()
+    g.max_tokens = config.max_tokens
+    g.speculate = spec.enabled
+    g.n_max = spec.n_max
+    g.adaptive = spec.adaptive
+    g.p_min = spec.p_min
+    sp = core.SamplingParams()
+    sp.temp = s.temperature
+    sp.top_k = s.top_k
+    sp.top_p = s.top_p
+    sp.min_p = s.min_p
+    sp.repeat_penalty = s.repeat_penalty
+    sp.repeat_last_n = s.repeat_last_n
+    sp.presence_penalty = s.presence_penalty
+    sp.seed = seed
+    g.sampling = sp
+    return g
+
+
+def _stats(raw) -> GenerationStats:
     return GenerationStats(
-        n_prompt_tokens=raw["n_prompt"],
-        n_prompt_reused=raw["n_prompt_reused"],
-        prompt_seconds=raw["t_prompt_s"],
-        n_generated=raw["n_generated"],
-        generation_seconds=raw["t_gen_s"],
-        n_drafted=raw["n_drafted"],
-        n_accepted=raw["n_accepted"],
-        drafted_by_position=tuple(raw["drafted_at"]),
-        accepted_by_position=tuple(raw["accepted_at"]),
-        n_target_passes=raw["n_target_passes"],
-        draft_seconds=raw["t_draft_s"],
-        verify_seconds=raw["t_verify_s"],
-        sample_seconds=raw["t_sample_s"],
-        mtp=raw["speculative"],
+        n_prompt_tokens=raw.n_prompt,
+        n_prompt_reused=raw.n_prompt_reused,
+        prompt_seconds=raw.t_prompt_s,
+        n_generated=raw.n_generated,
+        generation_seconds=raw.t_gen_s,
+        n_drafted=raw.n_drafted,
+        n_accepted=raw.n_accepted,
+        drafted_by_position=tuple(raw.drafted_at),
+        accepted_by_position=tuple(raw.accepted_at),
+        n_target_passes=raw.n_target_passes,
+        draft_seconds=raw.t_draft_s,
+        verify_seconds=raw.t_verify_s,
+        sample_seconds=raw.t_sample_s,
+        mtp=raw.speculative,
+        adaptive=raw.adaptive,
+        n_max=raw.n_max,
+        steps_by_draft_length=tuple(raw.steps_by_n),
+        policy=PolicyEstimates(
+            acceptance_by_position=tuple(raw.est_acceptance),
+            target_seconds_by_batch=tuple(raw.est_t_target),
+            head_seconds=raw.est_t_head,
+        ) if raw.speculative else None,
     )
+
+
+def choose_draft_length(target_seconds: Sequence[float], head_seconds: float, acceptance: Sequence[float], n_max: int | None = None) -> int:
+    """The adaptive policy's choice, a pure function: the draft length n in 0..n_max (0: a plain
+    step) maximising E[tokens](n) / cost(n), where E[tokens](n) = 1 + sum_{i<=n} prod_{j<=i} a_j and
+    cost(n) = n * head_seconds + target_seconds[n] (``target_seconds[k-1]``: a target pass over k
+    tokens; ``acceptance[j-1]``: draft position j's acceptance given the previous ones)."""
+    n = len(acceptance) if n_max is None else n_max
+    return core.choose_draft_length([float(t) for t in target_seconds], float(head_seconds), [float(a) for a in acceptance], n)
 
 
 def _interruptible(fn, *args, cancel):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .config import AUTO_CEILING
+
 StopReason = Literal["eos", "length", "context", "cancelled"]
 """eos: an end-of-generation token; length: the token budget; context: the context is full;
 cancelled: ``Engine.cancel()`` was called."""
@@ -34,6 +36,23 @@ class Step:
 
 
 @dataclass(frozen=True)
+class PolicyEstimates:
+    """What the adaptive draft-length policy believes after a generation (it keeps learning
+    across the generations of one engine)."""
+
+    acceptance_by_position: tuple[float, ...]  # draft position 1, 2, ..., given the earlier ones
+    target_seconds_by_batch: tuple[float, ...]  # a target pass over 1, 2, ... tokens (incl. per-step overhead)
+    head_seconds: float  # one MTP-head decode
+
+    def as_dict(self) -> dict:
+        return {
+            "acceptance_by_position": list(self.acceptance_by_position),
+            "target_seconds_by_batch": list(self.target_seconds_by_batch),
+            "head_seconds": self.head_seconds,
+        }
+
+
+@dataclass(frozen=True)
 class GenerationStats:
     n_prompt_tokens: int  # prompt tokens this generation was given
     n_prompt_reused: int  # of which already in the cache (not processed again)
@@ -49,6 +68,10 @@ class GenerationStats:
     verify_seconds: float  # in llama.cpp decodes of the target (verification passes)
     sample_seconds: float  # choosing tokens: drafts, acceptance tests, sampling
     mtp: bool  # whether MTP speculation was used
+    adaptive: bool = False  # whether the draft length was chosen per step
+    n_max: int = 0  # the draft length (adaptive: its ceiling); 0 without speculation
+    steps_by_draft_length: tuple[int, ...] = ()  # steps that drafted 0, 1, ..., n_max tokens
+    policy: PolicyEstimates | None = None  # the policy's estimates (with speculation)
 
     @property
     def acceptance(self) -> float:
@@ -57,6 +80,21 @@ class GenerationStats:
     @property
     def acceptance_by_position(self) -> tuple[float, ...]:
         return tuple(a / d if d else 0.0 for a, d in zip(self.accepted_by_position, self.drafted_by_position))
+
+    @property
+    def mean_draft_length(self) -> float:
+        """Draft tokens per step (plain steps count as 0)."""
+        steps = sum(self.steps_by_draft_length)
+        return sum(n * c for n, c in enumerate(self.steps_by_draft_length)) / steps if steps else 0.0
+
+    @property
+    def draft_label(self) -> str:
+        """How the draft length was set: ``auto``/``auto:N``, ``N``, or ``off``."""
+        if not self.mtp:
+            return "off"
+        if not self.adaptive:
+            return str(self.n_max)
+        return "auto" if self.n_max == AUTO_CEILING else f"auto:{self.n_max}"
 
     @property
     def tokens_per_pass(self) -> float:
@@ -87,6 +125,12 @@ class GenerationStats:
             "generation_seconds": self.generation_seconds,
             "generation_tokens_per_second": self.generation_tps,
             "mtp": self.mtp,
+            "draft_length": self.draft_label,
+            "adaptive": self.adaptive,
+            "n_max": self.n_max,
+            "steps_by_draft_length": list(self.steps_by_draft_length),
+            "mean_draft_length": self.mean_draft_length,
+            "policy": self.policy.as_dict() if self.policy else None,
             "drafted": self.n_drafted,
             "accepted": self.n_accepted,
             "acceptance": self.acceptance,

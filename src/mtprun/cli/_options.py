@@ -131,8 +131,13 @@ class SpecType(str, Enum):
 
 
 SpecDraftNMaxOpt = Annotated[
-    int,
-    typer.Option("--spec-draft-n-max", metavar="N", help="Tokens the MTP head drafts per step; 2 is the recommended start, try 1 to 6.", rich_help_panel=SPEC),
+    str,
+    typer.Option(
+        "--spec-draft-n-max", metavar="auto|auto:N|N",
+        help="Draft tokens per step: auto (the default) picks 0..6 each step from what it measures on this machine "
+             "(0 is a plain step); auto:N picks 0..N; a number N always drafts N.",
+        rich_help_panel=SPEC,
+    ),
 ]
 DraftPMinOpt = Annotated[
     float,
@@ -178,7 +183,7 @@ def mtp_wanted(no_mtp: bool, spec_type: SpecType | None, require_mtp: bool) -> b
 
 def generation_config(
     *, n_predict: int | None, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
-    presence_penalty: float, seed: int, mtp: bool, n_max: int, p_min: float,
+    presence_penalty: float, seed: int, mtp: bool, n_max: str, p_min: float,
 ) -> GenerationConfig:
     """Validated generation settings (raises InvalidInputError naming the option)."""
     n_predict = -1 if n_predict is None else n_predict
@@ -189,7 +194,7 @@ def generation_config(
             temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
             presence_penalty=presence_penalty, seed=None if seed == -1 else seed,
         )
-        spec = SpecConfig(enabled=mtp, n_max=n_max, p_min=p_min)
+        spec = SpecConfig.parse(n_max, enabled=mtp, p_min=p_min)
         return GenerationConfig(max_tokens=n_predict, sampling=sampling, spec=spec)
     except InvalidInputError as exc:
         raise InvalidInputError(f"invalid option value: {exc}") from None
@@ -197,7 +202,8 @@ def generation_config(
 
 def model_config(*, ctx_size: int, threads: int | None, n_gpu_layers: int, mtp: bool, n_max: int, verbose: bool) -> ModelConfig:
     """Validated runtime options for the model, checked before any model is resolved; the path
-    (a placeholder here) is filled in with ``dataclasses.replace`` once the model is known."""
+    (a placeholder here) is filled in with ``dataclasses.replace`` once the model is known.
+    ``n_max`` is the run's draft-length ceiling (``GenerationConfig.spec.n_max``; 6 for ``auto``)."""
     try:
         return ModelConfig(
             path=Path(), n_ctx=ctx_size, n_threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,

@@ -111,7 +111,7 @@ def chat(
     repeat_penalty: o.RepeatPenaltyOpt = 1.0,
     presence_penalty: o.PresencePenaltyOpt = 0.0,
     seed: o.SeedOpt = -1,
-    spec_draft_n_max: o.SpecDraftNMaxOpt = 2,
+    spec_draft_n_max: o.SpecDraftNMaxOpt = "auto",
     draft_p_min: o.DraftPMinOpt = 0.0,
     no_mtp: o.NoMtpOpt = False,
     spec_type: o.SpecTypeOpt = None,
@@ -131,7 +131,7 @@ def chat(
             presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=spec_draft_n_max, p_min=draft_p_min,
         )
         kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
-        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=spec_draft_n_max, verbose=verbose)
+        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=gen.spec.n_max, verbose=verbose)
         reader = MessageReader(out)
         choice = choose_model(
             out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
@@ -146,7 +146,12 @@ def chat(
 
 
 def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int) -> None:
-    spec = f"MTP on, drafting {gen.spec.n_max} tokens per step" if mtp_on else "MTP off"
+    if not mtp_on:
+        spec = "MTP off"
+    elif gen.spec.adaptive:
+        spec = f"MTP on, drafting 0 to {gen.spec.n_max} tokens per step (auto)"
+    else:
+        spec = f"MTP on, drafting {gen.spec.n_max} tokens per step"
     out.note(f"mtprun chat | {label} | {spec} | context {n_ctx} tokens")
     out.info("Type a message and press Enter (end a line with \\ to continue it). /help for commands, Ctrl-D to quit.")
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..config import SpecConfig
 from ..errors import InvalidInputError
 from ..graft import describe_provenance, graft_provenance
 from ..memory import estimate
@@ -84,7 +85,7 @@ def info(
     model_draft: o.DraftPathOpt = None,
     demo: o.DemoOpt = False,
     ctx_size: o.CtxSizeOpt = 4096,
-    spec_draft_n_max: o.SpecDraftNMaxOpt = 2,
+    spec_draft_n_max: o.SpecDraftNMaxOpt = "auto",
     json_output: JsonOpt = False,
     color: o.ColorOpt = None,
     verbose: o.VerboseOpt = False,
@@ -99,13 +100,17 @@ def info(
         base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose)
         from ..gguf_info import read_gguf_info
 
-        if ctx_size < 0 or not 1 <= spec_draft_n_max <= 32:
-            raise InvalidInputError("-c must be >= 0 and --spec-draft-n-max within 1..32")
+        try:
+            n_draft = SpecConfig.parse(spec_draft_n_max).n_max  # auto / auto:N: the ceiling sizes the contexts
+        except InvalidInputError:
+            n_draft = 0
+        if ctx_size < 0 or not 1 <= n_draft <= 32:
+            raise InvalidInputError("-c must be >= 0 and --spec-draft-n-max auto, auto:N or N with N within 1..32")
         header = read_gguf_info(choice.path)
         # the memory estimate comes from the headers alone, before anything is loaded
         est = estimate(
             header, read_gguf_info(choice.draft_path) if choice.draft_path else None,
-            n_ctx=ctx_size, n_draft=spec_draft_n_max,
+            n_ctx=ctx_size, n_draft=n_draft,
         )
         with open_engine(out, choice, base, quiet=True) as eng:
             facts = model_facts(choice, eng.info, header)
@@ -113,7 +118,7 @@ def info(
         from ..engine import dry_run
 
         est = est.with_dry_run(dry_run(replace(base, path=choice.path, draft_path=choice.draft_path,
-                                               n_ctx=ctx_size, n_draft_capacity=spec_draft_n_max, mtp=True)))
+                                               n_ctx=ctx_size, n_draft_capacity=n_draft, mtp=True)))
         facts["memory_estimate"] = est.as_dict()
         if json_output:
             out.json(facts)
@@ -134,7 +139,7 @@ def info(
         if verbose and facts["system_info"]:
             rows.append(("system", facts["system_info"]))
         out.table(facts["model"], rows, to_stdout=True)
-        out.table(f"memory estimate at -c {est.n_ctx}, drafting up to {spec_draft_n_max} (flash attention auto)", memory_rows(est), to_stdout=True)
+        out.table(f"memory estimate at -c {est.n_ctx}, drafting up to {n_draft} (flash attention auto)", memory_rows(est), to_stdout=True)
 
     run_guarded(body)
 

@@ -71,7 +71,7 @@ def run(
     repeat_penalty: o.RepeatPenaltyOpt = 1.0,
     presence_penalty: o.PresencePenaltyOpt = 0.0,
     seed: o.SeedOpt = -1,
-    spec_draft_n_max: o.SpecDraftNMaxOpt = 2,
+    spec_draft_n_max: o.SpecDraftNMaxOpt = "auto",
     draft_p_min: o.DraftPMinOpt = 0.0,
     no_mtp: o.NoMtpOpt = False,
     spec_type: o.SpecTypeOpt = None,
@@ -90,7 +90,7 @@ def run(
             presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=spec_draft_n_max, p_min=draft_p_min,
         )
         kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
-        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=spec_draft_n_max, verbose=verbose)
+        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=gen.spec.n_max, verbose=verbose)
         if raw and (system_prompt is not None or chat_template_file is not None or chat_template_kwargs is not None):
             raise InvalidInputError("--raw skips the chat template: -sys, --chat-template-file and --chat-template-kwargs do not apply")
         text = read_prompt(prompt, file)
@@ -119,6 +119,7 @@ def run(
                     "stop_reason": result.stop_reason,
                     "mtp": result.stats.mtp,
                     "spec_draft_n_max": gen.spec.n_max if result.stats.mtp else 0,
+                    "spec_draft_length": gen.spec.label if result.stats.mtp else "off",
                     "stats": result.stats.as_dict(),
                     "memory": info.memory.as_dict() if info.memory else None,
                 })

@@ -252,14 +252,15 @@ def _pct(x: float) -> str:
 
 
 def format_stats_line(stats: Any, stop_reason: str | None = None) -> str:
-    """``64 tokens, 112.3 tok/s | MTP 41/52 accepted (79%), 1.82 tok/pass, by position 92% 65%``."""
+    """``64 tokens, 112.3 tok/s | MTP 41/52 drafts accepted (79%), auto, mean draft 2.4, 1.82 tok/pass, by position 92% 65% | ...``."""
     parts = [f"{stats.n_generated} tokens, {stats.generation_tps:.1f} tok/s"]
     new = stats.n_prompt_tokens - stats.n_prompt_reused
     prompt = f"prompt {new} new tokens, {stats.prompt_tps:.1f} tok/s" if new > 0 else "prompt cached"
     if stats.mtp:
         by_pos = " ".join(_pct(a) for a in stats.acceptance_by_position) or "-"
+        length = f"auto, mean draft {stats.mean_draft_length:.1f}" if stats.adaptive else f"draft {stats.n_max}"
         spec = (
-            f"MTP {stats.n_accepted}/{stats.n_drafted} drafts accepted ({_pct(stats.acceptance)}), "
+            f"MTP {stats.n_accepted}/{stats.n_drafted} drafts accepted ({_pct(stats.acceptance)}), {length}, "
             f"{stats.tokens_per_pass:.2f} tok/pass, by position {by_pos}"
         )
     else:
@@ -285,7 +286,7 @@ def stats_rows(stats: Any, stop_reason: str | None = None) -> list[tuple[str, st
     ]
     if stop_reason is not None:
         rows.append(("stop reason", stop_reason))
-    rows.append(("MTP speculation", "on" if stats.mtp else "off"))
+    rows.append(("MTP speculation", "off" if not stats.mtp else f"on, draft length {stats.draft_label}"))
     if stats.mtp:
         rows += [
             ("drafted / accepted", f"{stats.n_drafted} / {stats.n_accepted} ({_pct(stats.acceptance)})"),
@@ -293,6 +294,15 @@ def stats_rows(stats: Any, stop_reason: str | None = None) -> list[tuple[str, st
         ]
         for i, (d, a) in enumerate(zip(stats.drafted_by_position, stats.accepted_by_position), start=1):
             rows.append((f"  draft position {i}", f"{a}/{d} accepted ({_pct(a / d if d else 0.0)})"))
+        steps = " ".join(f"{n}:{c}" for n, c in enumerate(stats.steps_by_draft_length) if c)
+        rows.append(("steps by draft length", f"{steps or '-'} (mean {stats.mean_draft_length:.2f})"))
+        if stats.policy is not None:
+            pol = stats.policy
+            rows += [
+                ("policy: acceptance", " ".join(_pct(a) for a in pol.acceptance_by_position)),
+                ("policy: target ms", " ".join(f"{k}:{1e3 * t:.2f}" for k, t in enumerate(pol.target_seconds_by_batch, start=1))),
+                ("policy: head ms", f"{1e3 * pol.head_seconds:.2f} per draft token"),
+            ]
     else:
         rows.append(("target passes", str(stats.n_target_passes)))
     total = stats.generation_seconds

@@ -1,0 +1,248 @@
+// The draft-length policy (see policy.h).
+#include "policy.h"
+
+#include <algorithm>
+#include <cmath>
+
+// measured times: the median of the last T_WINDOW measurements (a preempted decode on a busy
+// machine does not move it; a lasting change of load does within half a window)
+static constexpr size_t T_WINDOW = 7;
+// acceptance: observations fade with the text generated since (per token, not per observation:
+// plain stretches observe only the occasional probe, and a change of text must still show within
+// a few dozen tokens; half-life ~23 tokens); the prior is worth this many observations
+static constexpr double ACC_DECAY_PER_TOKEN = 0.97;
+static double acc_decay_tokens(int64_t n) { return n <= 0 ? 1.0 : std::pow(ACC_DECAY_PER_TOKEN, (double) n); }
+static constexpr double ACC_PRIOR_W = 1.0;
+static constexpr double ACC_PRIOR  = 0.5;  // of position 1; position j's prior is position j-1's estimate
+// cost shape assumed for batch sizes never measured: t(k) = t(1) * (1 + SLOPE * (k - 1)) (the
+// memory-bound case, where speculation pays; a wrong guess is corrected by the first measurement)
+static constexpr double T_PRIOR_SLOPE = 0.25;
+static constexpr double T_HEAD_PRIOR  = 0.1; // head decode, relative to t(1)
+// exploration: a 1-token probe after this many plain steps (fewer after a probe was accepted,
+// more after each rejected one, up to the number of steps over which a probe costs ~1.5%)
+static constexpr int32_t PROBE_MIN      = 4;
+static constexpr int32_t PROBE_START    = 8;
+static constexpr int32_t PROBE_MAX_LO   = 16;
+static constexpr int32_t PROBE_MAX_HI   = 128;
+static constexpr double  PROBE_OVERHEAD = 0.015;
+// while drafting: every SPEC_PERIOD steps one plain step (keeps t(1) measured) and, half a period
+// later, one token more than the best when the last position's acceptance is at least SPEC_LONGER_ACC
+static constexpr int32_t SPEC_PERIOD     = 32;
+static constexpr double  SPEC_LONGER_ACC = 0.6;
+
+int32_t mtp_policy_best_n(const std::vector<double> & t_target, double t_head, const std::vector<double> & acc, int32_t n_max) {
+    n_max = std::min({ n_max, (int32_t) t_target.size() - 1, (int32_t) acc.size() });
+    if (t_target.empty() || !(t_target[0] > 0)) {
+        return 0;
+    }
+    int32_t best   = 0;
+    double  best_r = 1.0 / t_target[0];
+    double  reach  = 1.0; // probability that draft position n is reached and accepted
+    double  tokens = 1.0;
+    for (int32_t n = 1; n <= n_max; ++n) {
+        reach  *= std::clamp(acc[n - 1], 0.0, 1.0);
+        tokens += reach;
+        const double cost = n * std::max(0.0, t_head) + t_target[n];
+        if (cost > 0 && tokens / cost > best_r * (1.0 + 1e-9)) {
+            best   = n;
+            best_r = tokens / cost;
+        }
+    }
+    return best;
+}
+
+void mtp_policy_init(mtp_policy & p, int32_t cap) {
+    p = mtp_policy();
+    p.cap = cap;
+    p.t_tgt.assign(cap + 1, -1.0);
+    p.n_tgt.assign(cap + 1, 0);
+    p.w_tgt.assign(cap + 1, {});
+    p.acc_w.assign(cap, 0.0);
+    p.try_w.assign(cap, 0.0);
+    p.acc_at.assign(cap, 0);
+    p.probe_interval = PROBE_START;
+}
+
+void mtp_policy_pin_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head) {
+    const size_t n = t_target.size();
+    for (size_t k = 0; k < p.t_tgt.size(); ++k) {
+        const double step = n >= 2 ? t_target[n - 1] - t_target[n - 2] : 0.0;
+        p.t_tgt[k] = k < n ? t_target[k] : t_target[n - 1] + step * (double) (k + 1 - n);
+        p.n_tgt[k] = 1;
+    }
+    p.t_head  = t_head;
+    p.n_head  = 1;
+    p.t_fixed = 0;
+    p.pinned  = true;
+}
+
+static void window_add(std::vector<double> & w, double t) {
+    if (w.size() >= T_WINDOW) {
+        w.erase(w.begin());
+    }
+    w.push_back(t);
+}
+
+static double window_median(std::vector<double> w) {
+    if (w.empty()) {
+        return -1;
+    }
+    std::nth_element(w.begin(), w.begin() + w.size() / 2, w.end());
+    return w[w.size() / 2];
+}
+
+// the first pass over a new batch size also builds and allocates its graph: that one is not counted
+void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t) {
+    if (p.pinned || k < 1 || k > (int32_t) p.t_tgt.size() || !(t > 0)) {
+        return;
+    }
+    if (p.n_tgt[k - 1]++ > 0) {
+        window_add(p.w_tgt[k - 1], t);
+        p.t_tgt[k - 1] = window_median(p.w_tgt[k - 1]);
+    }
+}
+
+void mtp_policy_observe_head(mtp_policy & p, int32_t n_decodes, double t) {
+    if (!p.pinned && n_decodes > 0 && t > 0 && p.n_head++ > 0) {
+        window_add(p.w_head, t / n_decodes);
+        p.t_head = window_median(p.w_head);
+    }
+}
+
+void mtp_policy_observe_fixed(mtp_policy & p, double t) {
+    if (!p.pinned && t >= 0) {
+        window_add(p.w_fixed, t);
+        p.t_fixed = window_median(p.w_fixed);
+    }
+}
+
+void mtp_policy_observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) {
+    // position j was tried when 1..j-1 were accepted
+    const int32_t n = std::min(n_drafted, (int32_t) p.acc_w.size());
+    for (int32_t j = 0; j < n && j <= n_acc; ++j) {
+        const double decay = acc_decay_tokens(p.n_tokens - p.acc_at[j]);
+        p.acc_w[j]  = p.acc_w[j] * decay + (j < n_acc ? 1.0 : 0.0);
+        p.try_w[j]  = p.try_w[j] * decay + 1.0;
+        p.acc_at[j] = p.n_tokens;
+    }
+    p.n_tokens += std::max(0, n_acc) + 1; // the step's tokens: the accepted drafts and the target's
+    // a probe from plain mode: accepted -> look again soon, rejected -> back off
+    if (p.probing && n_drafted >= 1) {
+        p.probing = false;
+        p.probe_interval = n_acc > 0 ? PROBE_MIN : p.probe_interval * 2;
+    }
+}
+
+mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
+    mtp_policy_estimates e;
+    const int32_t nk = n_max + 1;
+    e.t_target.assign(nk, 0.0);
+
+    // measured batch sizes; unmeasured ones interpolated between them, or extrapolated
+    std::vector<int32_t> seen;
+    for (int32_t k = 1; k <= std::min(nk, (int32_t) p.t_tgt.size()); ++k) {
+        if (p.t_tgt[k - 1] > 0) {
+            seen.push_back(k);
+        }
+    }
+    auto prior = [](int32_t k) { return 1.0 + T_PRIOR_SLOPE * (k - 1); };
+    if (seen.empty()) {
+        for (int32_t k = 1; k <= nk; ++k) {
+            e.t_target[k - 1] = prior(k) * 1e-3; // arbitrary units until something is measured
+        }
+    } else {
+        const int32_t lo = seen.front(), hi = seen.back();
+        const double t_lo = p.t_tgt[lo - 1], t_hi = p.t_tgt[hi - 1];
+        // slope beyond the largest measured size: the prior's, or the two largest sizes' when that
+        // is less (optimistic, so that a longer draft is tried and measured rather than ruled out
+        // by a guess; one measurement corrects it)
+        double slope = T_PRIOR_SLOPE * t_lo / prior(lo);
+        if (seen.size() >= 2) {
+            const int32_t k2 = seen[seen.size() - 2];
+            slope = std::clamp((t_hi - p.t_tgt[k2 - 1]) / (hi - k2), 0.0, slope);
+        }
+        size_t s = 0;
+        for (int32_t k = 1; k <= nk; ++k) {
+            double t;
+            if (k < lo) {
+                t = t_lo * prior(k) / prior(lo);
+            } else if (k > hi) {
+                t = t_hi + slope * (k - hi);
+            } else {
+                while (seen[s] < k && seen[s + 1] <= k) {
+                    ++s;
+                }
+                const int32_t a = seen[s];
+                if (a == k) {
+                    t = p.t_tgt[k - 1];
+                } else {
+                    const int32_t b = seen[s + 1];
+                    t = p.t_tgt[a - 1] + (p.t_tgt[b - 1] - p.t_tgt[a - 1]) * (k - a) / (double) (b - a);
+                }
+            }
+            e.t_target[k - 1] = t;
+        }
+    }
+    // the per-step time outside the decodes is paid by every step, plain or not
+    for (double & t : e.t_target) {
+        t += p.t_fixed;
+    }
+    e.t_head = p.t_head >= 0 ? p.t_head : T_HEAD_PRIOR * (e.t_target[0] - p.t_fixed);
+
+    e.acceptance.assign(n_max, 0.0);
+    double prev = ACC_PRIOR;
+    for (int32_t j = 0; j < n_max; ++j) {
+        const bool   known = j < (int32_t) p.acc_w.size();
+        const double decay = known ? acc_decay_tokens(p.n_tokens - p.acc_at[j]) : 0.0;
+        const double a = known ? p.acc_w[j] * decay : 0.0;
+        const double n = known ? p.try_w[j] * decay : 0.0;
+        prev = (a + ACC_PRIOR_W * prev) / (n + ACC_PRIOR_W);
+        e.acceptance[j] = prev;
+    }
+    return e;
+}
+
+int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
+    n_max = std::min(n_max, p.cap);
+    if (n_max <= 0) {
+        return 0;
+    }
+    const mtp_policy_estimates est = mtp_policy_estimate(p, n_max);
+    const int32_t best = mtp_policy_best_n(est.t_target, est.t_head, est.acceptance, n_max);
+    int32_t n = best;
+    if (best == 0) {
+        // plain: probe with one draft token now and then, less often while probes keep failing
+        // (at most as often as keeps a probe's extra cost near PROBE_OVERHEAD of the time)
+        const double extra = est.t_target[std::min(1, n_max)] + est.t_head - est.t_target[0];
+        const int32_t probe_max = std::clamp((int32_t) std::ceil(extra / (PROBE_OVERHEAD * est.t_target[0])), PROBE_MAX_LO, PROBE_MAX_HI);
+        p.probe_interval = std::clamp(p.probe_interval, PROBE_MIN, probe_max);
+        if (++p.n_plain_run >= p.probe_interval) {
+            // the best length that drafts at all (1 unless acceptance is believed high)
+            n = 1;
+            double best_r = 0;
+            double reach = 1, tokens = 1;
+            for (int32_t m = 1; m <= n_max; ++m) {
+                reach  *= est.acceptance[m - 1];
+                tokens += reach;
+                const double r = tokens / (m * est.t_head + est.t_target[m]);
+                if (r > best_r) {
+                    best_r = r;
+                    n = m;
+                }
+            }
+            p.n_plain_run = 0;
+        }
+    } else {
+        p.n_plain_run = 0;
+        p.probe_interval = PROBE_START;
+        const int32_t phase = ++p.n_spec_steps % SPEC_PERIOD;
+        if (phase == 0 || (phase == 2 && p.n_tgt[0] == 0)) {
+            n = 0; // keep the plain cost measured
+        } else if (phase == SPEC_PERIOD / 2 && best < n_max && est.acceptance[best - 1] >= SPEC_LONGER_ACC) {
+            n = best + 1;
+        }
+    }
+    p.n_last  = n;
+    p.probing = best == 0 && n > 0;
+    return n;
+}

@@ -1,0 +1,70 @@
+// The draft-length policy: an online cost model of this machine and an acceptance model of this
+// text, and the choice of how many tokens to draft next (0 = a plain step).
+//
+// Expected tokens of a step that drafts n:  E(n) = 1 + sum_{i<=n} prod_{j<=i} a_j
+// its cost:                                 C(n) = n * t_head + t_target(n + 1)
+// where a_j is the acceptance of draft position j given that positions 1..j-1 were accepted,
+// t_head the cost of one MTP-head decode and t_target(k) that of a target pass over k tokens.
+// The policy picks the n in 0..n_max with the largest E(n) / C(n). Its inputs are measurements
+// of earlier steps only: the choice never depends on the current step's random draws, so
+// speculation stays lossless whatever it picks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+// the pure choice: t_target[k-1] = cost of a target pass over k tokens (k = 1..n_max+1),
+// acc[j-1] = conditional acceptance of draft position j (j = 1..n_max); returns n in 0..n_max
+int32_t mtp_policy_best_n(const std::vector<double> & t_target, double t_head, const std::vector<double> & acc, int32_t n_max);
+
+// what the policy currently believes (seconds; acceptance in 0..1)
+struct mtp_policy_estimates {
+    std::vector<double> t_target;   // by batch size k = 1..cap+1
+    std::vector<double> acceptance; // by draft position 1..cap, conditional on the previous ones
+    double              t_head = 0; // one MTP-head decode (catch-up of pending positions included)
+};
+
+// running estimates, carried across the generations of one engine
+struct mtp_policy {
+    int32_t cap = 0;                  // the largest n any generation may ask for
+
+    std::vector<double>  t_tgt;       // target pass time by k (index k-1); < 0: not measured
+    std::vector<int32_t> n_tgt;       // measurements by k
+    std::vector<std::vector<double>> w_tgt; // the latest measurements by k
+    double  t_head    = -1;           // head decode time; < 0: not measured
+    int32_t n_head    = 0;            // head measurements
+    std::vector<double> w_head;
+    double  t_fixed   = 0;            // per-step time outside the decodes (sampling, Python)
+    bool    pinned    = false;        // costs fixed by mtp_policy_pin_costs: timings are not observed
+    std::vector<double> w_fixed;
+    std::vector<double>  acc_w;       // decayed accepted counts by draft position
+    std::vector<double>  try_w;       // decayed tried counts by draft position
+    std::vector<int64_t> acc_at;      // n_tokens when each position's counts were last decayed
+    int64_t n_tokens      = 0;        // tokens generated (steps observed), the acceptance clock
+
+    // exploration
+    int32_t n_plain_run    = 0;       // plain steps since the last draft
+    int32_t probe_interval = 0;       // plain steps between 1-token probes
+    int32_t n_spec_steps   = 0;       // drafting steps, for the occasional longer draft
+    int32_t n_last         = 0;       // the length chosen last
+    bool    probing        = false;   // the last choice was a probe from plain mode
+};
+
+void mtp_policy_init(mtp_policy & p, int32_t cap);
+// fixed costs from now on (t_target[k-1] for k = 1..; the last repeats its step beyond); the
+// timing observations are ignored, acceptance is still learnt (for tests)
+void mtp_policy_pin_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head);
+
+// the length to draft next: the best by the current estimates, or an exploring choice
+int32_t mtp_policy_next(mtp_policy & p, int32_t n_max);
+
+// measurements: a target pass over k tokens took t seconds; n_decodes head decodes took t seconds
+// (while drafting: not a first draft after plain steps, whose first batch catches up on them);
+// a step drafted n tokens of which the first n_acc were accepted; the step's remaining time
+void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t);
+void mtp_policy_observe_head  (mtp_policy & p, int32_t n_decodes, double t);
+void mtp_policy_observe_draft (mtp_policy & p, int32_t n_drafted, int32_t n_acc);
+void mtp_policy_observe_fixed (mtp_policy & p, double t);
+
+// the estimates the choice uses, for statistics (n_max entries of acceptance, n_max+1 of t_target)
+mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max);

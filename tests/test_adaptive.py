@@ -1,0 +1,199 @@
+"""Adaptive speculation (``SpecConfig(adaptive=True)``, the CLI's ``--spec-draft-n-max auto``):
+the engine picks 0..n_max draft tokens per step from what it measures.
+
+Losslessness is asserted exactly (greedy token for token, sampling by a chi-square test); the
+policy's behaviour is asserted from the per-step draft lengths (``Step.n_drafted``), never from
+timings. Flash attention is off, as in test_engine.py.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from mtprun import GenerationConfig, SamplingConfig, SpecConfig
+from mtprun._native import core
+from mtprun.engine import choose_draft_length
+from mtprun.events import Result, Step
+from test_engine import EOG, PROMPTS, exact_dist, goodness_of_fit, open_engine, run
+
+# big enough that a target pass costs more than the engine's own per-step work, so that
+# speculation pays when the head is right (on the tiny preset plain decoding is about as fast)
+MEMORY_BOUND = dict(n_embd=1024, n_vocab=2048, dtype="f16")
+
+
+def auto(n: int, n_max: int = 6, **sampling) -> GenerationConfig:
+    sampling.setdefault("temperature", 0.0)
+    return GenerationConfig(max_tokens=n, sampling=SamplingConfig(**sampling), spec=SpecConfig(n_max=n_max, adaptive=True))
+
+
+def plain(n: int) -> GenerationConfig:
+    return GenerationConfig(max_tokens=n, sampling=SamplingConfig(temperature=0.0), spec=SpecConfig(enabled=False))
+
+
+def draft_lengths(eng, prompt, cfg) -> tuple[list[int], Result]:
+    events = list(eng.generate(prompt, cfg))
+    assert all(isinstance(e, Step) for e in events[:-1]) and isinstance(events[-1], Result)
+    return [e.n_drafted for e in events[:-1]], events[-1]
+
+
+# --- the pure choice ------------------------------------------------------------------------------
+
+
+def test_a_costly_verify_batch_with_middling_acceptance_gives_plain_steps():
+    # a 2-token verify costs 2.5x a single token (ggml's CPU kernels on some machines): at 60%
+    # acceptance 1.6 tokens for 2.5+ the cost loses to plain decoding
+    t = [1.0 + 1.5 * k for k in range(7)]
+    assert choose_draft_length(t, 0.05, [0.6] * 6) == 0
+    assert choose_draft_length(t, 0.05, [0.99] * 6) == 0  # every token drafted costs more than it brings
+    # the same 2.5x step up, then flat (a kernel that pads small batches): long drafts pay again
+    stepped = [1.0] + [2.5 + 0.1 * k for k in range(6)]
+    assert choose_draft_length(stepped, 0.05, [0.6] * 6) == 0
+    assert choose_draft_length(stepped, 0.05, [0.99] * 6) == 6
+
+
+def test_cheap_verify_batches_draft_as_far_as_acceptance_carries():
+    flat = [1.0 + 0.05 * k for k in range(7)]  # memory-bound: a verify of 7 costs 1.3x one token
+    assert choose_draft_length(flat, 0.05, [1.0] * 6) == 6
+    assert choose_draft_length(flat, 0.05, [0.0] * 6) == 0
+    # falling conditional acceptance: E = 1.8, 2.2, 2.28 for n = 1, 2, 3 over costs 1.3, 1.6, 1.9
+    t = [1.0, 1.2, 1.4, 1.6, 1.8]
+    assert choose_draft_length(t, 0.1, [0.8, 0.5, 0.2, 0.2]) == 1
+    # the ceiling caps the choice
+    assert choose_draft_length(flat, 0.05, [1.0] * 6, n_max=3) == 3
+
+
+# --- lossless ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+@pytest.mark.parametrize("mode", ["random", "oracle"])
+def test_greedy_auto_equals_plain_decoding(synth_model, arch, mode):
+    model = synth_model(arch=arch, mode=mode, agree=0.7)
+    with open_engine(model) as eng:
+        for text in PROMPTS:
+            prompt = eng.tokenize(text)
+            ref = run(eng, prompt, plain(200))
+            for n_max in (6, 3):
+                lengths, r = draft_lengths(eng, prompt, auto(200, n_max=n_max))
+                assert r.stats.mtp and r.stats.adaptive
+                assert r.tokens == ref.tokens, (text, n_max)
+                assert r.text == ref.text
+                assert any(n > 0 for n in lengths)  # it did draft (and verified through rollbacks)
+                assert max(lengths) <= n_max
+                assert sum(r.stats.steps_by_draft_length) == len(lengths) == r.stats.n_target_passes
+
+
+# min_drafted: generations that drafted; on tiny models plain steps are about as fast, so the
+# policy drafts only where the head is often right by its measure (random: ~50% on broad
+# distributions) and otherwise probes now and then
+@pytest.mark.parametrize("arch,mode,temp,min_drafted", [("qwen35", "random", 4.0, 20), ("qwen35", "oracle", 3.0, 1)])
+def test_sampling_with_auto_has_the_target_distribution(synth_model, arch, mode, temp, min_drafted):
+    """As test_engine's chi-square test, with the draft length chosen per step; the choice uses
+    earlier steps only, so every step still samples the target's exact distribution."""
+    model = synth_model(arch=arch, mode=mode, agree=0.5)
+    eog = set(model.eog_ids)
+    n = 1500
+    with open_engine(model, n_ctx=256) as eng, open_engine(model, n_ctx=256, mtp=False) as ref:
+        prompt = eng.tokenize(PROMPTS[0])
+        run(ref, prompt, plain(0))
+        p1 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
+        top1 = max(p1, key=p1.get)
+        run(ref, prompt + [top1], plain(0))
+        p2 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
+
+        first, second, drafted_runs = [], [], 0
+        for seed in range(n):
+            r = run(eng, prompt, auto(2, temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed))
+            toks = list(r.tokens) + ([EOG] if r.stop_reason == "eos" else [])
+            first.append(toks[0])
+            if toks[0] == top1 and len(toks) > 1:
+                second.append(toks[1])
+            drafted_runs += r.stats.n_drafted > 0
+    assert drafted_runs >= min_drafted
+    assert goodness_of_fit(first, p1) > 0.001
+    if len(second) >= 200:
+        assert goodness_of_fit(second, p2) > 0.001
+
+
+# --- what the policy chooses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+def test_a_head_that_is_always_right_settles_on_the_ceiling(synth_model, arch):
+    model = synth_model(arch=arch, mode="oracle", agree=1.0, **MEMORY_BOUND)
+    with open_engine(model) as eng:
+        prompt = eng.tokenize(PROMPTS[0])
+        lengths, r = draft_lengths(eng, prompt, auto(400))
+        settled = lengths[len(lengths) // 2:-1]  # the second half (the last step is cut by the token budget)
+        assert sum(n == 6 for n in settled) >= 0.8 * len(settled), "".join(map(str, lengths))
+        assert r.stats.policy.acceptance_by_position[0] > 0.9
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
+def test_a_head_that_is_always_wrong_gives_plain_steps(synth_model, arch):
+    model = synth_model(arch=arch, mode="oracle", agree=0.0)
+    with open_engine(model) as eng:
+        prompt = eng.tokenize(PROMPTS[0])
+        lengths, r = draft_lengths(eng, prompt, auto(600))
+        after = lengths[30:]
+        assert sum(n == 0 for n in after) >= 0.9 * len(after), lengths
+        assert r.stats.steps_by_draft_length[0] == lengths.count(0)
+        # estimates carry over to the next generation of the same engine: plain from the start
+        eng.reset()
+        lengths, _ = draft_lengths(eng, prompt, auto(100))
+        assert sum(n > 0 for n in lengths[:20]) <= 2, lengths
+
+
+def test_fixed_length_drafts_exactly_n_max(synth_model):
+    model = synth_model(arch="qwen35", mode="oracle", agree=0.0)
+    with open_engine(model) as eng:
+        prompt = eng.tokenize(PROMPTS[0])
+        cfg = GenerationConfig(max_tokens=60, sampling=SamplingConfig(temperature=0.0), spec=SpecConfig(n_max=3, adaptive=False))
+        lengths, r = draft_lengths(eng, prompt, cfg)
+        assert set(lengths[:-3]) == {3} and not r.stats.adaptive  # the last steps are cut by the budget
+
+
+def _phase_of(model, cur: int, span: int = 8) -> float:
+    """The head's agreement over the next `span` tokens of the oracle's passage after `cur`."""
+    succ, mtp = model.successor, model.mtp_prediction
+    hits = 0
+    for _ in range(span):
+        hits += mtp[cur] == succ[cur]
+        cur = succ[cur]
+    return hits / span
+
+
+# a memory-bound target's costs (a GPU, or a CPU whose decoding is bound by memory bandwidth): a
+# verify of k tokens costs 1 + 0.25 (k - 1) single tokens, a head decode 0.1
+MEMORY_BOUND_COSTS = ([1.0 + 0.25 * k for k in range(7)], 0.1)
+
+
+def test_pinned_costs_are_checked(synth_model):
+    with open_engine(synth_model(arch="qwen35", mode="oracle", agree=0.5)) as eng:
+        for bad in (([], 0.1), ([1.0, 0.0], 0.1), ([1.0, float("nan")], 0.1), ([1.0], -1.0)):
+            with pytest.raises(core.CoreError, match="positive"):
+                eng._core.pin_policy_costs(*bad)
+
+
+def test_the_draft_length_follows_phases_of_agreement(synth_model):
+    """Stretches of 90 tokens where the head is right 95% of the time alternate with stretches
+    where it is right 10% of the time: the policy drafts long in the first and decodes plainly in
+    the second (it can only follow with a lag: it learns from the tokens behind it). Its costs are
+    pinned to a memory-bound target's, so the choice follows acceptance alone and the run is
+    deterministic (with measured costs it would depend on this machine: on a loaded 2-core CPU a
+    2-token verify can cost several single tokens, and then plain decoding wins everywhere)."""
+    model = synth_model(arch="qwen35", mode="oracle", agree=0.5, agree_phases=((90, 0.95), (90, 0.1)))
+    with open_engine(model) as eng:
+        eng._core.pin_policy_costs(*MEMORY_BOUND_COSTS)
+        prompt = eng.tokenize(PROMPTS[0])
+        events = list(eng.generate(prompt, auto(1500)))
+    cur, high, low = prompt[-1], [], []
+    for i, e in enumerate(events[:-1]):
+        if i >= 20:  # warm-up
+            phase = _phase_of(model, cur)
+            (high if phase >= 0.8 else low if phase <= 0.3 else []).append(e.n_drafted)
+        cur = e.pieces[-1].token
+    assert high and low
+    assert np.mean(high) >= np.mean(low) + 1.5, (np.mean(high), np.mean(low))
