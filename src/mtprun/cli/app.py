@@ -87,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _exit(code: int, argv: Sequence[str] | None) -> int:
     if argv is None:  # the console script: leave with the code
+        # the work is done: a Ctrl-C now must not turn into a KeyboardInterrupt during shutdown
+        # (Python then kills itself with SIGINT, and the caller sees a signal death, not `code`)
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.exit(code)
     return code
 
