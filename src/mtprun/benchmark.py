@@ -96,8 +96,8 @@ def spec_config(config: Configuration) -> SpecConfig:
     """The engine's SpecConfig for an mtprun configuration."""
     if config.kind == "plain":
         return SpecConfig(enabled=False)
-    if config.kind == "fixed":
-        return SpecConfig(enabled=True, n_max=config.n_max)
+    if config.kind == "fixed":  # with the adaptive controller present, fixed must be said (it is not the default there)
+        return SpecConfig(enabled=True, n_max=config.n_max, **({"adaptive": False} if adaptive_available() else {}))
     if config.kind == "auto":
         if not adaptive_available():
             raise InvalidInputError("this mtprun has no adaptive draft length (SpecConfig.adaptive)")
@@ -122,6 +122,7 @@ class Measurement:
     draft_seconds: float = 0.0  # in MTP-head decodes (mtprun only)
     verify_seconds: float = 0.0  # in target decodes (mtprun only)
     sample_seconds: float = 0.0  # choosing tokens (mtprun only)
+    policy: dict | None = None  # the adaptive controller's estimates after the last prompt (where it has them)
 
     @property
     def tps(self) -> float:
@@ -175,7 +176,13 @@ def _merge(results: Sequence[Result]) -> Measurement:
         draft_seconds=sum(x.draft_seconds for x in s),
         verify_seconds=sum(x.verify_seconds for x in s),
         sample_seconds=sum(x.sample_seconds for x in s),
+        policy=_policy(s[-1]) if s else None,
     )
+
+
+def _policy(stats) -> dict | None:
+    p = getattr(stats, "policy", None)
+    return p.as_dict() if p is not None and hasattr(p, "as_dict") else None
 
 
 def measure_engine(engine: Engine, prompts: Sequence[Sequence[int]], config: Configuration, n_tokens: int,

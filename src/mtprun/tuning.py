@@ -115,16 +115,13 @@ def setting_spec(setting: str, *, p_min: float = 0.0) -> SpecConfig:
     if setting == "plain":
         return SpecConfig(enabled=False)
     parse = getattr(SpecConfig, "parse", None)
+    if parse is not None:  # the adaptive controller's SpecConfig: "N" is fixed, "auto:N" adaptive
+        return parse(setting, p_min=p_min)
     if setting.startswith("auto"):
-        if parse is None:
-            raise InvalidInputError(f"saved setting {setting!r} needs the adaptive draft length, which this mtprun lacks")
-        spec = parse(setting)
-        return SpecConfig(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "p_min": p_min})
-    try:
-        n = int(setting)
-    except ValueError:
-        raise InvalidInputError(f"unknown saved setting {setting!r}") from None
-    return SpecConfig(enabled=True, n_max=n, p_min=p_min)
+        raise InvalidInputError(f"saved setting {setting!r} needs the adaptive draft length, which this mtprun lacks")
+    if not setting.isdigit():
+        raise InvalidInputError(f"unknown saved setting {setting!r}")
+    return SpecConfig(enabled=True, n_max=int(setting), p_min=p_min)
 
 
 @dataclass(frozen=True)

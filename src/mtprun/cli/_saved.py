@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..config import GenerationConfig
+from ..config import GenerationConfig, SpecConfig
 from ..errors import InvalidInputError
 from .. import tuning
 from ._model import ModelChoice
 from .ui import Output
 
-DEFAULT_N_MAX = 2  # --spec-draft-n-max when neither given nor saved
+# --spec-draft-n-max when neither given nor saved: SpecConfig's own default (2 before the adaptive
+# controller, "auto" with it)
+DEFAULT_N_MAX: int | str = "auto" if hasattr(SpecConfig, "parse") else SpecConfig().n_max
 
 
 def _n(setting: str) -> int:

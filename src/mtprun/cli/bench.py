@@ -269,12 +269,20 @@ def _save(out: Output, report: dict, ident: dict, machine: dict, interrupted: bo
     rows = {c["name"]: c for c in report["configurations"]}
     best = rows[report["winner"]]
     plain = rows.get("plain")
+    fixed = {c["n_max"]: c for c in rows.values() if c["runs"] and c["kind"] == "fixed"}
+    heads = [c["draft_seconds_per_token"] for c in fixed.values() if c["draft_seconds_per_token"] is not None]
+    top = fixed[max(fixed)] if fixed else None
+    auto = rows.get("auto")
+    policy = auto["measurements"][-1].get("policy") if auto and auto["measurements"] else None
+    # in the adaptive controller's terms (PolicyEstimates): a target pass over 1 (plain), 2 (n=1), ...
+    # tokens, one MTP-head decode, acceptance by draft position (from the longest fixed n measured)
     costs = {
-        "plain_seconds_per_token": plain["verify_seconds_per_pass"] if plain else None,
-        "by_configuration": {n: {"draft_seconds_per_token": c["draft_seconds_per_token"],
-                                 "verify_seconds_per_pass": c["verify_seconds_per_pass"],
-                                 "acceptance_by_position": c["acceptance_by_position"]}
-                             for n, c in rows.items() if c["runs"] and c["kind"] != "plain"},
+        "target_seconds_by_batch": [plain["verify_seconds_per_pass"] if plain else None]
+                                   + [fixed[n]["verify_seconds_per_pass"] if n in fixed else None
+                                      for n in range(1, max(fixed, default=0) + 1)],
+        "head_seconds": statistics.median(heads) if heads else None,
+        "acceptance_by_position": top["acceptance_by_position"] if top else [],
+        "auto_policy": policy,
     }
     store = tuning.Store.load()
     if store.warning:

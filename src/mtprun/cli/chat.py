@@ -110,7 +110,7 @@ def chat(
     repeat_penalty: o.RepeatPenaltyOpt = 1.0,
     presence_penalty: o.PresencePenaltyOpt = 0.0,
     seed: o.SeedOpt = -1,
-    spec_draft_n_max: o.SpecDraftNMaxOpt = None,  # None: the setting `mtprun bench --save` found, else 2
+    spec_draft_n_max: o.SpecDraftNMaxOpt = None,  # None: what `mtprun bench --save` found, else the default
     draft_p_min: o.DraftPMinOpt = 0.0,
     no_mtp: o.NoMtpOpt = False,
     spec_type: o.SpecTypeOpt = None,
@@ -131,14 +131,14 @@ def chat(
             presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=n_max, p_min=draft_p_min,
         )
         kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
-        o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=n_max, verbose=verbose)
+        o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=gen.spec.n_max, verbose=verbose)
         reader = MessageReader(out)
         choice = choose_model(
             out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
         )
         saved = SavedSetting(out, choice, wanted=mtp and spec_draft_n_max is None)
         base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
-                              n_max=max(n_max, saved.capacity), verbose=verbose)
+                              n_max=max(gen.spec.n_max, saved.capacity), verbose=verbose)
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
             gen = saved.apply(info, gen)
