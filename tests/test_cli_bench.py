@@ -38,7 +38,7 @@ def names(n_max: list[int]) -> list[str]:
 def bench_json(model, *args: str) -> dict:
     r = invoke("bench", "-m", str(model), *FAST, "--json", *args)
     assert r.exit_code == 0, r.stderr
-    return json.loads(r.stdout)
+    return json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
 
 
 def test_table_has_every_configuration_a_chart_and_a_verdict(models, config_home):

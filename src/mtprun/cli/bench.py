@@ -118,7 +118,7 @@ def bench(
         if save:
             report["saved"] = _save(out, report, ident, machine, runs.interrupted)
         if json_output:
-            out.json(report)
+            out.json(_finite(report))  # strict JSON: no NaN
         elif markdown:
             out.text(markdown_table(report), end="")
         else:
@@ -303,7 +303,7 @@ def _finite(obj: Any) -> Any:
         return obj if obj == obj else None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
 
