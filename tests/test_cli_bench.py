@@ -214,3 +214,30 @@ def test_a_corrupt_or_foreign_saved_file_is_ignored_with_a_warning(models, confi
     # --save replaces it with a valid file
     d = bench_json(models.demo.model_path, "--n-max", "1", "--reps", "1", "--save")
     assert d["saved"] and tuning.Store.load(path).warning is None and len(tuning.Store.load(path).entries) == 1
+
+
+def test_progress_bar_and_a_real_ctrl_c_in_a_terminal(models, config_home, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    import io
+    import os
+    import re
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TERM": "xterm", "COLUMNS": "160"}
+    child = pexpect.spawn(sys.executable, ["-m", "mtprun", "bench", "-m", str(models.demo.model_path), "-n", "64",
+                                           "--reps", "50", "--n-max", "1,2", "-t", "1"],
+                          env=env, encoding="utf-8", timeout=120, dimensions=(40, 160), cwd=str(tmp_path))
+    child.logfile_read = io.StringIO()
+    try:
+        # the progress bar: runs done of reps x configurations, ETA; Ctrl-C once some are done
+        child.expect(r"\b[1-9]\d*/150\b.*ETA")
+        child.sendintr()
+        child.expect(pexpect.EOF)
+    except pexpect.ExceptionPexpect:
+        pytest.fail(child.logfile_read.getvalue()[:3000])
+    finally:
+        child.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.logfile_read.getvalue())
+    assert child.exitstatus == 130, text
+    assert "interrupted: figures from" in text and "Traceback" not in text
+    assert re.search(r"^plain\b.*tok/s", text, re.M) or re.search(r"^\s*plain ", text, re.M), text

@@ -188,7 +188,9 @@ def _policy(stats) -> dict | None:
 def measure_engine(engine: Engine, prompts: Sequence[Sequence[int]], config: Configuration, n_tokens: int,
                    sampling: SamplingConfig | None = None) -> Measurement:
     """Run ``config`` once over every prompt (token ids), each from an empty cache, ``n_tokens``
-    tokens each (greedy unless ``sampling`` says otherwise)."""
+    tokens each (greedy unless ``sampling`` says otherwise). A generation cancelled with
+    ``engine.cancel()`` (e.g. from a Ctrl-C handler) is no measurement: KeyboardInterrupt is raised,
+    which :func:`run_alternating` turns into ``Runs.interrupted``."""
     if not prompts:
         raise InvalidInputError("no prompts to measure")
     gen = GenerationConfig(max_tokens=n_tokens, sampling=sampling or SamplingConfig(temperature=0.0),
@@ -201,6 +203,8 @@ def measure_engine(engine: Engine, prompts: Sequence[Sequence[int]], config: Con
             if isinstance(ev, Result):
                 result = ev
         assert result is not None
+        if result.stop_reason == "cancelled":
+            raise KeyboardInterrupt
         results.append(result)
     return _merge(results)
 

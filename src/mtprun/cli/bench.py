@@ -8,7 +8,11 @@ medians. ``--save`` remembers the winner (:mod:`mtprun.tuning`) for ``run`` and 
 
 from __future__ import annotations
 
+import signal
 import statistics
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -106,9 +110,17 @@ def bench(
                 if len(ids) + tokens + bm.AUTO_N_MAX + 1 > info.n_ctx:
                     raise ContextOverflowError(f"a prompt of {len(ids)} tokens plus --tokens {tokens} does not fit the context of {info.n_ctx} (-c)")
                 token_sets.append(ids)
-            with out.steps("bench", reps * len(configs)) as update:
+            with out.steps("bench", reps * len(configs)) as update, _interruptible(eng) as stopped:
+                def measure(c: bm.Configuration) -> bm.Measurement:
+                    if stopped():
+                        raise KeyboardInterrupt
+                    m = bm.measure_engine(eng, token_sets, c, tokens)
+                    if stopped():  # Ctrl-C between two prompts: not a whole measurement
+                        raise KeyboardInterrupt
+                    return m
+
                 runs = bm.run_alternating(
-                    configs, lambda c: bm.measure_engine(eng, token_sets, c, tokens), reps,
+                    configs, measure, reps,
                     progress=lambda done, total, c: update(done, f"{c.name} ({done // len(configs) + 1}/{reps})"),
                 )
             machine = tuning.machine_identity(info.backend)
@@ -131,6 +143,26 @@ def bench(
     code = run_guarded(body)
     if code:
         raise typer.Exit(code)
+
+
+@contextmanager
+def _interruptible(engine) -> Iterator[Callable[[], bool]]:
+    """While measuring, Ctrl-C cancels the engine's generation at its next step (never an exception
+    inside the engine) and is remembered; yields ``stopped()``."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+
+    def on_sigint(signum, frame) -> None:
+        hit.set()
+        engine.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _fmt(x: float | None, spec: str) -> str:
