@@ -40,15 +40,20 @@ __all__ = [
     "Runs",
     "Summary",
     "Target",
+    "BUILTIN_PROMPTS",
     "adaptive_available",
     "check_targets",
     "compare",
     "configurations",
     "measure_engine",
     "measure_reference",
+    "parse_n_max_list",
+    "read_prompt_file",
     "run_alternating",
+    "setting_name",
     "spec_config",
     "summarize",
+    "winner",
 ]
 
 AUTO_N_MAX = 6  # the adaptive mode's ceiling
@@ -117,6 +122,7 @@ class Measurement:
     draft_seconds: float = 0.0  # in MTP-head decodes (mtprun only)
     verify_seconds: float = 0.0  # in target decodes (mtprun only)
     sample_seconds: float = 0.0  # choosing tokens (mtprun only)
+    policy: dict | None = None  # the adaptive controller's estimates after the last prompt (where it has them)
 
     @property
     def tps(self) -> float:
@@ -170,13 +176,21 @@ def _merge(results: Sequence[Result]) -> Measurement:
         draft_seconds=sum(x.draft_seconds for x in s),
         verify_seconds=sum(x.verify_seconds for x in s),
         sample_seconds=sum(x.sample_seconds for x in s),
+        policy=_policy(s[-1]) if s else None,
     )
+
+
+def _policy(stats) -> dict | None:
+    p = getattr(stats, "policy", None)
+    return p.as_dict() if p is not None and hasattr(p, "as_dict") else None
 
 
 def measure_engine(engine: Engine, prompts: Sequence[Sequence[int]], config: Configuration, n_tokens: int,
                    sampling: SamplingConfig | None = None) -> Measurement:
     """Run ``config`` once over every prompt (token ids), each from an empty cache, ``n_tokens``
-    tokens each (greedy unless ``sampling`` says otherwise)."""
+    tokens each (greedy unless ``sampling`` says otherwise). A generation cancelled with
+    ``engine.cancel()`` (e.g. from a Ctrl-C handler) is no measurement: KeyboardInterrupt is raised,
+    which :func:`run_alternating` turns into ``Runs.interrupted``."""
     if not prompts:
         raise InvalidInputError("no prompts to measure")
     gen = GenerationConfig(max_tokens=n_tokens, sampling=sampling or SamplingConfig(temperature=0.0),
@@ -189,6 +203,8 @@ def measure_engine(engine: Engine, prompts: Sequence[Sequence[int]], config: Con
             if isinstance(ev, Result):
                 result = ev
         assert result is not None
+        if result.stop_reason == "cancelled":
+            raise KeyboardInterrupt
         results.append(result)
     return _merge(results)
 
@@ -292,6 +308,9 @@ class Summary:
     tokens_per_pass: float
     acceptance_by_position: tuple[float, ...]
     tps_runs: tuple[float, ...]
+    draft_seconds_per_token: float = float("nan")  # one MTP-head draft (mtprun only)
+    verify_seconds_per_pass: float = float("nan")  # one target pass: a plain step or a verify batch
+    n_generated: int = 0  # tokens per run (the same every repetition for greedy decoding)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -309,6 +328,10 @@ def summarize(runs: Sequence[Measurement]) -> Summary:
         tokens_per_pass=_median([r.tokens_per_pass for r in runs]),
         acceptance_by_position=by_pos,
         tps_runs=tuple(r.tps for r in runs),
+        draft_seconds_per_token=_median([r.draft_seconds / r.n_drafted for r in runs if r.n_drafted]),
+        verify_seconds_per_pass=_median([(r.verify_seconds or r.generation_seconds) / r.n_target_passes
+                                         for r in runs if r.n_target_passes]),
+        n_generated=int(_median([r.n_generated for r in runs])) if runs else 0,
     )
 
 
@@ -390,3 +413,109 @@ def check_targets(cells: Mapping[str, Comparison], phase_cells: Iterable[str] = 
     else:
         out.append(Target(desc, None, ()))
     return out
+
+
+# --- what `mtprun bench` adds: a prompt set, option parsing, the winner --------------------------
+
+# The built-in prompt set: one of each kind whose acceptance differs (code gains far more from MTP
+# than prose). Sent through the model's chat template by the caller.
+BUILTIN_PROMPTS: tuple[tuple[str, str], ...] = (
+    ("conversation", "Hi! I'm planning a weekend trip to the mountains with two friends. "
+                     "What should we keep in mind, and what would you pack?"),
+    ("code", "Write a Python function that parses a CSV file of (date, amount) rows, groups the amounts "
+             "by month and returns the monthly totals sorted by month. Include type hints and a docstring."),
+    ("list", "List the twelve months of the year, one per line, each with its number of days."),
+    ("translation", "Translate into French: 'The library opens at nine in the morning and closes at six in "
+                    "the evening. Books may be borrowed for three weeks and renewed twice online.'"),
+    ("summary", "Summarize the following text in five sentences.\n\n"
+                "The history of the bicycle spans more than two centuries. Early designs, such as the "
+                "draisine of 1817, had no pedals: riders pushed themselves along with their feet. In the "
+                "1860s, French makers fitted pedals to the front wheel, producing the velocipede, nicknamed "
+                "the boneshaker for its iron tyres on cobbled streets. To go faster, designers enlarged the "
+                "front wheel, and the high-wheeler of the 1870s became popular with daring young men, though "
+                "falls were frequent and dangerous. The safety bicycle of the 1880s, with two wheels of "
+                "similar size and a chain driving the rear wheel, changed everything: it was stable, "
+                "efficient and suitable for almost anyone. Pneumatic tyres, introduced by John Boyd Dunlop "
+                "in 1888, made riding far more comfortable. The bicycle boom of the 1890s gave women new "
+                "independence and influenced clothing, road building and even the early automobile and "
+                "aircraft industries. In the twentieth century, bicycles became everyday transport across "
+                "much of the world, while racing, mountain biking and, more recently, electric assistance "
+                "opened new uses. Today cities invest in cycle lanes to reduce traffic and pollution."),
+)
+
+MAX_PROMPT_FILE_BYTES = 1 << 20
+MAX_PROMPTS = 100
+
+
+def read_prompt_file(path: str | os.PathLike[str]) -> list[str]:
+    """The user's prompts: one per line, or JSONL objects with a ``"prompt"`` string (when the
+    first non-blank line starts with ``{``). Blank lines are skipped. At most 1 MiB and 100 prompts;
+    raises InvalidInputError naming the file (and line) otherwise."""
+    import json
+
+    name = os.fspath(path)
+    try:
+        size = os.path.getsize(name)
+        if size > MAX_PROMPT_FILE_BYTES:
+            raise InvalidInputError(f"prompt file {name!r} is {size} bytes; the limit is {MAX_PROMPT_FILE_BYTES}")
+        with open(name, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"prompt file {name!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read prompt file {name!r}: {exc.strerror or exc}") from None
+    lines = [(i, ln) for i, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
+    if not lines:
+        raise InvalidInputError(f"prompt file {name!r} has no prompts")
+    if len(lines) > MAX_PROMPTS:
+        raise InvalidInputError(f"prompt file {name!r} has {len(lines)} prompts; the limit is {MAX_PROMPTS}")
+    if not lines[0][1].lstrip().startswith("{"):
+        return [ln.strip() for _, ln in lines]
+    out = []
+    for i, ln in lines:
+        try:
+            obj = json.loads(ln)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"prompt file {name!r} line {i}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+            raise InvalidInputError(f"prompt file {name!r} line {i}: expected an object with a non-empty \"prompt\" string")
+        out.append(obj["prompt"])
+    return out
+
+
+def parse_n_max_list(text: str) -> list[int]:
+    """``--n-max``: draft lengths as ``1,2,4`` or ranges ``1-6`` (each within 1..32), in order, once each."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                if a > b:
+                    raise ValueError
+                vals = range(a, b + 1)
+            else:
+                vals = range(int(part), int(part) + 1)
+            out += [v for v in vals if v not in out]
+    except ValueError:
+        raise InvalidInputError(f"--n-max must be draft lengths like 1,2,4 or 1-6, got {text!r}") from None
+    bad = [v for v in out if not 1 <= v <= 32]
+    if bad:
+        raise InvalidInputError(f"--n-max values must be within 1..32, got {bad[0]}")
+    if not out:
+        raise InvalidInputError(f"--n-max is empty: {text!r}")
+    return out
+
+
+def setting_name(config: Configuration) -> str:
+    """How a configuration is remembered and given back to ``--spec-draft-n-max``: plain, N, auto:N."""
+    return {"plain": "plain", "fixed": str(config.n_max), "auto": f"auto:{config.n_max}"}.get(config.kind, config.name)
+
+
+def winner(configs: Sequence[Configuration], summaries: Mapping[str, Summary]) -> Configuration | None:
+    """The mtprun configuration with the highest median tok/s (llama.cpp's loop is not a setting)."""
+    cands = [c for c in configs if c.kind != "llama.cpp" and c.name in summaries and summaries[c.name].n_runs
+             and summaries[c.name].tps > 0]
+    return max(cands, key=lambda c: summaries[c.name].tps) if cands else None

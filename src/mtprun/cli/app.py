@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import typer
 
 from .. import __version__
+from . import bench as _bench
 from . import chat as _chat
 from . import download as _download
 from . import graft as _graft
@@ -29,6 +30,7 @@ app.command("chat", help=_chat.HELP)(_chat.chat)
 app.command("info", help=_info.HELP)(_info.info)
 app.command("download")(_download.download)
 app.command("graft", help=_graft.HELP)(_graft.graft)
+app.command("bench", help=_bench.HELP)(_bench.bench)
 
 
 def _version(value: bool) -> None:

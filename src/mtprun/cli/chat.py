@@ -15,6 +15,7 @@ from ..events import Result
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
 from ._model import choose_model, conversation_for, open_engine
+from ._saved import DEFAULT_N_MAX, SavedSetting
 from ._stream import generate
 from .ui import Output
 
@@ -111,7 +112,7 @@ def chat(
     repeat_penalty: o.RepeatPenaltyOpt = 1.0,
     presence_penalty: o.PresencePenaltyOpt = 0.0,
     seed: o.SeedOpt = -1,
-    spec_draft_n_max: o.SpecDraftNMaxOpt = "auto",
+    spec_draft_n_max: o.SpecDraftNMaxOpt = None,  # None: what `mtprun bench --save` found, else the default
     draft_p_min: o.DraftPMinOpt = 0.0,
     no_mtp: o.NoMtpOpt = False,
     spec_type: o.SpecTypeOpt = None,
@@ -126,37 +127,44 @@ def chat(
             raise InvalidInputError("give the model once: as an argument or with -m")
         model_path = model_arg if model_arg is not None else model
         mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
+        n_max = DEFAULT_N_MAX if spec_draft_n_max is None else spec_draft_n_max
         gen = o.generation_config(
             n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-            presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=spec_draft_n_max, p_min=draft_p_min,
+            presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=n_max, p_min=draft_p_min,
         )
         kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
-        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=gen.spec.n_max, verbose=verbose)
+        o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=gen.spec.n_max, verbose=verbose)
         reader = MessageReader(out)
         choice = choose_model(
             out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
         )
+        saved = SavedSetting(out, choice, wanted=mtp and spec_draft_n_max is None)
+        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
+                              n_max=max(gen.spec.n_max, saved.capacity), verbose=verbose)
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
+            gen = saved.apply(info, gen)
             conv = conversation_for(out, eng, choice, system=system_prompt, template_file=chat_template_file, kwargs=kwargs)
-            _banner(out, choice.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx)
-            _loop(out, reader, eng, conv, gen, n_ctx=info.n_ctx)
+            _banner(out, choice.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx, note=saved.note)
+            _loop(out, reader, eng, conv, gen, n_ctx=info.n_ctx, note=saved.note)
 
     run_guarded(body)
 
 
-def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int) -> None:
+def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int, note: str | None = None) -> None:
     if not mtp_on:
         spec = "MTP off"
     elif gen.spec.adaptive:
         spec = f"MTP on, drafting 0 to {gen.spec.n_max} tokens per step (auto)"
     else:
         spec = f"MTP on, drafting {gen.spec.n_max} tokens per step"
+    if mtp_on and note:
+        spec += f" ({note})"
     out.note(f"mtprun chat | {label} | {spec} | context {n_ctx} tokens")
     out.info("Type a message and press Enter (end a line with \\ to continue it). /help for commands, Ctrl-D to quit.")
 
 
-def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n_ctx: int) -> None:
+def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n_ctx: int, note: str | None = None) -> None:
     last: Result | None = None
     turns = 0
     while True:
@@ -201,7 +209,7 @@ def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n
             continue
         conv.add_reply(result.text, result.tokens)
         last = result
-        out.stats_line(result.stats, result.stop_reason)
+        out.stats_line(result.stats, result.stop_reason, note=note)
         if out.verbose:
             out.stats_table(result.stats, result.stop_reason, title="reply")
         if result.stop_reason == "context":

@@ -13,6 +13,7 @@ from ..errors import InvalidInputError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
 from ._model import choose_model, conversation_for, open_engine
+from ._saved import DEFAULT_N_MAX, SavedSetting
 from ._stream import generate
 from .ui import Output
 
@@ -71,7 +72,7 @@ def run(
     repeat_penalty: o.RepeatPenaltyOpt = 1.0,
     presence_penalty: o.PresencePenaltyOpt = 0.0,
     seed: o.SeedOpt = -1,
-    spec_draft_n_max: o.SpecDraftNMaxOpt = "auto",
+    spec_draft_n_max: o.SpecDraftNMaxOpt = None,  # None: what `mtprun bench --save` found, else the default
     draft_p_min: o.DraftPMinOpt = 0.0,
     no_mtp: o.NoMtpOpt = False,
     spec_type: o.SpecTypeOpt = None,
@@ -85,20 +86,25 @@ def run(
     def body() -> None:
         # everything the user typed is checked before a model is downloaded, built or loaded
         mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
+        n_max = DEFAULT_N_MAX if spec_draft_n_max is None else spec_draft_n_max
         gen = o.generation_config(
             n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-            presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=spec_draft_n_max, p_min=draft_p_min,
+            presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=n_max, p_min=draft_p_min,
         )
         kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
-        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=gen.spec.n_max, verbose=verbose)
+        o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=gen.spec.n_max, verbose=verbose)
         if raw and (system_prompt is not None or chat_template_file is not None or chat_template_kwargs is not None):
             raise InvalidInputError("--raw skips the chat template: -sys, --chat-template-file and --chat-template-kwargs do not apply")
         text = read_prompt(prompt, file)
         choice = choose_model(
             out, model=model, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
         )
+        saved = SavedSetting(out, choice, wanted=mtp and spec_draft_n_max is None)
+        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
+                              n_max=max(gen.spec.n_max, saved.capacity), verbose=verbose)
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
+            gen = saved.apply(info, gen)
             starts_in_reasoning, tags = False, reasoning_tags(info.chat_template)
             if raw:
                 tokens = eng.tokenize(text, add_special=True, parse_special=True)
@@ -120,11 +126,13 @@ def run(
                     "mtp": result.stats.mtp,
                     "spec_draft_n_max": gen.spec.n_max if result.stats.mtp else 0,
                     "spec_draft_length": gen.spec.label if result.stats.mtp else "off",
+                    "spec_draft_n_max_source": "option" if spec_draft_n_max is not None else saved.source,
+                    "saved_setting": saved.used.setting if saved.used else None,
                     "stats": result.stats.as_dict(),
                     "memory": info.memory.as_dict() if info.memory else None,
                 })
             else:
-                out.stats_line(result.stats, result.stop_reason)
+                out.stats_line(result.stats, result.stop_reason, note=saved.note)
                 if verbose:
                     out.stats_table(result.stats, result.stop_reason)
                     if info.memory:

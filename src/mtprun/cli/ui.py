@@ -108,9 +108,10 @@ class Output:
         """A plain line on stderr (chat banners, help)."""
         self.err.print(Text(sanitize(message)))
 
-    def stats_line(self, stats: Any, stop_reason: str | None = None) -> None:
-        """The compact statistics line shown after a reply (stderr)."""
-        self.err.print(Text(format_stats_line(stats, stop_reason), style="dim"))
+    def stats_line(self, stats: Any, stop_reason: str | None = None, note: str | None = None) -> None:
+        """The compact statistics line shown after a reply (stderr); ``note`` is appended."""
+        line = format_stats_line(stats, stop_reason) + (f" | {note}" if note else "")
+        self.err.print(Text(sanitize(line), style="dim"))
 
     def stats_table(self, stats: Any, stop_reason: str | None = None, *, title: str = "statistics") -> None:
         """The full statistics table (``/stats``, ``--verbose``) on stderr."""
@@ -164,6 +165,40 @@ class Output:
                 bar.update(task, completed=done, total=new_total if new_total is not None else total)
 
             yield update
+
+    @contextmanager
+    def steps(self, description: str, total: int) -> Iterator[Callable[[int, str], None]]:
+        """A progress bar over ``total`` steps on stderr (count, elapsed, ETA), shown only on a
+        terminal; yields ``update(done, what)`` (``what``: the step under way)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[what]}", style="dim"),
+            console=self.err, disable=not self.err.is_terminal, transient=True,
+        )
+        with bar:
+            task = bar.add_task(sanitize(description), total=total, what="")
+
+            def update(done: int, what: str = "") -> None:
+                bar.update(task, completed=done, what=sanitize(what))
+
+            yield update
+
+    def bars(self, title: str, values: list[tuple[str, float, bool]], *, unit: str = "", width: int = 40,
+             to_stdout: bool = False) -> None:
+        """A horizontal bar chart: (label, value, highlighted) rows scaled to the largest value."""
+        console = self.out if to_stdout else self.err
+        top = max((v for _, v, _ in values if v == v and v > 0), default=0.0)
+        label_w = max((len(sanitize(lbl)) for lbl, _, _ in values), default=0)
+        console.print(Text(sanitize(title), style="bold"))
+        for label, value, mark in values:
+            n = int(round(width * value / top)) if top > 0 and value == value and value > 0 else 0
+            line = Text(sanitize(label).rjust(label_w) + " ")
+            line.append("█" * n, style="green bold" if mark else "cyan")
+            line.append(" " * (width - n) + f" {value:.1f}{unit}" + ("  ← best" if mark else ""),
+                        style="bold" if mark else "")
+            console.print(line)
 
 
 class ReplyStream:
