@@ -216,6 +216,13 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         const double extra = est.t_target[std::min(1, n_max)] + est.t_head - est.t_target[0];
         const int32_t probe_max = std::clamp((int32_t) std::ceil(extra / (PROBE_OVERHEAD * est.t_target[0])), PROBE_MAX_LO, PROBE_MAX_HI);
         p.probe_interval = std::clamp(p.probe_interval, PROBE_MIN, probe_max);
+        // when drafting could not pay even if every draft were accepted (a verify batch costs
+        // several single-token passes, as in ggml's CPU kernels for some quantizations), a probe
+        // can only re-measure the costs: probe as rarely as the overhead cap allows, however
+        // often probes are accepted
+        if (mtp_policy_best_n(est.t_target, est.t_head, std::vector<double>(n_max, 1.0), n_max) == 0) {
+            p.probe_interval = probe_max;
+        }
         if (++p.n_plain_run >= p.probe_interval) {
             // the best length that drafts at all (1 unless acceptance is believed high)
             n = 1;
