@@ -85,9 +85,8 @@ def test_greedy_auto_equals_plain_decoding(synth_model, arch, mode):
                 assert sum(r.stats.steps_by_draft_length) == len(lengths) == r.stats.n_target_passes
 
 
-# min_drafted: generations that drafted; on tiny models plain steps are about as fast, so the
-# policy drafts only where the head is often right by its measure (random: ~50% on broad
-# distributions) and otherwise probes now and then
+# min_drafted: generations that drafted (the policy drafts where the head is often right by its
+# measure: random ~50% on broad distributions; the oracle's head is rarely right at this temperature)
 @pytest.mark.parametrize("arch,mode,temp,min_drafted", [("qwen35", "random", 4.0, 20), ("qwen35", "oracle", 3.0, 1)])
 def test_sampling_with_auto_has_the_target_distribution(synth_model, arch, mode, temp, min_drafted):
     """As test_engine's chi-square test, with the draft length chosen per step; the choice uses
@@ -96,6 +95,9 @@ def test_sampling_with_auto_has_the_target_distribution(synth_model, arch, mode,
     eog = set(model.eog_ids)
     n = 1500
     with open_engine(model, n_ctx=256) as eng, open_engine(model, n_ctx=256, mtp=False) as ref:
+        # costs pinned to a memory-bound target's, so whether it drafts follows acceptance alone (on
+        # a tiny model's measured costs plain steps win and drafting would depend on the machine)
+        eng._core.pin_policy_costs(*MEMORY_BOUND_COSTS)
         prompt = eng.tokenize(PROMPTS[0])
         run(ref, prompt, plain(0))
         p1 = exact_dist(np.array(ref._core.next_logits()), temp, eog)

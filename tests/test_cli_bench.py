@@ -9,6 +9,8 @@ import shutil
 import statistics
 
 import pytest
+
+from mtprun.config import SpecConfig
 from typer.testing import CliRunner
 
 from _cli_models import isolated_home, models  # noqa: F401  (fixtures)
@@ -109,7 +111,7 @@ def test_ctrl_c_prints_what_was_measured_and_exits_130(models, config_home, monk
     assert r.exit_code == 130
     d = json.loads(r.stdout)
     assert d["interrupted"] and d["runs_done"] == 2
-    assert [c["runs"] for c in d["configurations"]] == [1, 1, 0]
+    assert [c["runs"] for c in d["configurations"]] == [1, 1, 0, 0]  # plain, n=1, n=2, auto
     assert "interrupted" in r.stderr
 
 
@@ -171,7 +173,7 @@ def test_save_then_run_uses_the_saved_setting_and_forget_removes_it(models, conf
     if setting == "plain":
         assert not got["mtp"]
     else:
-        assert got["mtp"] and got["spec_draft_n_max"] == int(setting)
+        assert got["mtp"] and got["spec_draft_n_max"] == SpecConfig.parse(setting).n_max
     r = invoke("run", "-m", str(model), "-p", "Hi", "-n", "8", "-t", "1", "--temp", "0")
     assert r.exit_code == 0 and "saved by mtprun bench" in r.stderr
     r = invoke("chat", "-m", str(model), "-n", "8", "-t", "1", "--temp", "0", input="Hi\n")
@@ -230,7 +232,7 @@ def test_progress_bar_and_a_real_ctrl_c_in_a_terminal(models, config_home, tmp_p
     child.logfile_read = io.StringIO()
     try:
         # the progress bar: runs done of reps x configurations, ETA; Ctrl-C once some are done
-        child.expect(r"\b[1-9]\d*/150\b.*ETA")
+        child.expect(r"\b[1-9]\d*/200\b.*ETA")  # 50 reps x (plain, n=1, n=2, auto)
         child.sendintr()
         child.expect(pexpect.EOF)
     except pexpect.ExceptionPexpect:

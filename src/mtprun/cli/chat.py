@@ -158,7 +158,7 @@ def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int, note: str
         spec = f"MTP on, drafting 0 to {gen.spec.n_max} tokens per step (auto)"
     else:
         spec = f"MTP on, drafting {gen.spec.n_max} tokens per step"
-    if mtp_on and note:
+    if note:
         spec += f" ({note})"
     out.note(f"mtprun chat | {label} | {spec} | context {n_ctx} tokens")
     out.info("Type a message and press Enter (end a line with \\ to continue it). /help for commands, Ctrl-D to quit.")
