@@ -16,7 +16,7 @@ from mtprun import GenerationConfig, SamplingConfig, SpecConfig
 from mtprun._native import core
 from mtprun.engine import choose_draft_length
 from mtprun.events import Result, Step
-from test_engine import EOG, PROMPTS, exact_dist, goodness_of_fit, open_engine, run
+from test_engine import PROMPTS, exact_dist, goodness_of_fit, open_engine, run, sample_first_two
 
 # big enough that a target pass costs more than the engine's own per-step work, so that
 # speculation pays when the head is right (on the tiny preset plain decoding is about as fast)
@@ -105,14 +105,8 @@ def test_sampling_with_auto_has_the_target_distribution(synth_model, arch, mode,
         run(ref, prompt + [top1], plain(0))
         p2 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
 
-        first, second, drafted_runs = [], [], 0
-        for seed in range(n):
-            r = run(eng, prompt, auto(2, temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed))
-            toks = list(r.tokens) + ([EOG] if r.stop_reason == "eos" else [])
-            first.append(toks[0])
-            if toks[0] == top1 and len(toks) > 1:
-                second.append(toks[1])
-            drafted_runs += r.stats.n_drafted > 0
+        first, second, _, _, drafted_runs = sample_first_two(eng, prompt, top1, (
+            auto(2, temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed) for seed in range(n)))
     assert drafted_runs >= min_drafted
     assert goodness_of_fit(first, p1) > 0.001
     if len(second) >= 200:

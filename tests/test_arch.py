@@ -22,7 +22,7 @@ from mtprun.synth import SynthSpec, write_model
 
 from _llama import Context, Model, top2
 from _llama import greedy as llama_greedy
-from test_engine import EOG, PROMPTS, exact_dist, goodness_of_fit, greedy, open_engine, run
+from test_engine import PROMPTS, exact_dist, goodness_of_fit, greedy, open_engine, run, sample_first_two
 from test_synth import _speculative
 
 HEADS = (0.9, 0.6, 0.3)  # the three chained heads' agreements
@@ -178,19 +178,12 @@ def test_sampling_has_the_target_distribution(synth_model, arch, mode, temp, fie
         top1 = max(p1, key=p1.get)
         run(ref, prompt + [top1], greedy(0, spec=False))
         p2 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
-        first, second, accepted, drafted = [], [], 0, 0
         # (seeds 0..1499 give p = 0.0007 for the chained model's first position: one fixed draw
         # in about a thousand fails at this significance; 6000 samples from 50000 on give p = 0.72)
-        for seed in range(10_000, 10_000 + n):
-            cfg = GenerationConfig(max_tokens=4, sampling=SamplingConfig(temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
-                                   spec=SpecConfig(enabled=spec, n_max=3, adaptive=False))
-            r = run(eng, prompt, cfg)
-            toks = list(r.tokens) + ([EOG] if r.stop_reason == "eos" else [])
-            first.append(toks[0])
-            if toks[0] == top1 and len(toks) > 1:
-                second.append(toks[1])
-            accepted += r.stats.n_accepted
-            drafted += r.stats.n_drafted
+        first, second, accepted, drafted, _ = sample_first_two(eng, prompt, top1, (
+            GenerationConfig(max_tokens=4, sampling=SamplingConfig(temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
+                             spec=SpecConfig(enabled=spec, n_max=3, adaptive=False))
+            for seed in range(10_000, 10_000 + n)))
     if spec:
         assert 0.1 < accepted / drafted < 0.95  # drafts are both accepted and rejected
     assert goodness_of_fit(first, p1) > 0.001

@@ -39,6 +39,22 @@ def run(eng: Engine, prompt: list[int], cfg: GenerationConfig) -> Result:
     return events[-1]
 
 
+def sample_first_two(eng: Engine, prompt: list[int], top1: int, configs):
+    """One generation per config (each with its own seed): the first tokens sampled, the second
+    ones where the first was ``top1``, tokens accepted and drafted, and how many runs drafted."""
+    first, second, accepted, drafted, drafted_runs = [], [], 0, 0, 0
+    for cfg in configs:
+        r = run(eng, prompt, cfg)
+        toks = list(r.tokens) + ([EOG] if r.stop_reason == "eos" else [])
+        first.append(toks[0])
+        if toks[0] == top1 and len(toks) > 1:
+            second.append(toks[1])
+        accepted += r.stats.n_accepted
+        drafted += r.stats.n_drafted
+        drafted_runs += r.stats.n_drafted > 0
+    return first, second, accepted, drafted, drafted_runs
+
+
 def open_engine(model, **kw) -> Engine:
     kw.setdefault("flash_attn", False)
     kw.setdefault("n_ctx", 1024)
@@ -248,17 +264,10 @@ def test_sampling_has_the_target_distribution(synth_model, arch, mode, temp, spe
         run(ref, prompt + [top1], greedy(0, spec=False))
         p2 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
 
-        first, second, accepted, drafted = [], [], 0, 0
-        for seed in range(n):
-            cfg = GenerationConfig(max_tokens=2, sampling=SamplingConfig(temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
-                                   spec=SpecConfig(enabled=spec, n_max=3, adaptive=False))
-            r = run(eng, prompt, cfg)
-            toks = list(r.tokens) + ([EOG] if r.stop_reason == "eos" else [])
-            first.append(toks[0])
-            if toks[0] == top1 and len(toks) > 1:
-                second.append(toks[1])
-            accepted += r.stats.n_accepted
-            drafted += r.stats.n_drafted
+        first, second, accepted, drafted, _ = sample_first_two(eng, prompt, top1, (
+            GenerationConfig(max_tokens=2, sampling=SamplingConfig(temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
+                             spec=SpecConfig(enabled=spec, n_max=3, adaptive=False))
+            for seed in range(n)))
     if spec:
         assert 0.2 < accepted / drafted < 0.95  # drafts are both accepted and rejected
     assert goodness_of_fit(first, p1) > 0.001
