@@ -29,8 +29,10 @@ nb::list memory_list(const std::vector<mtp_memory_entry> & entries); // defined 
 class Engine {
 public:
     Engine(const std::string & path, const std::string & draft_path, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
-           int32_t n_gpu_layers, int32_t flash_attn, bool use_mtp, int32_t n_draft_capacity, bool verbose) {
+           int32_t n_gpu_layers, int32_t flash_attn, bool use_mtp, int32_t n_draft_capacity, bool verbose,
+           const mtp_placement_params & placement) {
         mtp_model_params p;
+        p.placement        = placement;
         p.path             = path;
         p.draft_path       = draft_path;
         p.n_ctx            = n_ctx;
@@ -214,6 +216,7 @@ NB_MODULE(_core, m) {
     m.attr("STATUS_CONTEXT") = (int) MTP_ERR_CONTEXT;
     m.attr("STATUS_RUNTIME") = (int) MTP_ERR_RUNTIME;
     m.attr("STATUS_STATE")   = (int) MTP_ERR_STATE;
+    m.attr("STATUS_DEVICE")  = (int) MTP_ERR_DEVICE;
     m.attr("STOP_NONE")      = (int) MTP_STOP_NONE;
     m.attr("STOP_EOS")       = (int) MTP_STOP_EOS;
     m.attr("STOP_LENGTH")    = (int) MTP_STOP_LENGTH;
@@ -286,10 +289,36 @@ NB_MODULE(_core, m) {
         .def_ro("est_t_target", &mtp_stats::est_t_target)
         .def_ro("est_t_head", &mtp_stats::est_t_head);
 
+    nb::class_<mtp_placement_params>(m, "PlacementParams",
+        "Where the model runs (devices.h mtp_placement_params): --rpc servers, -dev, -devd, -ts, -sm.")
+        .def(nb::init<>())
+        .def_rw("rpc", &mtp_placement_params::rpc)
+        .def_rw("devices", &mtp_placement_params::devices)
+        .def_rw("devices_draft", &mtp_placement_params::devices_draft)
+        .def_rw("tensor_split", &mtp_placement_params::tensor_split)
+        .def_rw("split_mode", &mtp_placement_params::split_mode)
+        .def_rw("rpc_timeout_ms", &mtp_placement_params::rpc_timeout_ms);
+
+    m.def("rpc_supported", &mtp_rpc_supported, "Whether the loaded llama.cpp was built with GGML_RPC=ON.");
+    m.def("rpc_rebuild_hint", []() { return std::string(mtp_rpc_rebuild_hint()); },
+          "The one line that says how to rebuild llama-cpp-python with RPC support.");
+    m.def("max_devices", []() { return (int32_t) llama_max_devices(); }, "llama.cpp's llama_max_devices().");
+    m.def("rpc_serve", [](const std::string & endpoint, int32_t n_threads) {
+        std::string err;
+        {
+            nb::gil_scoped_release release;
+            mtp_rpc_serve(endpoint, n_threads, err);
+        }
+        raise(MTP_ERR_DEVICE, err);
+    }, "endpoint"_a, "n_threads"_a,
+    "Serve this process's CPU as a ggml rpc-server on HOST:PORT until the process is killed (for tests); "
+    "raises CoreError when it cannot.");
+
     nb::class_<Engine>(m, "Engine", "A loaded target (+ MTP head) with its contexts and the speculative loop.")
-        .def(nb::init<const std::string &, const std::string &, int32_t, int32_t, int32_t, int32_t, int32_t, bool, int32_t, bool>(),
+        .def(nb::init<const std::string &, const std::string &, int32_t, int32_t, int32_t, int32_t, int32_t, bool, int32_t, bool,
+                      const mtp_placement_params &>(),
              "path"_a, "draft_path"_a, "n_ctx"_a, "n_batch"_a, "n_threads"_a, "n_gpu_layers"_a, "flash_attn"_a,
-             "use_mtp"_a, "n_draft_capacity"_a, "verbose"_a,
+             "use_mtp"_a, "n_draft_capacity"_a, "verbose"_a, "placement"_a = mtp_placement_params(),
              "Load the model(s) and create the contexts; raises CoreError(status, message).")
         .def("close", &Engine::close, "Free the model(s) and contexts.")
         .def_prop_ro("closed", &Engine::closed)
@@ -325,8 +354,10 @@ NB_MODULE(_core, m) {
         return out;
     }, "The backend devices (name, description, type: cpu/gpu/igpu/accel) with free and total memory in bytes.");
     m.def("memory_dry_run", [](const std::string & path, const std::string & draft_path, int32_t n_ctx, int32_t n_batch,
-                               int32_t n_gpu_layers, int32_t flash_attn, bool use_mtp, int32_t n_draft_capacity) {
+                               int32_t n_gpu_layers, int32_t flash_attn, bool use_mtp, int32_t n_draft_capacity,
+                               const mtp_placement_params & placement) {
         mtp_model_params p;
+        p.placement = placement;
         p.path = path;
         p.draft_path = draft_path;
         p.n_ctx = n_ctx;
@@ -347,6 +378,7 @@ NB_MODULE(_core, m) {
         }
         return memory_list(entries);
     }, "path"_a, "draft_path"_a, "n_ctx"_a, "n_batch"_a, "n_gpu_layers"_a, "flash_attn"_a, "use_mtp"_a, "n_draft_capacity"_a,
+    "placement"_a = mtp_placement_params(),
     "What the engine's contexts would allocate (llama.cpp's breakdown rows), from llama.cpp's no_alloc dry "
     "run: no weights are read. Raises CoreError(status, message).");
     m.def("context_memory", [](uintptr_t ctx) {
@@ -368,6 +400,7 @@ nb::list memory_list(const std::vector<mtp_memory_entry> & entries) {
         x["context"] = m.context;
         x["buffer"] = m.buffer;
         x["device"] = m.device;
+        x["device_description"] = m.device_description;
         x["host"] = m.host;
         x["shared_model"] = m.shared_model;
         x["model"] = m.model;

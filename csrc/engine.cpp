@@ -59,6 +59,7 @@ struct mtp_engine {
     const llama_vocab * vocab = nullptr;
     llama_batch_ext * batch_tgt = nullptr;
     mtp_drafter     * drafter   = nullptr; // the MTP head's state (null: plain decoding only)
+    mtp_placement     placement;           // devices of the models (their params point into it)
 
     int32_t n_vocab   = 0;
     int32_t n_ctx     = 0;
@@ -282,9 +283,16 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     mtp_engine * e = new mtp_engine();
     e->params = params;
 
+    bool invalid = false;
+    if (!mtp_placement_init(params.placement, e->placement, err, invalid)) {
+        return init_fail(e, invalid ? MTP_ERR_INVALID : MTP_ERR_DEVICE, status);
+    }
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params.n_gpu_layers;
     mp.load_mtp     = params.use_mtp && !has_sidecar && meta_tgt.n_nextn > 0 && mtp_unsupported(meta_tgt).empty();
+    if (!mtp_placement_apply_target(e->placement, mp, meta_tgt.n_layer, meta_tgt.n_nextn, mp.load_mtp, err)) {
+        return init_fail(e, MTP_ERR_INVALID, status);
+    }
     e->model_tgt = llama_model_load_from_file(params.path.c_str(), mp);
     if (!e->model_tgt) {
         const std::string cause = log_last_error();
@@ -337,6 +345,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
             llama_model_params dmp = llama_model_default_params();
             dmp.n_gpu_layers = params.n_gpu_layers;
             dmp.load_mtp     = true;
+            mtp_placement_apply_draft(e->placement, dmp);
             e->model_dft = llama_model_load_from_file(params.draft_path.c_str(), dmp);
             if (!e->model_dft) {
                 const std::string cause = log_last_error();

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "devices.h"
 #include "llama.h"
 #include "memory.h"
 
@@ -20,6 +21,7 @@ enum mtp_status {
     MTP_ERR_CONTEXT   = 3, // the prompt does not fit in the context
     MTP_ERR_RUNTIME   = 4, // llama.cpp failed while computing (the engine resets its cache)
     MTP_ERR_STATE     = 5, // call out of order (e.g. step without begin)
+    MTP_ERR_DEVICE    = 6, // a device is unavailable: no RPC support, an RPC server unreachable or of another version
 };
 
 enum mtp_kind {
@@ -46,6 +48,7 @@ struct mtp_model_params {
     int32_t flash_attn       = -1;   // -1 auto, 0 off, 1 on
     bool    use_mtp          = true; // false: plain decoding only, MTP layers are not loaded
     int32_t n_draft_capacity = 6;    // the largest n_max a generation may ask for (sizes the rollback snapshots)
+    mtp_placement_params placement;  // --rpc, -dev, -devd, -ts, -sm (devices.h)
 };
 
 struct mtp_model_info {

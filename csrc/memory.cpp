@@ -2,6 +2,7 @@
 #include "memory.h"
 
 #include "engine.h"
+#include "gguf_check.h"
 #include "llama_staging.h"
 
 #include "ggml-backend.h"
@@ -22,6 +23,7 @@ void mtp_memory_collect(const llama_context * ctx, const char * which, bool shar
         m.buffer       = buft ? ggml_backend_buft_name(buft) : "";
         ggml_backend_dev_t dev = buft ? ggml_backend_buft_get_device(buft) : nullptr;
         m.device       = dev ? ggml_backend_dev_name(dev) : "";
+        m.device_description = dev ? ggml_backend_dev_description(dev) : "";
         m.host         = buft ? ggml_backend_buft_is_host(buft) : true;
         m.shared_model = shared_model;
         m.model        = mb.model;
@@ -153,6 +155,13 @@ static bool mtp_memory_dry_run_impl(const mtp_model_params & p, std::vector<mtp_
     mp.no_alloc     = true;
     mp.load_mode    = LLAMA_LOAD_MODE_NONE;
     mp.load_mtp     = p.use_mtp && !has_sidecar;
+    mtp_placement pl; // the engine's devices (--rpc, -dev, -devd, -ts, -sm)
+    bool invalid = false;
+    gguf_meta meta;
+    if (!mtp_placement_init(p.placement, pl, err, invalid) || !gguf_meta_read(p.path, meta, err) ||
+        !mtp_placement_apply_target(pl, mp, meta.n_layer, meta.n_nextn, mp.load_mtp, err)) {
+        return false;
+    }
     llama_model * tgt = llama_model_load_from_file(p.path.c_str(), mp);
     if (!tgt) {
         err = "llama.cpp could not read " + p.path;
@@ -174,6 +183,8 @@ static bool mtp_memory_dry_run_impl(const mtp_model_params & p, std::vector<mtp_
             if (has_sidecar) {
                 llama_model_params dmp = mp;
                 dmp.load_mtp = true;
+                dmp.tensor_buft_overrides = nullptr;
+                mtp_placement_apply_draft(pl, dmp);
                 dft = llama_model_load_from_file(p.draft_path.c_str(), dmp);
             }
             if (has_sidecar && !dft) {

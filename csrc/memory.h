@@ -15,6 +15,7 @@ struct mtp_memory_entry {
     std::string context;          // "target" or "draft"
     std::string buffer;           // ggml buffer type name, e.g. "CPU", "CUDA0"
     std::string device;           // its device name ("" when none, e.g. a host buffer)
+    std::string device_description; // the device's description (an RPC server's HOST:PORT)
     bool        host    = true;   // the buffer type lives in host memory
     bool        shared_model = false; // the weights counted here are the target's (an MTP context on them)
     uint64_t    model   = 0;      // weights

@@ -32,6 +32,87 @@ MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS
 MAX_CTX = 1 << 24
 
 
+SPLIT_MODES = ("none", "layer", "row", "tensor")  # llama.cpp's llama_split_mode, in its order
+MAX_DEVICES = 16  # llama.cpp's llama_max_devices()
+
+
+def _endpoint_ok(text: object) -> bool:
+    """HOST:PORT as ggml's RPC client reads it (an IPv4 host name or address, port 1..65535)."""
+    if not isinstance(text, str) or text.count(":") != 1:
+        return False
+    host, port = text.split(":")
+    return bool(host) and host.isprintable() and not any(c.isspace() for c in host) and port.isdigit() \
+        and len(port) <= 5 and 1 <= int(port) <= 65535
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the model runs, with llama-cli's meanings.
+
+    ``rpc``: rpc-servers (``HOST:PORT``) whose devices are added, named RPC0, RPC1, ... in order;
+    ``devices``: the devices to offload to (``("none",)``: none; empty: llama.cpp's choice, RPC
+    servers first, then GPUs); ``devices_draft``: where the MTP head or sidecar runs (empty: with
+    the target; an in-model head takes one device); ``tensor_split``: proportions per device
+    (empty: by free memory); ``split_mode``: none, layer, row or tensor (None: layer);
+    ``rpc_timeout``: seconds to wait for each server to answer when connecting.
+    """
+
+    rpc: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    devices_draft: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
+    split_mode: str | None = None
+    rpc_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("rpc", "devices", "devices_draft", "tensor_split"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for ep in self.rpc:
+            _check(_endpoint_ok(ep), f"RPC server must be HOST:PORT with a port within 1..65535, got {str(ep)[:80]!r}")
+        _check(len(set(self.rpc)) == len(self.rpc), "an RPC server is listed twice")
+        _check(len(self.rpc) <= MAX_DEVICES, f"at most {MAX_DEVICES} RPC servers, got {len(self.rpc)}")
+        for what, names in (("device", self.devices), ("draft device", self.devices_draft)):
+            for n in names:
+                _check(isinstance(n, str) and n.strip() == n and n != "" and n.isprintable(), f"{what} names must be non-empty, got {str(n)[:80]!r}")
+            _check("none" not in names or len(names) == 1, f"{what} 'none' (no offload) cannot be combined with devices")
+            _check(len(set(names)) == len(names), f"a {what} is listed twice")
+        for x in self.tensor_split:
+            _check(_finite(x) and 0 <= x <= 1e9, f"tensor split proportions must be numbers >= 0, got {x!r}")
+        _check(not self.tensor_split or sum(self.tensor_split) > 0, "tensor split proportions must not all be 0")
+        _check(len(self.tensor_split) < MAX_DEVICES, f"tensor split: at most {MAX_DEVICES - 1} proportions, got {len(self.tensor_split)}")
+        _check(self.split_mode is None or self.split_mode in SPLIT_MODES,
+               f"split mode must be one of {', '.join(SPLIT_MODES)}, got {str(self.split_mode)[:80]!r}")
+        _check(_finite(self.rpc_timeout) and 0 < self.rpc_timeout <= 3600, f"RPC timeout must be within (0, 3600] seconds, got {self.rpc_timeout!r}")
+
+    @classmethod
+    def parse(cls, *, rpc: str | None = None, device: str | None = None, device_draft: str | None = None,
+              tensor_split: str | None = None, split_mode: str | None = None) -> Placement:
+        """From llama-cli's spellings: ``--rpc host:port,host:port``, ``-dev RPC0,RPC1`` or ``none``,
+        ``-devd RPC1``, ``-ts 3,1`` (``/`` separates too), ``-sm layer``."""
+        def names(text: str | None, what: str) -> tuple[str, ...]:
+            if text is None:
+                return ()
+            items = tuple(x.strip() for x in str(text).split(","))
+            _check(all(items), f"{what}: empty name in {str(text)[:80]!r}")
+            return items
+
+        split: tuple[float, ...] = ()
+        if tensor_split is not None:
+            parts = [x.strip() for x in str(tensor_split).replace("/", ",").split(",")]
+            try:
+                split = tuple(float(x) for x in parts)
+            except ValueError:
+                raise InvalidInputError(f"tensor split must be numbers separated by commas, e.g. 3,1, got {str(tensor_split)[:80]!r}") from None
+        return cls(
+            rpc=names(rpc, "RPC servers"), devices=names(device, "devices"), devices_draft=names(device_draft, "draft devices"),
+            tensor_split=split, split_mode=None if split_mode is None else str(split_mode).strip().lower(),
+        )
+
+    @property
+    def is_default(self) -> bool:
+        return self == Placement(rpc_timeout=self.rpc_timeout)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What to load: a target GGUF, optionally its MTP drafter sidecar, and runtime options."""
@@ -46,6 +127,7 @@ class ModelConfig:
     mtp: bool = True  # False: plain decoding; MTP layers and drafter are not loaded
     n_draft_capacity: int = 6  # the largest SpecConfig.n_max any generation may use (sizes rollback snapshots)
     verbose: bool = False  # let llama.cpp's own log through to stderr
+    placement: Placement = field(default_factory=Placement)  # devices: RPC servers, -dev, -devd, -ts, -sm
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -56,6 +138,7 @@ class ModelConfig:
         _check(self.n_threads is None or _int_in(self.n_threads, 1, MAX_THREADS), f"threads must be within 1..{MAX_THREADS}, got {self.n_threads}")
         _check(_int_in(self.n_gpu_layers, -1, 4096), f"GPU layers must be -1 (all) or within 0..4096, got {self.n_gpu_layers}")
         _check(_int_in(self.n_draft_capacity, 1, 32), f"draft capacity must be within 1..32, got {self.n_draft_capacity}")
+        _check(isinstance(self.placement, Placement), f"placement must be a Placement, got {type(self.placement).__name__}")
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._native import core
-from .config import GenerationConfig, ModelConfig
-from .errors import ContextOverflowError, EngineClosedError, InvalidInputError, ModelError, MtprunError
+from .config import GenerationConfig, ModelConfig, Placement, SPLIT_MODES
+from .errors import ContextOverflowError, DeviceError, EngineClosedError, InvalidInputError, ModelError, MtprunError
 from .events import GenerationStats, PolicyEstimates, Result, Step, StopReason, TokenPiece
-from .memory import MeasuredMemory, measured
+from .memory import DeviceUse, MeasuredMemory, device_usage, measured
 from .validate import MIN_CONTEXT, validate_file
 
 __all__ = ["Engine", "ModelInfo", "choose_draft_length"]
@@ -55,6 +55,8 @@ def _error(exc: core.CoreError) -> MtprunError:
         return ContextOverflowError(message)
     if status == core.STATUS_STATE and "closed" in message:
         return EngineClosedError(message)
+    if status == getattr(core, "STATUS_DEVICE", None):
+        return DeviceError(message)
     return MtprunError(message)
 
 
@@ -91,6 +93,7 @@ class ModelInfo:
     system_info: str  # llama.cpp's feature line (CPU instruction sets, backends)
     memory: MeasuredMemory | None = None  # what llama.cpp allocated for the contexts (its breakdown)
     mtp_chain: bool = False  # several MTP heads, chained: head i drafts draft position i
+    devices: tuple[DeviceUse, ...] = ()  # the devices in use, with what llama.cpp allocated on each
 
 
 class Engine:
@@ -114,6 +117,7 @@ class Engine:
         if draft is not None:
             validate_file(draft, role="drafter")
         flash = -1 if config.flash_attn is None else int(config.flash_attn)
+        check_placement(config.placement)
         try:
             self._core = core.Engine(
                 os.fspath(path),
@@ -126,6 +130,7 @@ class Engine:
                 config.mtp,
                 config.n_draft_capacity,
                 config.verbose,
+                _placement_params(config.placement),
             )
         except core.CoreError as exc:
             raise _error(exc) from None
@@ -156,6 +161,7 @@ class Engine:
             system_info=raw["system_info"].strip(),
             memory=measured(raw.get("memory", ())),
             mtp_chain=raw["mtp_chain"],
+            devices=device_usage(raw.get("memory", ())),
         )
         self._busy = threading.Lock()
 
@@ -376,7 +382,32 @@ def dry_run(config: ModelConfig) -> MeasuredMemory:
         rows = core.memory_dry_run(
             os.fspath(config.path), os.fspath(config.draft_path) if config.draft_path is not None else "",
             config.n_ctx, config.n_batch, config.n_gpu_layers, flash, config.mtp, config.n_draft_capacity,
+            _placement_params(config.placement),
         )
     except core.CoreError as exc:
         raise _error(exc) from None
     return measured(rows)
+
+
+def rpc_supported() -> bool:
+    """Whether the installed llama.cpp was built with RPC support (GGML_RPC=ON)."""
+    return bool(core.rpc_supported())
+
+
+def check_placement(placement: Placement) -> None:
+    """Fail early (DeviceError, naming the rebuild) when RPC servers are asked for and the installed
+    llama.cpp has no RPC support; cheap, so callers run it before downloading or loading anything."""
+    if placement.rpc and not core.rpc_supported():
+        raise DeviceError(core.rpc_rebuild_hint())
+
+
+def _placement_params(placement: Placement):
+    """The native placement (a nanobind-bound struct) of a validated Placement."""
+    p = core.PlacementParams()
+    p.rpc = list(placement.rpc)
+    p.devices = list(placement.devices)
+    p.devices_draft = list(placement.devices_draft)
+    p.tensor_split = [float(x) for x in placement.tensor_split]
+    p.split_mode = -1 if placement.split_mode is None else SPLIT_MODES.index(placement.split_mode)
+    p.rpc_timeout_ms = max(1, int(placement.rpc_timeout * 1000))
+    return p

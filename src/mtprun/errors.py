@@ -69,6 +69,13 @@ class DiskFullError(HubError):
     """Not enough disk space for a download (checked before, or hit during the transfer)."""
 
 
+class DeviceError(MtprunError):
+    """A device is unavailable: the installed llama.cpp has no RPC support, or an RPC server is
+    unreachable, refuses, is busy, or speaks another ggml RPC protocol version."""
+
+    exit_code = 1
+
+
 class EngineClosedError(MtprunError):
     """The engine was used after ``close()``."""
 

@@ -290,3 +290,45 @@ def mtp_fit(*, gpu_free: int | None, plain_bytes: int, mtp_bytes: int, margin: i
         f"the MTP head needs {mtp_bytes / 2**20:.0f} MiB beside the model's {plain_bytes / 2**20:.0f} MiB "
         f"but the GPU has {gpu_free / 2**20:.0f} MiB free"
     ))
+
+
+@dataclass(frozen=True)
+class DeviceUse:
+    """One device a loaded model uses: what llama.cpp allocated on it (its memory breakdown).
+    ``mtp``: the MTP context's part (the head's KV cache and compute buffers, a sidecar's
+    weights); an in-model head's weights count in ``weights``."""
+
+    name: str  # llama.cpp's device name: "CPU" (host memory), "RPC0", "CUDA0", ...
+    description: str  # e.g. an RPC server's HOST:PORT
+    weights: int
+    state: int
+    compute: int
+    mtp: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.state + self.compute + self.mtp
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "description": self.description, "weights": self.weights, "state": self.state,
+                "compute": self.compute, "mtp": self.mtp, "total": self.total}
+
+
+def device_usage(entries: Iterable[Mapping[str, object]]) -> tuple[DeviceUse, ...]:
+    """The engine's breakdown rows grouped by device (host buffers as "CPU"), in first-seen order,
+    devices with nothing allocated left out."""
+    sums: dict[str, list[int]] = {}
+    descriptions: dict[str, str] = {}
+    for e in entries:
+        name = "CPU" if e["host"] else str(e["device"] or e["buffer"])
+        if not e["host"]:
+            descriptions.setdefault(name, str(e.get("device_description", "")))
+        s = sums.setdefault(name, [0, 0, 0, 0])
+        if e["context"] == "draft":
+            own = 0 if e["shared_model"] else int(e["model"])
+            s[3] += own + int(e["state"]) + int(e["compute"])
+        else:
+            s[0] += int(e["model"])
+            s[1] += int(e["state"])
+            s[2] += int(e["compute"])
+    return tuple(DeviceUse(name, descriptions.get(name, ""), *s) for name, s in sums.items() if any(s))
