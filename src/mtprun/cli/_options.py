@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import GenerationConfig, ModelConfig, SamplingConfig, SpecConfig
+from ..config import GenerationConfig, ModelConfig, Placement, SamplingConfig, SpecConfig
 from ..errors import InvalidInputError
 
 MODEL = "Model"
@@ -200,14 +200,62 @@ def generation_config(
         raise InvalidInputError(f"invalid option value: {exc}") from None
 
 
-def model_config(*, ctx_size: int, threads: int | None, n_gpu_layers: int, mtp: bool, n_max: int, verbose: bool) -> ModelConfig:
+def model_config(*, ctx_size: int, threads: int | None, n_gpu_layers: int, mtp: bool, n_max: int, verbose: bool,
+                 placement: Placement | None = None) -> ModelConfig:
     """Validated runtime options for the model, checked before any model is resolved; the path
     (a placeholder here) is filled in with ``dataclasses.replace`` once the model is known.
     ``n_max`` is the run's draft-length ceiling (``GenerationConfig.spec.n_max``; 6 for ``auto``)."""
     try:
         return ModelConfig(
             path=Path(), n_ctx=ctx_size, n_threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
-            n_draft_capacity=n_max, verbose=verbose,
+            n_draft_capacity=n_max, verbose=verbose, placement=placement or Placement(),
         )
     except InvalidInputError as exc:
         raise InvalidInputError(f"invalid option value: {exc}") from None
+
+
+# --- devices (llama-cli's names and meanings) -------------------------------------------------------
+DEVICES = "Devices (llama.cpp RPC servers, several GPUs)"
+RpcOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--rpc", metavar="HOST:PORT[,...]",
+        help="rpc-servers to run the model on (llama.cpp's RPC backend; their devices are RPC0, RPC1, ... in this order). "
+             "Needs llama-cpp-python built with CMAKE_ARGS=\"-DGGML_RPC=on\".",
+        rich_help_panel=DEVICES,
+    ),
+]
+DeviceOpt = Annotated[
+    Optional[str],
+    typer.Option("-dev", "--device", metavar="DEV[,DEV...]", help="Devices to offload to (none: no offload; default: RPC servers, then GPUs).", rich_help_panel=DEVICES),
+]
+DeviceDraftOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "-devd", "--device-draft", metavar="DEV[,DEV...]",
+        help="Where the MTP head runs: a sidecar drafter's devices, or the one device for the model's own MTP layers (default: with the target).",
+        rich_help_panel=DEVICES,
+    ),
+]
+TensorSplitOpt = Annotated[
+    Optional[str],
+    typer.Option("-ts", "--tensor-split", metavar="N0,N1,...", help="Proportion of the model per device, e.g. 3,1 (default: by free memory).", rich_help_panel=DEVICES),
+]
+SplitModeOpt = Annotated[
+    Optional[str],
+    typer.Option("-sm", "--split-mode", metavar="none|layer|row|tensor", help="How to split the model across devices (default: layer).", show_default=False, rich_help_panel=DEVICES),
+]
+
+
+def placement(*, rpc: str | None, device: str | None, device_draft: str | None, tensor_split: str | None,
+              split_mode: str | None) -> Placement:
+    """Validated device options; fails at once (before any model is resolved) when --rpc is given
+    and the installed llama.cpp has no RPC support."""
+    from ..engine import check_placement
+
+    try:
+        p = Placement.parse(rpc=rpc, device=device, device_draft=device_draft, tensor_split=tensor_split, split_mode=split_mode)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"invalid option value: {exc}") from None
+    check_placement(p)
+    return p

@@ -73,6 +73,11 @@ def bench(
     forget: ForgetOpt = False,
     color: o.ColorOpt = None,
     verbose: o.VerboseOpt = False,
+    rpc: o.RpcOpt = None,
+    device: o.DeviceOpt = None,
+    device_draft: o.DeviceDraftOpt = None,
+    tensor_split: o.TensorSplitOpt = None,
+    split_mode: o.SplitModeOpt = None,
 ) -> None:
     out = Output(color=color, verbose=verbose)
 
@@ -85,6 +90,7 @@ def bench(
         if show or forget:
             return _manage(out, show=show, model=model, hf=hf_repo, draft=model_draft, demo=demo, revision=revision,
                            offline=offline, json_output=json_output)
+        placement = o.placement(rpc=rpc, device=device, device_draft=device_draft, tensor_split=tensor_split, split_mode=split_mode)
         ns = bm.parse_n_max_list(n_max)
         if not 1 <= tokens <= MAX_TOKENS:
             raise InvalidInputError(f"--tokens must be within 1..{MAX_TOKENS}, got {tokens}")
@@ -95,7 +101,8 @@ def bench(
         kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
         auto = bm.adaptive_available()
         capacity = max(ns + ([bm.AUTO_N_MAX] if auto else []))
-        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=True, n_max=capacity, verbose=verbose)
+        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=True, n_max=capacity, verbose=verbose,
+                              placement=placement)
         choice = choose_model(out, model=model, hf=hf_repo, draft=model_draft, demo=demo, mtp=True, revision=revision, offline=offline)
         with open_engine(out, choice, base) as eng:
             info = eng.info

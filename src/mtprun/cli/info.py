@@ -67,6 +67,7 @@ def model_facts(choice, info, header=None) -> dict:
         "chat_template_thinking": bool(template and "<think>" in template),
         "backend": info.backend,
         "system_info": info.system_info,
+        "devices": [d.as_dict() for d in info.devices],
     }
 
 
@@ -89,15 +90,21 @@ def info(
     json_output: JsonOpt = False,
     color: o.ColorOpt = None,
     verbose: o.VerboseOpt = False,
+    rpc: o.RpcOpt = None,
+    device: o.DeviceOpt = None,
+    device_draft: o.DeviceDraftOpt = None,
+    tensor_split: o.TensorSplitOpt = None,
+    split_mode: o.SplitModeOpt = None,
 ) -> None:
     out = Output(color=color, verbose=verbose)
 
     def body() -> None:
         if model_arg is not None and model is not None:
             raise InvalidInputError("give the model once: as an argument or with -m")
+        placement = o.placement(rpc=rpc, device=device, device_draft=device_draft, tensor_split=tensor_split, split_mode=split_mode)
         model_path = model_arg if model_arg is not None else model
         choice = choose_model(out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, revision=revision, offline=offline)
-        base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose)
+        base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose, placement=placement)
         from ..gguf_info import read_gguf_info
 
         try:
@@ -114,6 +121,7 @@ def info(
         )
         with open_engine(out, choice, base, quiet=True) as eng:
             facts = model_facts(choice, eng.info, header)
+            info_devices = eng.info.devices
         # the files passed the engine's checks: llama.cpp's dry run sizes the compute buffers
         from ..engine import dry_run
 
@@ -135,6 +143,7 @@ def info(
             ("MTP", facts["mtp_detail"] + ("" if facts["mtp_active"] else f" (MTP off: {facts['mtp_note'] or 'not available'})")),
             ("chat template", ("yes" + (", with thinking" if facts["chat_template_thinking"] else "")) if facts["chat_template"] else "none (ChatML fallback)"),
             ("backend", facts["backend"]),
+            ("devices in use", devices_text(info_devices)),
         ]
         if verbose and facts["system_info"]:
             rows.append(("system", facts["system_info"]))
@@ -168,3 +177,14 @@ def memory_rows(est) -> list[tuple[str, str]]:
         ("--no-mtp saves", mib(est.mtp_total)),
     ]
     return rows
+
+
+def devices_text(devices) -> str:
+    """The devices in use, e.g. ``RPC0 (127.0.0.1:50052) 120.0 MiB, RPC1 (...) 118.0 MiB + MTP head 9.1 MiB, CPU 31.0 MiB``."""
+    parts = []
+    for d in devices:
+        text = d.name + (f" ({d.description})" if d.description else "") + f" {d.total / 2**20:,.1f} MiB"
+        if d.mtp:
+            text += f" (MTP context {d.mtp / 2**20:,.1f} MiB)"
+        parts.append(text)
+    return ", ".join(parts) or "-"

@@ -80,12 +80,18 @@ def run(
     json_output: JsonOpt = False,
     color: o.ColorOpt = None,
     verbose: o.VerboseOpt = False,
+    rpc: o.RpcOpt = None,
+    device: o.DeviceOpt = None,
+    device_draft: o.DeviceDraftOpt = None,
+    tensor_split: o.TensorSplitOpt = None,
+    split_mode: o.SplitModeOpt = None,
 ) -> None:
     out = Output(color=color, verbose=verbose)
 
     def body() -> None:
         # everything the user typed is checked before a model is downloaded, built or loaded
         mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
+        placement = o.placement(rpc=rpc, device=device, device_draft=device_draft, tensor_split=tensor_split, split_mode=split_mode)
         n_max = DEFAULT_N_MAX if spec_draft_n_max is None else spec_draft_n_max
         gen = o.generation_config(
             n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
@@ -101,7 +107,7 @@ def run(
         )
         saved = SavedSetting(out, choice, wanted=mtp and spec_draft_n_max is None)
         base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
-                              n_max=max(gen.spec.n_max, saved.capacity), verbose=verbose)
+                              n_max=max(gen.spec.n_max, saved.capacity), verbose=verbose, placement=placement)
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
             gen = saved.apply(info, gen)
