@@ -37,6 +37,7 @@ class Run:
     tps: float
     acceptance: float | None
     passes_per_token: float
+    head_per_token: float  # MTP-head decodes (one per draft token) per generated token
     devices: str
 
 
@@ -77,7 +78,7 @@ def measure(model: Path, placement: Placement, *, label: str, tokens: int, threa
             runs.append(Run(
                 f"{label} {name}", r.tokens, s.n_generated / s.generation_seconds if s.generation_seconds else float("nan"),
                 s.n_accepted / s.n_drafted if s.mtp and s.n_drafted else None,
-                s.n_target_passes / max(1, s.n_generated), devices,
+                s.n_target_passes / max(1, s.n_generated), s.n_drafted / max(1, s.n_generated), devices,
             ))
     return runs
 
@@ -104,10 +105,10 @@ def _first_diff(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 
 def report(runs: list[Run]) -> str:
-    lines = [f"{'run':14s} {'tok/s':>8s} {'accept':>7s} {'passes/token':>13s}  weights"]
+    lines = [f"{'run':14s} {'tok/s':>8s} {'accept':>7s} {'target passes/token':>20s} {'head decodes/token':>19s}  weights"]
     for r in runs:
         acc = f"{r.acceptance:.1%}" if r.acceptance is not None else "-"
-        lines.append(f"{r.name:14s} {r.tps:8.1f} {acc:>7s} {r.passes_per_token:13.2f}  {r.devices}")
+        lines.append(f"{r.name:14s} {r.tps:8.1f} {acc:>7s} {r.passes_per_token:20.2f} {r.head_per_token:19.2f}  {r.devices}")
     return "\n".join(lines)
 
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rpc", required=True, help="HOST:PORT,HOST:PORT of running rpc-servers")
     ap.add_argument("--preset", default="bench", choices=["bench", "tiny"], help="synthetic model size (default bench)")
-    ap.add_argument("--agree", type=float, default=0.9, help="MTP agreement of the model (default 0.9)")
+    ap.add_argument("--agree", type=float, default=0.8, help="MTP agreement of the model (default 0.8)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="client threads (the servers have their own)")
     ap.add_argument("--n-draft", type=int, default=3, help="fixed draft length of the MTP runs (default 3)")

@@ -7,7 +7,9 @@
 #  2. installs that wheel and this checkout into their own virtual environment (never the caller's);
 #  3. starts two rpc-servers on 127.0.0.1 on free ports (stopped at exit, whatever happens);
 #  4. runs the synthetic bench model across them (scripts/rpc_check.py): greedy MTP output ==
-#     plain output == local output, printing acceptance, tok/s and target passes per token.
+#     plain output == local output, printing acceptance, tok/s and target passes per token;
+#  5. runs tests/test_rpc.py in that environment (RPC_CHECK_TESTS=0 skips it): the RPC tests that
+#     are skipped where llama.cpp has no RPC (lost connections, other protocol versions, ...).
 #
 # Usage: scripts/rpc_check.sh [--build-only] [extra rpc_check.py options, e.g. --tokens 64]
 # Cache: ${MTPRUN_RPC_CACHE:-${XDG_CACHE_HOME:-~/.cache}/mtprun-rpc}/llama-cpp-python-<version>-<python>
@@ -113,3 +115,10 @@ RPC="$(IFS=,; echo "${ENDPOINTS[*]}")"
 # --- 6. the check -------------------------------------------------------------------------------------
 cd "$WORK"  # import mtprun from the environment, not from the checkout's src/
 "$VENV/bin/python" "$ROOT/scripts/rpc_check.py" --rpc "$RPC" --model-dir "$CACHE/models" "$@"
+
+# --- 7. the RPC tests, in this RPC-enabled environment (against the rpc-server binary) --------------
+if [[ "${RPC_CHECK_TESTS:-1}" == 1 ]]; then
+    say "tests/test_rpc.py with RPC support"
+    (cd "$ROOT" && MTPRUN_RPC_SERVER="$RPC_SERVER" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_rpc.py)
+fi
+say "done in $((SECONDS - t_start)) s"

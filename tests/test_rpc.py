@@ -221,8 +221,14 @@ def test_rpc_devices_are_listed_by_info_and_the_head_goes_to_devd(models, rpc_se
     devices = {d["name"]: d for d in json.loads(p.stdout)["devices"]}
     assert {"RPC0", "RPC1"} <= set(devices)
     assert devices["RPC0"]["description"] == servers[0][0] and devices["RPC1"]["weights"] > 0
-    q = _mtprun("run", "-m", str(models.demo.model_path), "--rpc", rpc, "-devd", "RPC1", "-p", "Tell me a story",
-                "-n", "16", *GREEDY)
+    # everything on RPC0 (-ts 1,0) but the model's own MTP layers, which -devd puts on RPC1
+    p = _mtprun("info", "-m", str(models.demo.model_path), "--rpc", rpc, "-dev", "RPC0,RPC1", "-ts", "1,0",
+                "-devd", "RPC1", "--json")
+    assert p.returncode == 0, p.stderr
+    devices = {d["name"]: d for d in json.loads(p.stdout)["devices"]}
+    assert devices["RPC0"]["weights"] > 0 and 0 < devices["RPC1"]["weights"] < devices["RPC0"]["weights"]
+    q = _mtprun("run", "-m", str(models.demo.model_path), "--rpc", rpc, "-dev", "RPC0,RPC1", "-ts", "1,0",
+                "-devd", "RPC1", "-p", "Tell me a story", "-n", "16", *GREEDY)
     r = _mtprun("run", "-m", str(models.demo.model_path), "-p", "Tell me a story", "-n", "16", *GREEDY)
     assert q.returncode == 0 and r.returncode == 0, q.stderr + r.stderr
     assert q.stdout == r.stdout
