@@ -2,8 +2,9 @@
 """mtprun across llama.cpp RPC servers vs on this machine alone, greedy, one synthetic model.
 
 Run by scripts/rpc_check.sh (which builds the RPC-enabled llama.cpp and starts the servers) and
-by tests/test_rpc.py (``check``). Four runs of the same prompt: local plain, local MTP, RPC plain,
-RPC MTP (the MTP runs draft a fixed n, so acceptance does not depend on timings). Every output
+by tests/test_rpc.py (``check``). Six runs of the same prompt: plain, MTP drafting a fixed n (its
+acceptance does not depend on timings) and MTP auto (the adaptive draft length), locally and
+across the servers. Every output
 must be the same tokens; the target's weights must sit on the RPC devices. Prints tok/s,
 acceptance and target passes per generated token: over a network each target pass is a round trip
 through every server, so passes per token is what speculation saves there.
@@ -41,9 +42,15 @@ class Run:
     devices: str
 
 
+# the bench preset deepened as scripts/bench_engine.py does, so that the MTP head weighs ~14% of
+# the target as in real MTP models rather than the ~40% of a 4-layer model (1.1 GB of f16 weights)
+BENCH_SHAPE = {"n_layer": 12, "n_ff": 4096}
+
+
 def build_model(model_dir: Path, preset: str, agree: float) -> Path:
     """The synthetic qwen35 oracle model with an in-model MTP head (written once per spec)."""
-    spec = SynthSpec.preset(preset, arch="qwen35", mode="oracle", agree=agree, seed=1, dtype="f16")
+    shape = BENCH_SHAPE if preset == "bench" else {}
+    spec = SynthSpec.preset(preset, arch="qwen35", mode="oracle", agree=agree, seed=1, dtype="f16", **shape)
     key = hashlib.sha256(repr(spec).encode()).hexdigest()[:10]
     path = model_dir / f"rpc-{preset}-{agree:g}-{key}.gguf"
     if not path.exists():
@@ -65,13 +72,15 @@ def _generate(eng: Engine, prompt: list[int], spec: SpecConfig, tokens: int) -> 
 def measure(model: Path, placement: Placement, *, label: str, tokens: int, threads: int, n_draft: int) -> list[Run]:
     """Plain and MTP (fixed n_draft) greedy runs on one engine with the given placement."""
     runs = []
-    cfg = ModelConfig(path=model, n_ctx=512, n_threads=threads, flash_attn=False, n_draft_capacity=n_draft, placement=placement)
+    cfg = ModelConfig(path=model, n_ctx=512, n_threads=threads, flash_attn=False, n_draft_capacity=max(n_draft, 6),
+                      placement=placement)
     with Engine(cfg) as eng:
         devices = ", ".join(f"{d.name}{' ' + d.description if d.description else ''}: {d.weights / 2**20:.0f} MiB"
                             for d in eng.info.devices if d.weights)
         prompt = eng.tokenize(PROMPT)
         _generate(eng, prompt, SpecConfig(enabled=False), 4)  # warm-up (first-use allocations)
-        for name, spec in (("plain", SpecConfig(enabled=False)), (f"mtp n={n_draft}", SpecConfig(n_max=n_draft, adaptive=False))):
+        for name, spec in (("plain", SpecConfig(enabled=False)), (f"mtp n={n_draft}", SpecConfig(n_max=n_draft, adaptive=False)),
+                           ("mtp auto", SpecConfig())):
             eng.reset()
             r = _generate(eng, prompt, spec, tokens)
             s = r.stats
@@ -85,7 +94,7 @@ def measure(model: Path, placement: Placement, *, label: str, tokens: int, threa
 
 def check(model: Path, rpc: tuple[str, ...], *, tokens: int = 32, threads: int = 1, n_draft: int = 3,
           devices_draft: tuple[str, ...] = ()) -> tuple[list[Run], list[str]]:
-    """All four runs and the problems found ([] when RPC output == local output == plain output and
+    """All six runs and the problems found ([] when RPC output == local output == plain output and
     the weights are on the RPC devices)."""
     local = measure(model, Placement(), label="local", tokens=tokens, threads=threads, n_draft=n_draft)
     remote = measure(model, Placement(rpc=rpc, devices_draft=devices_draft), label="rpc", tokens=tokens,
