@@ -189,8 +189,8 @@ def transfer(url: str, partial: Path, final: Path, size: int | None, headers: di
                     http_get(url, fh, resume_size=have, headers=headers, expected_size=size, displayed_filename=basename(name))
                     break
                 except Exception as exc:
-                    # The connection dropped (huggingface_hub < 2 does not retry this itself):
-                    # go on from what is on disk while that keeps growing.
+                    # The connection dropped and http_get gave up (it retries only some transport
+                    # errors, a few times): go on from what is on disk while that keeps growing.
                     got = os.fstat(raw.fileno()).st_size
                     if not is_network_error(exc) or size is None:
                         raise
