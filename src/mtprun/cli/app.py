@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from . import bench as _bench
 from . import chat as _chat
 from . import download as _download

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from .. import graft as g
-from .. import hub, hub_ranges
+from .. import hub
+from ..hub import ranges
 from ..errors import InvalidInputError, ModelError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
@@ -53,9 +54,9 @@ def graft(
         if not Path(model).is_file():
             raise ModelError(f"{model}: no such file")
         dest = output if output is not None else g.default_output(model)
-        remote: hub_ranges.RemoteDonor | None = None
+        remote: ranges.RemoteDonor | None = None
         if spec is not None:
-            remote = hub_ranges.open_donor(spec, revision=revision, offline=offline or None)
+            remote = ranges.open_donor(spec, revision=revision, offline=offline or None)
             donor_path = remote.path
             provenance = remote.provenance
         else:
@@ -64,7 +65,7 @@ def graft(
             donor_path = Path(donor_file)  # type: ignore[arg-type]
             if not donor_path.is_file():
                 raise ModelError(f"donor {donor_path}: no such file")
-            provenance = hub_ranges.cache_origin(donor_path) or {"mtp_file": donor_path.name}
+            provenance = ranges.cache_origin(donor_path) or {"mtp_file": donor_path.name}
         plan = g.plan_graft(model, donor_path, dest, replace=replace, provenance=provenance)
         what = f"{plan.n_mtp} MTP layer(s) ({'+'.join(plan.mtp_types)}, {human_size(plan.donor_bytes)})"
         source = remote.label if remote else str(donor_path)
