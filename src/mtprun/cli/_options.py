@@ -8,7 +8,7 @@ with :func:`command`, which shows Typer the group's fields as options and hands 
 group built from them::
 
     @command
-    def chat(source: ModelSource, sampling: Sampling, ..., model_arg: ModelArg = None) -> None:
+    def chat(opts: Generate, model_arg: ModelArg = None) -> None:  # opts.sampling.temp, ...
 
 :func:`settings` builds the ``GenerationConfig`` and checks the ``ModelConfig`` options of
 ``run``/``chat`` before any model is resolved; :func:`model_config` builds every ``ModelConfig``.
@@ -266,24 +266,51 @@ class Display:
         return Output(color=self.color, verbose=self.verbose)
 
 
-GROUPS = (ModelSource, Runtime, Sampling, Speculation, Template, Display)
+@dataclass(frozen=True)
+class Generate:
+    """Every option ``run`` and ``chat`` share."""
+
+    source: ModelSource
+    template: Template
+    sampling: Sampling
+    spec: Speculation
+    runtime: Runtime
+    display: Display
+
+
+GROUPS = (ModelSource, Runtime, Sampling, Speculation, Template, Display, Generate)
+
+Builder = Callable[[dict[str, Any]], Any]
+
+
+def _expand(kind: type) -> tuple[list[inspect.Parameter], Builder]:
+    """A group's options as parameters, and the function that builds the group from their values."""
+    hints = get_type_hints(kind, include_extras=True)
+    params: list[inspect.Parameter] = []
+    parts: dict[str, Builder] = {}
+    for f in dataclasses.fields(kind):
+        if hints[f.name] in GROUPS:
+            sub, parts[f.name] = _expand(hints[f.name])
+            params += sub
+        else:
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name], default=f.default))
+            parts[f.name] = lambda values, n=f.name: values.pop(n)
+    return params, lambda values: kind(**{name: build(values) for name, build in parts.items()})
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Let ``fn`` take option groups: each parameter typed with a group dataclass is shown to Typer
-    as the group's fields (their ``Annotated`` options and defaults) and passed to ``fn`` as the
-    group built from them. Plain Python: the wrapper's ``__signature__`` is what Typer reads."""
+    as the group's fields (their ``Annotated`` options and defaults; nested groups too) and passed
+    to ``fn`` as the group built from them. Plain Python: the wrapper's ``__signature__`` is what
+    Typer reads."""
     hints = get_type_hints(fn, include_extras=True)
     params: list[inspect.Parameter] = []
-    groups: dict[str, tuple[type, list[str]]] = {}
+    groups: dict[str, Builder] = {}
     for p in inspect.signature(fn).parameters.values():
         kind = hints.get(p.name, p.annotation)
         if kind in GROUPS:
-            fields = get_type_hints(kind, include_extras=True)
-            names = [f.name for f in dataclasses.fields(kind)]
-            params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=fields[n],
-                                         default=getattr(kind, n)) for n in names]
-            groups[p.name] = (kind, names)
+            sub, groups[p.name] = _expand(kind)
+            params += sub
         else:
             params.append(p.replace(annotation=kind, kind=inspect.Parameter.KEYWORD_ONLY))
     seen = [p.name for p in params]
@@ -292,8 +319,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> Any:
-        for name, (kind, names) in groups.items():
-            kwargs[name] = kind(**{n: kwargs.pop(n) for n in names})
+        for name, build in groups.items():
+            kwargs[name] = build(kwargs)
         return fn(**kwargs)
 
     del wrapper.__wrapped__  # Typer must read the signature below, not fn's
@@ -367,13 +394,13 @@ class Settings:
         return model_config(self.runtime, mtp=self.mtp, n_max=max(self.gen.spec.n_max, capacity), verbose=self.verbose)
 
 
-def settings(source: ModelSource, runtime: Runtime, sampling: Sampling, spec: Speculation, template: Template,
-             display: Display) -> Settings:
+def settings(opts: Generate) -> Settings:
     """Every option of ``run``/``chat`` that needs no model, validated (InvalidInputError naming it)."""
+    spec, display = opts.spec, opts.display
     mtp = spec.mtp
     n_max = DEFAULT_N_MAX if spec.spec_draft_n_max is None else spec.spec_draft_n_max
-    gen = generation_config(sampling, mtp=mtp, n_max=n_max, p_min=spec.draft_p_min)
-    kwargs = template_kwargs(template.chat_template_kwargs, demo=source.demo)
-    out = Settings(mtp, spec.require_mtp, gen, spec.spec_draft_n_max is not None, kwargs, runtime, display.verbose)
+    gen = generation_config(opts.sampling, mtp=mtp, n_max=n_max, p_min=spec.draft_p_min)
+    kwargs = template_kwargs(opts.template.chat_template_kwargs, demo=opts.source.demo)
+    out = Settings(mtp, spec.require_mtp, gen, spec.spec_draft_n_max is not None, kwargs, opts.runtime, display.verbose)
     out.model_config()  # -c, -t, -ngl: checked now, not after a download
     return out

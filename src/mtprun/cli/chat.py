@@ -8,6 +8,7 @@ kept) and returns to the prompt; at the prompt it clears the line; Ctrl-D exits.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from ..chat import Conversation
 from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
@@ -90,20 +91,12 @@ class MessageReader:
 
 
 @o.command
-def chat(
-    source: o.ModelSource,
-    template: o.Template,
-    sampling: o.Sampling,
-    spec: o.Speculation,
-    runtime: o.Runtime,
-    display: o.Display,
-    model_arg: o.ModelArg = None,
-) -> None:
-    out = display.output()
-    source = source.with_argument(model_arg)
-    settings = o.settings(source, runtime, sampling, spec, template, display)
+def chat(opts: o.Generate, model_arg: o.ModelArg = None) -> None:
+    out, template = opts.display.output(), opts.template
+    opts = replace(opts, source=opts.source.with_argument(model_arg))
+    settings = o.settings(opts)
     reader = MessageReader(out)
-    with load(out, source, settings) as model:
+    with load(out, opts.source, settings) as model:
         eng, gen, info = model.engine, model.gen, model.engine.info
         conv = conversation_for(out, eng, model.files, system=template.system_prompt, template_file=template.chat_template_file,
                                 kwargs=settings.template_kwargs)

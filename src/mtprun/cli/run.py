@@ -48,24 +48,19 @@ def read_prompt(prompt: str | None, file: Path | None) -> str:
 
 @o.command
 def run(
-    source: o.ModelSource,
-    template: o.Template,
-    sampling: o.Sampling,
-    spec: o.Speculation,
-    runtime: o.Runtime,
-    display: o.Display,
+    opts: o.Generate,
     prompt: PromptOpt = None,
     file: FileOpt = None,
     raw: RawOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    out = display.output()
+    out, template = opts.display.output(), opts.template
     # everything the user typed is checked before a model is downloaded, built or loaded
-    settings = o.settings(source, runtime, sampling, spec, template, display)
+    settings = o.settings(opts)
     if raw and template.given:
         raise InvalidInputError("--raw skips the chat template: -sys, --chat-template-file and --chat-template-kwargs do not apply")
     text = read_prompt(prompt, file)
-    with load(out, source, settings) as model:
+    with load(out, opts.source, settings) as model:
         eng, choice, gen, saved = model.engine, model.files, model.gen, model.saved
         info = eng.info
         starts_in_reasoning, tags = False, reasoning_tags(info.chat_template)
@@ -97,7 +92,7 @@ def run(
             })
         else:
             out.stats_line(result.stats, result.stop_reason, note=saved.note)
-            if display.verbose:
+            if opts.display.verbose:
                 out.stats_table(result.stats, result.stop_reason)
                 if info.memory:
                     out.table("memory allocated (llama.cpp)", measured_rows(info.memory))
