@@ -117,7 +117,8 @@ def _fit_mtp_on_gpu(out: Output, choice: ModelFiles, cfg: ModelConfig, *, requir
     if free is None:
         return cfg
     est = estimate(
-        read_gguf_info(cfg.path), read_gguf_info(cfg.draft_path) if cfg.draft_path else None,
+        choice.info or read_gguf_info(cfg.path),
+        (choice.draft_info or read_gguf_info(cfg.draft_path)) if cfg.draft_path else None,
         n_ctx=cfg.n_ctx, n_draft=cfg.n_draft_capacity, flash_attn=cfg.flash_attn is not False,
     )
     decision = mtp_fit(gpu_free=free, plain_bytes=est.plain_total, mtp_bytes=est.mtp_total)
