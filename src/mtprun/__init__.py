@@ -12,6 +12,7 @@ _EXPORTS = {
     "GenerationConfig": "config",
     "SamplingConfig": "config",
     "SpecConfig": "config",
+    "PolicyCosts": "config",
     "MtprunError": "errors",
     "GenerationStats": "events",
     "PolicyEstimates": "events",

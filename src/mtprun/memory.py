@@ -101,19 +101,20 @@ class MeasuredMemory:
         }
 
 
-def measured(entries: Iterable[Mapping[str, object]]) -> MeasuredMemory:
-    """Sum the engine's breakdown rows (context, buffer, device, host, shared_model, model, state, compute)."""
+def measured(entries: Iterable) -> MeasuredMemory:
+    """Sum the engine's breakdown rows (``mtprun._core.MemoryEntry``: context, buffer, device, host,
+    shared_model, model, state, compute)."""
     w = mw = st = co = mst = mco = 0
     devices: dict[str, int] = {}
     for e in entries:
-        draft = e["context"] == "draft"
-        model = 0 if (draft and e["shared_model"]) else int(e["model"])  # the target's weights, counted once
+        draft = e.context == "draft"
+        model = 0 if (draft and e.shared_model) else int(e.model)  # the target's weights, counted once
         if draft:
-            mw, mst, mco = mw + model, mst + int(e["state"]), mco + int(e["compute"])
+            mw, mst, mco = mw + model, mst + int(e.state), mco + int(e.compute)
         else:
-            w, st, co = w + model, st + int(e["state"]), co + int(e["compute"])
-        dev = "" if e["host"] else str(e["device"] or e["buffer"])
-        devices[dev] = devices.get(dev, 0) + model + int(e["state"]) + int(e["compute"])
+            w, st, co = w + model, st + int(e.state), co + int(e.compute)
+        dev = "" if e.host else str(e.device or e.buffer)
+        devices[dev] = devices.get(dev, 0) + model + int(e.state) + int(e.compute)
     return MeasuredMemory(w, mw, st, co, mst, mco, devices)
 
 

@@ -57,7 +57,7 @@ class SavedSetting:
         for e in self.candidates:
             if e.model == ident and e.machine == machine:
                 try:
-                    spec = tuning.setting_spec(e.setting, p_min=gen.spec.p_min)
+                    spec = tuning.setting_spec(e.setting, p_min=gen.spec.p_min, cost_prior=e.cost_prior())
                 except InvalidInputError as exc:
                     self.out.warn(f"ignoring the saved setting: {exc}")
                     return gen
