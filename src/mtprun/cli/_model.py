@@ -139,25 +139,6 @@ def open_engine(out: Output, choice: ModelChoice, base: ModelConfig, *, require_
     return eng
 
 
-def conversation_for(out: Output, eng, choice: ModelChoice, *, system: str | None, template_file: Path | None, kwargs: dict):
-    """The chat template (the model's, ``--chat-template-file``, or ChatML with a warning) and a
-    conversation over the engine's tokenizer; the template is tried once so a broken one fails now."""
-    from ..chat import ChatTemplate, Conversation
-
-    info = eng.info
-    template = ChatTemplate.for_model(
-        info.chat_template, model=choice.label, bos_token=info.bos_token, eos_token=info.eos_token, override=template_file,
-    )
-    if template.is_builtin:
-        out.warn(f"{choice.label} has no chat template; using ChatML (give --chat-template-file FILE)")
-    conv = Conversation(
-        template, lambda text, add: eng.tokenize(text, add_special=add, parse_special=True),
-        system=system, template_kwargs=kwargs, add_bos=info.add_bos,
-    )
-    template.render([*conv.messages, {"role": "user", "content": "hello"}], kwargs=kwargs)
-    return conv
-
-
 def _fit_mtp_on_gpu(out: Output, choice: ModelChoice, cfg: ModelConfig, *, require_mtp: bool, quiet: bool) -> ModelConfig:
     """With a GPU in use: drop the MTP head (warn; --require-mtp: fail) when the estimate says it
     does not fit beside the model in the GPU's free memory."""

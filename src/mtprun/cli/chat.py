@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import sys
 
-from ..chat import Conversation
 from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
-from ..events import Result
+from ..session import ChatSession
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
-from ._model import choose_model, conversation_for, open_engine
+from ._model import choose_model, open_engine
 from ._saved import DEFAULT_N_MAX, SavedSetting
-from ._stream import generate
+from ._stream import chat_turn, open_session
 from .ui import Output
 
 HELP = f"""Interactive multi-turn chat with the model's own chat template.
@@ -144,9 +143,10 @@ def chat(
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
             gen = saved.apply(info, gen)
-            conv = conversation_for(out, eng, choice, system=system_prompt, template_file=chat_template_file, kwargs=kwargs)
+            session = open_session(out, eng, choice.label, system=system_prompt, config=gen,
+                                   template_file=chat_template_file, template_kwargs=kwargs)
             _banner(out, choice.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx, note=saved.note)
-            _loop(out, reader, eng, conv, gen, n_ctx=info.n_ctx, note=saved.note)
+            _loop(out, reader, session, n_ctx=info.n_ctx, note=saved.note)
 
     run_guarded(body)
 
@@ -164,8 +164,7 @@ def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int, note: str
     out.info("Type a message and press Enter (end a line with \\ to continue it). /help for commands, Ctrl-D to quit.")
 
 
-def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n_ctx: int, note: str | None = None) -> None:
-    last: Result | None = None
+def _loop(out: Output, reader: MessageReader, session: ChatSession, *, n_ctx: int, note: str | None = None) -> None:
     turns = 0
     while True:
         message = reader.read()
@@ -181,14 +180,15 @@ def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n
             if name == "/help":
                 out.note(COMMANDS_HELP)
             elif name == "/clear":
-                conv.clear()
+                session.clear()
                 out.info("conversation cleared")
             elif name == "/stats":
+                last = session.last
                 if last is None:
                     out.info("no reply yet")
                 else:
                     out.stats_table(last.stats, last.stop_reason, title="last reply")
-                    out.info(f"conversation: {conv.n_tokens} of {n_ctx} context tokens")
+                    out.info(f"conversation: {session.n_tokens} of {n_ctx} context tokens")
             else:
                 out.warn(f"unknown command {name} (type /help)")
             continue
@@ -196,19 +196,13 @@ def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n
             continue
         turns += 1
         try:
-            turn = conv.prompt(message)
-        except ChatTemplateError as exc:
+            result = chat_turn(out, session, message)
+        except ChatTemplateError as exc:  # the session is as before the message
             out.error(str(exc))
             continue
-        try:
-            reply = out.reply(starts_in_reasoning=turn.starts_in_reasoning, tags=conv.template.reasoning_tags)
-            result = generate(eng, turn.tokens, gen, reply)
         except ContextOverflowError as exc:
-            conv.undo_prompt()
             out.error(f"{exc} (use /clear to start over)")
             continue
-        conv.add_reply(result.text, result.tokens)
-        last = result
         out.stats_line(result.stats, result.stop_reason, note=note)
         if out.verbose:
             out.stats_table(result.stats, result.stop_reason, title="reply")

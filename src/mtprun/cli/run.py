@@ -12,9 +12,9 @@ from ..chat import read_text_file, reasoning_tags, split_reasoning
 from ..errors import InvalidInputError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP, run_guarded
-from ._model import choose_model, conversation_for, open_engine
+from ._model import choose_model, open_engine
 from ._saved import DEFAULT_N_MAX, SavedSetting
-from ._stream import generate
+from ._stream import chat_turn, generate, open_session
 from .ui import Output
 
 PromptOpt = Annotated[Optional[str], typer.Option("-p", "--prompt", metavar="TEXT", help="The prompt.", show_default=False)]
@@ -105,17 +105,17 @@ def run(
         with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
             info = eng.info
             gen = saved.apply(info, gen)
-            starts_in_reasoning, tags = False, reasoning_tags(info.chat_template)
             if raw:
                 tokens = eng.tokenize(text, add_special=True, parse_special=True)
+                tags = reasoning_tags(info.chat_template)
+                result = generate(eng, tokens, gen, None if json_output else out.reply(tags=tags))
+                reasoning, answer = split_reasoning(result.text, tags=tags)
             else:
-                conv = conversation_for(out, eng, choice, system=system_prompt, template_file=chat_template_file, kwargs=kwargs)
-                turn = conv.prompt(text)
-                tokens, starts_in_reasoning, tags = turn.tokens, turn.starts_in_reasoning, conv.template.reasoning_tags
-            reply = None if json_output else out.reply(starts_in_reasoning=starts_in_reasoning, tags=tags)
-            result = generate(eng, tokens, gen, reply)
+                session = open_session(out, eng, choice.label, system=system_prompt, config=gen,
+                                       template_file=chat_template_file, template_kwargs=kwargs)
+                reply = chat_turn(out, session, text, render=not json_output)
+                result, reasoning, answer = reply.result, reply.reasoning, reply.answer
             if json_output:
-                reasoning, answer = split_reasoning(result.text, in_reasoning=starts_in_reasoning, tags=tags)
                 out.json({
                     "model": choice.label,
                     "synthetic": choice.synthetic,
