@@ -10,6 +10,8 @@ reasoning/answer split of a streamed reply. No Rich, no ggml.
   each turn hands the engine the whole conversation but only new tokens need processing.
 - :class:`ReasoningSplitter` turns streamed text pieces into reasoning and answer segments,
   handling ``<think>``/``</think>`` tags split across pieces and prompts that open the block.
+
+:class:`mtprun.session.ChatSession` puts them together into a chat turn over an engine.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ class ChatSession:
         info = engine.info
         if template is None:
             if model is None:
-                model = Path(engine.config.path).name
+                path = getattr(getattr(engine, "config", None), "path", None)
+                model = Path(path).name if path is not None else "the model"
             template = ChatTemplate.for_model(
                 info.chat_template, model=model, bos_token=info.bos_token, eos_token=info.eos_token,
                 override=Path(template_file) if template_file is not None else None,
@@ -113,7 +114,8 @@ class ChatSession:
         self.engine.cancel()
 
     def reply(self, text: str, config: GenerationConfig | None = None) -> Iterator[ReplyEvent]:
-        """Add the user message ``text`` and generate the reply.
+        """Add the user message ``text`` and generate the reply (a generator: nothing happens
+        until it is iterated).
 
         Yields one :class:`~mtprun.events.ReplyStart`, then each engine :class:`~mtprun.events.Step`
         followed by the :class:`~mtprun.events.Segment` events its text completes, and finally the
