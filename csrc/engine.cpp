@@ -635,7 +635,7 @@ static int32_t emit(mtp_engine * e, int32_t n_acc, llama_token next, mtp_step_re
 }
 
 // the target keeps [.., id_last, the emitted tokens but the last]; the last becomes id_last
-static mtp_status roll_back(mtp_engine * e, const mtp_step_result & out, int32_t np, std::string & err) {
+static mtp_status roll_back(mtp_engine * e, const mtp_step_result & out, int32_t np, bool drafted, std::string & err) {
     const int32_t keep = np + (int32_t) out.tokens.size();
     if (keep < n_past(e)) {
         if (!llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, keep, -1)) {
@@ -648,7 +648,7 @@ static mtp_status roll_back(mtp_engine * e, const mtp_step_result & out, int32_t
         }
     }
     e->id_last = out.tokens.back();
-    return e->stats.speculative ? mtp_drafter_accept(e->drafter, e->cache, err) : MTP_OK;
+    return e->stats.speculative ? mtp_drafter_accept(e->drafter, e->cache, drafted, err) : MTP_OK;
 }
 
 // statistics and the policy's measurements of one step
@@ -737,7 +737,7 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
     const double t_catch_up0 = e->drafter ? mtp_drafter_t_catch_up(e->drafter) : 0.0;
     if (st == MTP_OK) {
         stop = emit(e, n_acc, next, out);
-        st = roll_back(e, out, np, err); // (the head catches up here after many plain steps)
+        st = roll_back(e, out, np, n > 0, err); // (the head catches up here after many pending rows)
     }
     e->stats.t_draft_s += e->drafter ? mtp_drafter_t_catch_up(e->drafter) - t_catch_up0 : 0.0;
     if (st != MTP_OK) {

@@ -73,6 +73,8 @@ void mtp_policy_pin_costs(mtp_policy & p, const std::vector<double> & t_target, 
     p.t_head  = t_head;
     p.n_head  = 1;
     p.t_fixed = 0;
+    p.load    = 1;
+    p.w_load.clear();
     p.pinned  = true;
 }
 
@@ -91,27 +93,37 @@ static double window_median(std::vector<double> w) {
     return w[w.size() / 2];
 }
 
+// a measurement t of something estimated at `est` (load units; < 0: none yet): update the load
+// from their ratio and return t in load units
+static double normalize(mtp_policy & p, double t, double est) {
+    if (est > 0) {
+        window_add(p.w_load, t / est);
+        p.load = std::max(1e-6, window_median(p.w_load));
+    }
+    return t / p.load;
+}
+
 // the first pass over a new batch size also builds and allocates its graph: that one is not counted
 void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t) {
     if (p.pinned || k < 1 || k > (int32_t) p.t_tgt.size() || !(t > 0)) {
         return;
     }
     if (p.n_tgt[k - 1]++ > 0) {
-        window_add(p.w_tgt[k - 1], t);
+        window_add(p.w_tgt[k - 1], normalize(p, t, p.t_tgt[k - 1]));
         p.t_tgt[k - 1] = window_median(p.w_tgt[k - 1]);
     }
 }
 
 void mtp_policy_observe_head(mtp_policy & p, int32_t n_decodes, double t) {
     if (!p.pinned && n_decodes > 0 && t > 0 && p.n_head++ > 0) {
-        window_add(p.w_head, t / n_decodes);
+        window_add(p.w_head, normalize(p, t / n_decodes, p.t_head));
         p.t_head = window_median(p.w_head);
     }
 }
 
 void mtp_policy_observe_fixed(mtp_policy & p, double t) {
     if (!p.pinned && t >= 0) {
-        window_add(p.w_fixed, t);
+        window_add(p.w_fixed, t / p.load);
         p.t_fixed = window_median(p.w_fixed);
     }
 }
@@ -188,6 +200,11 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
         t += p.t_fixed;
     }
     e.t_head = p.t_head >= 0 ? p.t_head : T_HEAD_PRIOR * (e.t_target[0] - p.t_fixed);
+    // in seconds at the machine's current speed (the choice only depends on their ratios)
+    for (double & t : e.t_target) {
+        t *= p.load;
+    }
+    e.t_head *= p.load;
 
     e.acceptance.assign(n_max, 0.0);
     double prev = ACC_PRIOR;
@@ -220,7 +237,10 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         // several single-token passes, as in ggml's CPU kernels for some quantizations), a probe
         // can only re-measure the costs: probe as rarely as the overhead cap allows, however
         // often probes are accepted
-        if (mtp_policy_best_n(est.t_target, est.t_head, std::vector<double>(n_max, 1.0), n_max) == 0) {
+        // (once the 2-token cost rests on several measurements: one preempted probe must not
+        // stop the probing that would correct it)
+        if (p.w_tgt.size() > 1 && p.w_tgt[1].size() >= T_WINDOW / 2 + 1 &&
+            mtp_policy_best_n(est.t_target, est.t_head, std::vector<double>(n_max, 1.0), n_max) == 0) {
             p.probe_interval = probe_max;
         }
         if (++p.n_plain_run >= p.probe_interval) {

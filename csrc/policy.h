@@ -28,7 +28,13 @@ struct mtp_policy_estimates {
 struct mtp_policy {
     int32_t cap = 0;                  // the largest n any generation may ask for
 
-    std::vector<double>  t_tgt;       // target pass time by k (index k-1); < 0: not measured
+    // times are kept in units of the machine's current speed: each measurement is divided by
+    // `load`, the median ratio of the latest measurements (any batch size, the head) to their
+    // estimates, so that costs measured at different times compare as if measured together (a
+    // machine that gets busy or idle moves `load`, not the ratios between batch sizes)
+    double  load = 1;
+    std::vector<double> w_load;
+    std::vector<double>  t_tgt;       // target pass time by k (index k-1), in load units; < 0: not measured
     std::vector<int32_t> n_tgt;       // measurements by k
     std::vector<std::vector<double>> w_tgt; // the latest measurements by k
     double  t_head    = -1;           // head decode time; < 0: not measured

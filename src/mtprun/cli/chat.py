@@ -8,13 +8,13 @@ kept) and returns to the prompt; at the prompt it clears the line; Ctrl-D exits.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
 from ..session import ChatSession
 from . import _options as o
-from ._errors import EXIT_CODES_HELP, run_guarded
-from ._model import choose_model, open_engine
-from ._saved import DEFAULT_N_MAX, SavedSetting
+from ._errors import EXIT_CODES_HELP
+from ._model import load
 from ._stream import chat_turn, open_session
 from .ui import Output
 
@@ -89,66 +89,18 @@ class MessageReader:
             return "\n".join(lines)
 
 
-def chat(
-    model_arg: o.ModelArg = None,
-    model: o.ModelPathOpt = None,
-    hf_repo: o.HfRepoOpt = None,
-    revision: o.RevisionOpt = None,
-    offline: o.OfflineOpt = False,
-    model_draft: o.DraftPathOpt = None,
-    demo: o.DemoOpt = False,
-    system_prompt: o.SystemPromptOpt = None,
-    chat_template_file: o.ChatTemplateFileOpt = None,
-    chat_template_kwargs: o.ChatTemplateKwargsOpt = None,
-    n_predict: o.NPredictOpt = None,
-    ctx_size: o.CtxSizeOpt = 4096,
-    threads: o.ThreadsOpt = None,
-    n_gpu_layers: o.GpuLayersOpt = -1,
-    temp: o.TempOpt = 0.8,
-    top_k: o.TopKOpt = 40,
-    top_p: o.TopPOpt = 0.95,
-    min_p: o.MinPOpt = 0.05,
-    repeat_penalty: o.RepeatPenaltyOpt = 1.0,
-    presence_penalty: o.PresencePenaltyOpt = 0.0,
-    seed: o.SeedOpt = -1,
-    spec_draft_n_max: o.SpecDraftNMaxOpt = None,  # None: what `mtprun bench --save` found, else the default
-    draft_p_min: o.DraftPMinOpt = 0.0,
-    no_mtp: o.NoMtpOpt = False,
-    spec_type: o.SpecTypeOpt = None,
-    require_mtp: o.RequireMtpOpt = False,
-    color: o.ColorOpt = None,
-    verbose: o.VerboseOpt = False,
-) -> None:
-    out = Output(color=color, verbose=verbose)
-
-    def body() -> None:
-        if model_arg is not None and model is not None:
-            raise InvalidInputError("give the model once: as an argument or with -m")
-        model_path = model_arg if model_arg is not None else model
-        mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
-        n_max = DEFAULT_N_MAX if spec_draft_n_max is None else spec_draft_n_max
-        gen = o.generation_config(
-            n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-            presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=n_max, p_min=draft_p_min,
-        )
-        kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
-        o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=gen.spec.n_max, verbose=verbose)
-        reader = MessageReader(out)
-        choice = choose_model(
-            out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
-        )
-        saved = SavedSetting(out, choice, wanted=mtp and spec_draft_n_max is None)
-        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
-                              n_max=max(gen.spec.n_max, saved.capacity), verbose=verbose)
-        with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
-            info = eng.info
-            gen = saved.apply(info, gen)
-            session = open_session(out, eng, choice.label, system=system_prompt, config=gen,
-                                   template_file=chat_template_file, template_kwargs=kwargs)
-            _banner(out, choice.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx, note=saved.note)
-            _loop(out, reader, session, n_ctx=info.n_ctx, note=saved.note)
-
-    run_guarded(body)
+@o.command
+def chat(opts: o.Generate, model_arg: o.ModelArg = None) -> None:
+    out, template = opts.display.output(), opts.template
+    opts = replace(opts, source=opts.source.with_argument(model_arg))
+    settings = o.settings(opts)
+    reader = MessageReader(out)
+    with load(out, opts.source, settings) as model:
+        eng, gen, info = model.engine, model.gen, model.engine.info
+        session = open_session(out, eng, model.files.label, system=template.system_prompt, config=gen,
+                               template_file=template.chat_template_file, template_kwargs=settings.template_kwargs)
+        _banner(out, model.files.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx, note=model.saved.note)
+        _loop(out, reader, session, n_ctx=info.n_ctx, note=model.saved.note)
 
 
 def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int, note: str | None = None) -> None:

@@ -59,11 +59,17 @@ class Output:
 
     ``color``: True forces colour (and terminal rendering), False turns every style off, None
     decides per stream (a terminal without ``NO_COLOR``). ``stdout``/``stderr`` default to the
-    process's streams at construction time.
+    process's streams at construction time. ``terminal``: treat both streams as terminals (True) or
+    not (False) whatever they are; None asks the streams (for tests and embedding).
     """
 
-    def __init__(self, *, color: bool | None = None, verbose: bool = False, stdout: Any = None, stderr: Any = None) -> None:
+    def __init__(
+        self, *, color: bool | None = None, verbose: bool = False, stdout: Any = None, stderr: Any = None,
+        terminal: bool | None = None,
+    ) -> None:
         kw: dict[str, Any] = {"highlight": False, "soft_wrap": True, "emoji": False, "markup": False}
+        if terminal is not None:
+            kw.update(force_terminal=terminal)
         if color is False:
             kw.update(no_color=True, color_system=None)
         elif color is True:
