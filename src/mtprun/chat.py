@@ -10,6 +10,8 @@ reasoning/answer split of a streamed reply. No Rich, no ggml.
   each turn hands the engine the whole conversation but only new tokens need processing.
 - :class:`ReasoningSplitter` turns streamed text pieces into reasoning and answer segments,
   handling ``<think>``/``</think>`` tags split across pieces and prompts that open the block.
+
+:class:`mtprun.session.ChatSession` puts them together into a chat turn over an engine.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ChatTemplateError, InvalidInputError
+from .events import Segment, SegmentKind
 
 # The fallback for models without a template: ChatML, which many GGUF chat models use.
 CHATML_TEMPLATE = (
@@ -394,20 +397,6 @@ def reasoning_tags(template: str | None) -> tuple[str, str]:
     if template and "<|channel>" in template and "<channel|>" in template:
         return GEMMA4_THOUGHT
     return THINK_OPEN, THINK_CLOSE
-
-SegmentKind = Literal["reasoning", "answer", "open", "close"]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A run of streamed text: ``reasoning`` or ``answer`` text, or the ``open``/``close`` tag itself.
-
-    ``from_draft`` is the flag the text was fed with (True: accepted MTP drafts); a tag, always one
-    segment, counts as drafted only when all of it was."""
-
-    kind: SegmentKind
-    text: str
-    from_draft: bool = False
 
 
 def opens_reasoning(generation_prompt: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from ..config import GenerationConfig, ModelConfig
 from ..errors import ModelError
@@ -85,25 +84,6 @@ def open_engine(out: Output, choice: ModelFiles, base: ModelConfig, *, require_m
         if not quiet:
             out.warn(f"MTP is off for {choice.label}: {why}; decoding plainly")
     return eng
-
-
-def conversation_for(out: Output, eng, choice: ModelFiles, *, system: str | None, template_file: Path | None, kwargs: dict):
-    """The chat template (the model's, ``--chat-template-file``, or ChatML with a warning) and a
-    conversation over the engine's tokenizer; the template is tried once so a broken one fails now."""
-    from ..chat import ChatTemplate, Conversation
-
-    info = eng.info
-    template = ChatTemplate.for_model(
-        info.chat_template, model=choice.label, bos_token=info.bos_token, eos_token=info.eos_token, override=template_file,
-    )
-    if template.is_builtin:
-        out.warn(f"{choice.label} has no chat template; using ChatML (give --chat-template-file FILE)")
-    conv = Conversation(
-        template, lambda text, add: eng.tokenize(text, add_special=add, parse_special=True),
-        system=system, template_kwargs=kwargs, add_bos=info.add_bos,
-    )
-    template.render([*conv.messages, {"role": "user", "content": "hello"}], kwargs=kwargs)
-    return conv
 
 
 def _fit_mtp_on_gpu(out: Output, choice: ModelFiles, cfg: ModelConfig, *, require_mtp: bool, quiet: bool) -> ModelConfig:

@@ -23,7 +23,8 @@ from .. import tuning
 from ..errors import ContextOverflowError, InvalidInputError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP
-from ._model import conversation_for, open_engine, resolve_files
+from ._model import open_engine, resolve_files
+from ._stream import open_session
 from .ui import Output
 
 BENCH = "Benchmark"
@@ -92,11 +93,10 @@ def bench(
         configs = bm.configurations(ns, auto=True) if info.mtp_active else bm.configurations([], auto=False)
         if info.mtp_active and not auto:
             out.info("note: this mtprun has no adaptive draft length; measuring plain and fixed draft lengths")
-        conv = conversation_for(out, eng, choice, system=None, template_file=chat_template_file, kwargs=kwargs)
+        session = open_session(out, eng, choice.label, template_file=chat_template_file, template_kwargs=kwargs)
         token_sets = []
         for _, text in texts:
-            conv.clear()
-            ids = conv.prompt(text).tokens
+            ids = session.prompt_tokens(text)
             if len(ids) + tokens + bm.AUTO_N_MAX + 1 > info.n_ctx:
                 raise ContextOverflowError(f"a prompt of {len(ids)} tokens plus --tokens {tokens} does not fit the context of {info.n_ctx} (-c)")
             token_sets.append(ids)

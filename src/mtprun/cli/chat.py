@@ -10,13 +10,12 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from ..chat import Conversation
 from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
-from ..events import Result
+from ..session import ChatSession
 from . import _options as o
 from ._errors import EXIT_CODES_HELP
-from ._model import conversation_for, load
-from ._stream import generate
+from ._model import load
+from ._stream import chat_turn, open_session
 from .ui import Output
 
 HELP = f"""Interactive multi-turn chat with the model's own chat template.
@@ -98,10 +97,10 @@ def chat(opts: o.Generate, model_arg: o.ModelArg = None) -> None:
     reader = MessageReader(out)
     with load(out, opts.source, settings) as model:
         eng, gen, info = model.engine, model.gen, model.engine.info
-        conv = conversation_for(out, eng, model.files, system=template.system_prompt, template_file=template.chat_template_file,
-                                kwargs=settings.template_kwargs)
+        session = open_session(out, eng, model.files.label, system=template.system_prompt, config=gen,
+                               template_file=template.chat_template_file, template_kwargs=settings.template_kwargs)
         _banner(out, model.files.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx, note=model.saved.note)
-        _loop(out, reader, eng, conv, gen, n_ctx=info.n_ctx, note=model.saved.note)
+        _loop(out, reader, session, n_ctx=info.n_ctx, note=model.saved.note)
 
 
 def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int, note: str | None = None) -> None:
@@ -117,8 +116,7 @@ def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int, note: str
     out.info("Type a message and press Enter (end a line with \\ to continue it). /help for commands, Ctrl-D to quit.")
 
 
-def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n_ctx: int, note: str | None = None) -> None:
-    last: Result | None = None
+def _loop(out: Output, reader: MessageReader, session: ChatSession, *, n_ctx: int, note: str | None = None) -> None:
     turns = 0
     while True:
         message = reader.read()
@@ -134,14 +132,15 @@ def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n
             if name == "/help":
                 out.note(COMMANDS_HELP)
             elif name == "/clear":
-                conv.clear()
+                session.clear()
                 out.info("conversation cleared")
             elif name == "/stats":
+                last = session.last
                 if last is None:
                     out.info("no reply yet")
                 else:
                     out.stats_table(last.stats, last.stop_reason, title="last reply")
-                    out.info(f"conversation: {conv.n_tokens} of {n_ctx} context tokens")
+                    out.info(f"conversation: {session.n_tokens} of {n_ctx} context tokens")
             else:
                 out.warn(f"unknown command {name} (type /help)")
             continue
@@ -149,19 +148,13 @@ def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n
             continue
         turns += 1
         try:
-            turn = conv.prompt(message)
-        except ChatTemplateError as exc:
+            result = chat_turn(out, session, message)
+        except ChatTemplateError as exc:  # the session is as before the message
             out.error(str(exc))
             continue
-        try:
-            reply = out.reply(starts_in_reasoning=turn.starts_in_reasoning, tags=conv.template.reasoning_tags)
-            result = generate(eng, turn.tokens, gen, reply)
         except ContextOverflowError as exc:
-            conv.undo_prompt()
             out.error(f"{exc} (use /clear to start over)")
             continue
-        conv.add_reply(result.text, result.tokens)
-        last = result
         out.stats_line(result.stats, result.stop_reason, note=note)
         if out.verbose:
             out.stats_table(result.stats, result.stop_reason, title="reply")

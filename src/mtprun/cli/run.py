@@ -12,8 +12,8 @@ from ..chat import read_text_file, reasoning_tags, split_reasoning
 from ..errors import InvalidInputError
 from . import _options as o
 from ._errors import EXIT_CODES_HELP
-from ._model import conversation_for, load
-from ._stream import generate
+from ._model import load
+from ._stream import chat_turn, generate, open_session
 
 PromptOpt = Annotated[Optional[str], typer.Option("-p", "--prompt", metavar="TEXT", help="The prompt.", show_default=False)]
 FileOpt = Annotated[Optional[Path], typer.Option("-f", "--file", metavar="FILE", help="Read the prompt from FILE ('-': stdin).", show_default=False)]
@@ -63,18 +63,17 @@ def run(
     with load(out, opts.source, settings) as model:
         eng, choice, gen, saved = model.engine, model.files, model.gen, model.saved
         info = eng.info
-        starts_in_reasoning, tags = False, reasoning_tags(info.chat_template)
         if raw:
             tokens = eng.tokenize(text, add_special=True, parse_special=True)
+            tags = reasoning_tags(info.chat_template)
+            result = generate(eng, tokens, gen, None if json_output else out.reply(tags=tags))
+            reasoning, answer = split_reasoning(result.text, tags=tags)
         else:
-            conv = conversation_for(out, eng, choice, system=template.system_prompt, template_file=template.chat_template_file,
-                                    kwargs=settings.template_kwargs)
-            turn = conv.prompt(text)
-            tokens, starts_in_reasoning, tags = turn.tokens, turn.starts_in_reasoning, conv.template.reasoning_tags
-        reply = None if json_output else out.reply(starts_in_reasoning=starts_in_reasoning, tags=tags)
-        result = generate(eng, tokens, gen, reply)
+            session = open_session(out, eng, choice.label, system=template.system_prompt, config=gen,
+                                   template_file=template.chat_template_file, template_kwargs=settings.template_kwargs)
+            reply = chat_turn(out, session, text, render=not json_output)
+            result, reasoning, answer = reply.result, reply.reasoning, reply.answer
         if json_output:
-            reasoning, answer = split_reasoning(result.text, in_reasoning=starts_in_reasoning, tags=tags)
             out.json({
                 "model": choice.label,
                 "synthetic": choice.synthetic,
