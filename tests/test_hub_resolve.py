@@ -246,7 +246,7 @@ def test_hostile_listing_from_the_fixture_repo() -> None:
         plan(repo, "Q8_0")
     with pytest.raises(UnsafeRemotePathError, match="backslash"):
         plan(repo, "IQ4_XS")
-    with pytest.raises(UnsafeRemotePathError, match="--include"):
+    with pytest.raises(UnsafeRemotePathError, match="include pattern"):
         plan(repo, include=["*"])
     assert paths(plan(repo)) == ["ok-Q5_K_M.gguf"]
 

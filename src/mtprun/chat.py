@@ -79,24 +79,24 @@ Role = Literal["system", "user", "assistant"]
 
 
 def parse_template_kwargs(text: str | None) -> dict[str, Any]:
-    """Parse ``--chat-template-kwargs`` (a JSON object) or raise InvalidInputError."""
+    """Parse the template kwargs (a JSON object) or raise InvalidInputError (option ``template_kwargs``)."""
     if text is None or not text.strip():
         return {}
     if len(text) > MAX_KWARGS_TEXT:
-        raise InvalidInputError(f"--chat-template-kwargs is longer than {MAX_KWARGS_TEXT} characters")
+        raise InvalidInputError(f"template_kwargs is longer than {MAX_KWARGS_TEXT} characters", option="template_kwargs")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"--chat-template-kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text[:200]!r}") from None
+        raise InvalidInputError(f"template_kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text[:200]!r}", option="template_kwargs") from None
     except (RecursionError, ValueError) as exc:  # nested too deep; integers with too many digits
-        raise InvalidInputError(f"--chat-template-kwargs cannot be read: {'nested too deeply' if isinstance(exc, RecursionError) else exc}") from None
+        raise InvalidInputError(f"template_kwargs cannot be read: {'nested too deeply' if isinstance(exc, RecursionError) else exc}", option="template_kwargs") from None
     if _depth(value) > MAX_KWARGS_DEPTH:
-        raise InvalidInputError(f"--chat-template-kwargs is nested more than {MAX_KWARGS_DEPTH} levels deep")
+        raise InvalidInputError(f"template_kwargs is nested more than {MAX_KWARGS_DEPTH} levels deep", option="template_kwargs")
     if not isinstance(value, dict):
-        raise InvalidInputError(f"--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {text[:200]!r}")
+        raise InvalidInputError(f"template_kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {text[:200]!r}", option="template_kwargs")
     reserved = {"messages", "add_generation_prompt", "bos_token", "eos_token"} & value.keys()
     if reserved:
-        raise InvalidInputError(f"--chat-template-kwargs cannot set {', '.join(sorted(reserved))}")
+        raise InvalidInputError(f"template_kwargs cannot set {', '.join(sorted(reserved))}", option="template_kwargs")
     return value
 
 
@@ -291,7 +291,7 @@ class ChatTemplate:
         try:
             self._template = _make_environment().from_string(source)
         except Exception as exc:  # TemplateSyntaxError, and anything a malformed source provokes
-            raise ChatTemplateError(f"{self._what()} does not compile: {_describe(exc)}{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} does not compile: {_describe(exc)}", option=self._option) from None
 
     @classmethod
     def for_model(
@@ -313,6 +313,11 @@ class ChatTemplate:
     def reasoning_tags(self) -> tuple[str, str]:
         return reasoning_tags(self.source)
 
+    @property
+    def _option(self) -> str | None:
+        """A model's own template that fails can be replaced (``template_file``); others are the caller's."""
+        return "template_file" if self.origin == "model" else None
+
     def _what(self) -> str:
         if self.origin == "model":
             return f"the chat template of model {self.model!r}"
@@ -320,8 +325,6 @@ class ChatTemplate:
             return f"the built-in ChatML template (used for model {self.model!r})"
         return f"chat template {self.origin[5:]!r} (for model {self.model!r})"
 
-    def _hint(self) -> str:
-        return "; give another with --chat-template-file FILE, or use --raw" if self.origin == "model" else ""
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, kwargs: Mapping[str, Any] | None = None) -> str:
         """Render ``messages`` (dicts with ``role`` and ``content``) to prompt text."""
@@ -337,13 +340,13 @@ class ChatTemplate:
         try:
             text = _render_bounded(self._template, context, self.time_budget)
         except _BudgetExceeded as exc:
-            raise ChatTemplateError(f"{self._what()} failed to render: {exc}{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} failed to render: {exc}", option=self._option) from None
         except RecursionError:
-            raise ChatTemplateError(f"{self._what()} failed to render: recursion too deep{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} failed to render: recursion too deep", option=self._option) from None
         except MemoryError:
-            raise ChatTemplateError(f"{self._what()} failed to render: out of memory{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} failed to render: out of memory", option=self._option) from None
         except Exception as exc:  # TemplateError, SecurityError, TypeError, ... from untrusted code
-            raise ChatTemplateError(f"{self._what()} failed to render: {_describe(exc)}{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} failed to render: {_describe(exc)}", option=self._option) from None
         return text
 
     def generation_prompt(self, messages: Sequence[Mapping[str, Any]], kwargs: Mapping[str, Any] | None = None) -> str:

@@ -33,6 +33,15 @@ FLAGS = {
     "draft": "-md/--model-draft",
     "source": "-m PATH, -hf OWNER/NAME[:QUANT] or --demo",
     "revision": "--revision and --offline",
+    "template_kwargs": "--chat-template-kwargs",
+    "template_file": "--chat-template-file",
+    "replace": "--replace",
+    "n_max": "--n-max",
+    "offline": "--offline",
+}
+# what the CLI adds to an error about an option whose text does not name it
+HINTS = {
+    "template_file": "; give another with --chat-template-file FILE, or use --raw",
 }
 
 
@@ -48,7 +57,16 @@ def message(exc: MtprunError) -> str:
         return f"{text}: use {flag}" if text == "no model given" else _sources(text)
     if exc.option == "revision":
         return f"{flag} apply to -hf models only"
-    return f"{flag}: {text}" if flag else text
+    if not flag:
+        return text
+    # library messages name the library's argument (first word, or `name`): the CLI says the flag
+    if text.startswith(f"{exc.option} "):
+        return flag + text[len(exc.option):]
+    if f"`{exc.option}`" in text:
+        return text.replace(f"`{exc.option}`", flag)
+    if exc.option in HINTS:
+        return text + HINTS[exc.option]
+    return f"{flag}: {text}"
 
 
 def _sources(text: str) -> str:

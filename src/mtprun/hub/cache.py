@@ -70,7 +70,8 @@ def local_listing(
         raise HubNotCachedError(
             f"{spec} is not in the cache ({settings.cache_dir}) and mtprun is offline"
             + (" (HF_HUB_OFFLINE is set)" if settings.offline else "")
-            + ": run once without --offline to download it"
+            + ": run once without `offline` to download it",
+            option="offline",
         )
     snapshot = settings.storage(spec.repo) / "snapshots" / commit
     return [RemoteFile(rel, size) for rel, size in _walk(snapshot)], commit, "cache"

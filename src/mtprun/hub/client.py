@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import HubError
 from ..gguf_info import read_gguf_info
@@ -108,26 +109,14 @@ def download(
 def fetch(
     spec: HfSpec | str,
     *,
-    revision: str | None = None,
-    offline: bool | None = None,
-    want_mtp: bool = True,
-    want_mmproj: bool = False,
-    include: Sequence[str] = (),
     local_dir: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
+    **options: Any,
 ) -> LocalModel:
-    """resolve + download: what ``run``/``chat`` call for ``-hf owner/name[:quant]``."""
+    """resolve + download in one call (the library's shortcut; ``options`` are :func:`resolve`'s:
+    revision, offline, want_mtp, want_mmproj, include)."""
     settings = HubSettings.from_env()
-    plan = resolve(
-        spec,
-        revision=revision,
-        offline=offline,
-        want_mtp=want_mtp,
-        want_mmproj=want_mmproj,
-        include=include,
-        local_dir=local_dir,
-        settings=settings,
-    )
+    plan = resolve(spec, local_dir=local_dir, settings=settings, **options)
     return download(plan, local_dir=local_dir, progress=progress, settings=settings)
 
 

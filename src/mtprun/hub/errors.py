@@ -51,10 +51,11 @@ def hub_error(
         try:
             listing, _, _ = local_listing(spec, revision, settings, local_dir)
             plan_from_listing(spec, listing, want_mtp=False)
-            cached = f"; {spec} is already downloaded: run again with --offline to use it"
+            cached = f"; {spec} is already downloaded: run again with `offline` to use it"
         except HubError:
             cached = f"; {spec} is not downloaded either"
-        return HubConnectionError(f"cannot reach {settings.endpoint} ({short(exc)}){cached}")
+        return HubConnectionError(f"cannot reach {settings.endpoint} ({short(exc)}){cached}",
+                                  option="offline" if "`offline`" in cached else None)
     if status is not None:
         return HubError(f"the Hub answered {status} for {spec.repo}: {short(exc)}")
     return HubError(f"listing {spec.repo} failed: {type(exc).__name__}: {short(exc)}")

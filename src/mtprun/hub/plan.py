@@ -208,12 +208,12 @@ def plan_from_listing(
         for pattern in include:
             matched = match_patterns(all_paths, pattern)
             if not matched:
-                notes.append(f"--include {pattern!r} matches no file {where}")
+                notes.append(f"include pattern {pattern!r} matches no file {where}")
             for path in matched:
                 reason = unsafe_path_reason(path)
                 if reason:
                     raise UnsafeRemotePathError(
-                        f"refusing remote file name {path!r} in {spec.repo} ({reason}), matched by --include {pattern!r}"
+                        f"refusing remote file name {path!r} in {spec.repo} ({reason}), matched by the include pattern {pattern!r}"
                     )
                 if path not in chosen:
                     chosen.add(path)
