@@ -8,8 +8,9 @@
 #include <chrono>
 
 // plain steps leave positions pending for a separate-memory head; past this many they are fed in
-// one batch of their own, so the first draft after a plain stretch stays one short batch and the
-// row window stays small (the hidden rows themselves cost the target nothing extra)
+// one batch of their own (steps that drafted), or the oldest are skipped (plain steps the policy
+// chose), so the first draft after a plain stretch stays one short batch and the row window stays
+// small (the hidden rows themselves cost the target nothing extra)
 static constexpr int32_t CATCH_UP_AT = 32;
 
 using clock_type = std::chrono::steady_clock;
@@ -273,7 +274,7 @@ mtp_status mtp_drafter_catch_up(mtp_drafter * d, const std::vector<llama_token> 
     return MTP_OK;
 }
 
-mtp_status mtp_drafter_accept(mtp_drafter * d, const std::vector<llama_token> & cache, std::string & err) {
+mtp_status mtp_drafter_accept(mtp_drafter * d, const std::vector<llama_token> & cache, bool drafted, std::string & err) {
     if (!d->valid) {
         return MTP_OK;
     }
@@ -285,6 +286,17 @@ mtp_status mtp_drafter_accept(mtp_drafter * d, const std::vector<llama_token> & 
     // the next draft batch holds the pending positions and one token (chained heads: up to one
     // per head in use): keep it within the batch
     const int32_t limit = std::max(0, std::min(CATCH_UP_AT, d->n_batch - (d->n_heads > 1 ? d->heads_used : 1)));
+    if (!drafted && n_past - d->mtp_len > limit) {
+        // a plain step: the head is idle, and feeding it every position would cost a plain stretch
+        // one head pass per token (a quarter of a step on a small model in a compute-bound
+        // backend). Skip the oldest pending positions instead: the head's memory gets a gap, which
+        // only its drafts can feel (never the output), and the next draft still reads the last
+        // `limit` positions
+        d->mtp_len = n_past - limit;
+        llama_memory_seq_rm(llama_get_memory(d->ctx_dft), 0, d->mtp_len, -1);
+        h_trim_front(d, d->mtp_len - 1);
+        return MTP_OK;
+    }
     if (n_past - d->mtp_len > limit) {
         const mtp_status st = catch_up_to(d, cache, 0, err);
         if (st != MTP_OK) {

@@ -72,8 +72,9 @@ void mtp_drafter_rollback(mtp_drafter * d, int32_t pos);
 
 // after a prefill: feed the head every pending cached position (in slices that fit its batch)
 mtp_status mtp_drafter_catch_up(mtp_drafter * d, const std::vector<llama_token> & cache, std::string & err);
-// after a step: drop rows no longer needed; feed the head when plain steps gathered many pending rows
-mtp_status mtp_drafter_accept(mtp_drafter * d, const std::vector<llama_token> & cache, std::string & err);
+// after a step (drafted: the head was asked for a draft): drop rows no longer needed; when many
+// pending rows gathered, feed them to the head (or, after a plain step, skip the oldest of them)
+mtp_status mtp_drafter_accept(mtp_drafter * d, const std::vector<llama_token> & cache, bool drafted, std::string & err);
 
 // draft up to n tokens after id_last (the cache holds positions 0..n_past-1); greedy or sampled
 // with smpl, stopping below p_min head confidence; the sampler's history is left as it was

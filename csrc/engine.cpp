@@ -93,7 +93,7 @@ struct mtp_engine {
 
 static int32_t n_past(const mtp_engine * e) { return (int32_t) e->cache.size(); }
 
-static bool use_mtp(const mtp_engine * e) { return e->drafter != nullptr; }
+static bool mtp_active(const mtp_engine * e) { return e->drafter != nullptr; }
 
 // architectures whose MTP graph in llama.cpp 0c1e570 runs any of several heads (nextn layer
 // offset), and those whose graph asserts exactly one head
@@ -252,6 +252,7 @@ static mtp_engine * init_fail(mtp_engine * e, mtp_status code, mtp_status * stat
 }
 
 mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err, mtp_status * status) {
+    mtp_set_verbose(params.verbose);
     log_install();
     log_clear();
     if (status) *status = MTP_OK;
@@ -289,7 +290,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     }
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params.n_gpu_layers;
-    mp.load_mtp     = params.use_mtp && !has_sidecar && meta_tgt.n_nextn > 0 && mtp_unsupported(meta_tgt).empty();
+    mp.load_mtp     = params.mtp && !has_sidecar && meta_tgt.n_nextn > 0 && mtp_unsupported(meta_tgt).empty();
     if (!mtp_placement_apply_target(e->placement, mp, meta_tgt.n_layer, meta_tgt.n_nextn, mp.load_mtp, err)) {
         return init_fail(e, MTP_ERR_INVALID, status);
     }
@@ -313,7 +314,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     e->recurrent   = llama_model_is_recurrent(e->model_tgt) || llama_model_is_hybrid(e->model_tgt);
 
     // the contexts as llama.cpp's tools create theirs; the choices are documented in memory.cpp
-    const bool mtp_possible = params.use_mtp && (has_sidecar || meta_tgt.n_nextn > 0);
+    const bool mtp_possible = params.mtp && (has_sidecar || meta_tgt.n_nextn > 0);
     llama_context_params cp = mtp_target_context_params(params, mtp_possible, n_threads);
 
     e->ctx_tgt = llama_init_from_model(e->model_tgt, cp);
@@ -327,7 +328,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     e->batch_tgt = llama_batch_ext_init(e->ctx_tgt);
 
     // the drafter context
-    if (!params.use_mtp) {
+    if (!params.mtp) {
         info.mtp_note = "MTP disabled";
     } else if (info.mtp_kind == MTP_KIND_NONE) {
         info.mtp_note = meta_tgt.arch == "gemma4"
@@ -410,7 +411,7 @@ mtp_engine * mtp_engine_init(const mtp_model_params & params, std::string & err,
     info.backend       = backend_description();
     info.system_info   = llama_print_system_info();
 
-    e->stats.speculative = false;
+    e->stats.mtp = false;
     state_clear(e);
     return e;
 }
@@ -486,12 +487,12 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
         err = "max_tokens must be -1 or >= 0";
         return MTP_ERR_INVALID;
     }
-    if (gp.speculate && (gp.n_max < 1 || gp.n_max > e->params.n_draft_capacity)) {
-        err = "draft length must be within 1.." + std::to_string(e->params.n_draft_capacity) + ", got " + std::to_string(gp.n_max);
+    if (gp.spec.enabled && (gp.spec.n_max < 1 || gp.spec.n_max > e->params.n_draft_capacity)) {
+        err = "draft length must be within 1.." + std::to_string(e->params.n_draft_capacity) + ", got " + std::to_string(gp.spec.n_max);
         return MTP_ERR_INVALID;
     }
-    if (!(gp.p_min >= 0.0f && gp.p_min <= 1.0f) || !(gp.sampling.top_p > 0.0f && gp.sampling.top_p <= 1.0f) ||
-        !(gp.sampling.min_p >= 0.0f && gp.sampling.min_p <= 1.0f) || !(gp.sampling.temp >= 0.0f) ||
+    if (!(gp.spec.p_min >= 0.0f && gp.spec.p_min <= 1.0f) || !(gp.sampling.top_p > 0.0f && gp.sampling.top_p <= 1.0f) ||
+        !(gp.sampling.min_p >= 0.0f && gp.sampling.min_p <= 1.0f) || !(gp.sampling.temperature >= 0.0f) ||
         !(gp.sampling.repeat_penalty > 0.0f) || gp.sampling.repeat_last_n < -1 || !std::isfinite(gp.sampling.presence_penalty)) {
         err = "invalid sampling parameters";
         return MTP_ERR_INVALID;
@@ -502,16 +503,16 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
     }
 
     e->gen = gp;
-    const bool spec = gp.speculate && use_mtp(e);
-    const int32_t n_max = spec ? gp.n_max : 0;
+    const bool spec = gp.spec.enabled && mtp_active(e);
+    const int32_t n_max = spec ? gp.spec.n_max : 0;
     e->stats = mtp_stats();
-    e->stats.speculative = spec;
-    e->stats.adaptive    = spec && gp.adaptive;
+    e->stats.mtp = spec;
+    e->stats.adaptive    = spec && gp.spec.adaptive;
     e->stats.n_max       = n_max;
-    e->stats.n_prompt    = (int32_t) prompt.size();
-    e->stats.drafted_at.assign(n_max, 0);
-    e->stats.accepted_at.assign(n_max, 0);
-    e->stats.steps_by_n.assign(n_max + 1, 0);
+    e->stats.n_prompt_tokens = (int32_t) prompt.size();
+    e->stats.drafted_by_position.assign(n_max, 0);
+    e->stats.accepted_by_position.assign(n_max, 0);
+    e->stats.steps_by_draft_length.assign(n_max + 1, 0);
 
     const auto t0 = clock_type::now();
 
@@ -523,7 +524,7 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
     }
     // chained heads: a generation drafting with more heads than the cache has fed starts over
     const int32_t n_heads    = e->drafter ? mtp_drafter_n_heads(e->drafter) : 1;
-    const int32_t heads_want = spec && n_heads > 1 ? std::min(gp.n_max, n_heads) : 1;
+    const int32_t heads_want = spec && n_heads > 1 ? std::min(gp.spec.n_max, n_heads) : 1;
     if (spec && (!mtp_drafter_valid(e->drafter) || heads_want > mtp_drafter_heads_used(e->drafter))) {
         state_clear(e); // the head's state went stale in a plain generation: rebuild it
         keep = 0;
@@ -550,7 +551,7 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
     e->stats.n_prompt_reused = std::min(keep, n_past(e));
 
     // the MTP side follows the target only while speculating
-    if (use_mtp(e)) {
+    if (mtp_active(e)) {
         llama_set_embeddings_nextn(e->ctx_tgt, spec, /*masked*/ false);
         if (!spec) {
             mtp_drafter_invalidate(e->drafter);
@@ -564,7 +565,7 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
         return st;
     }
     e->id_last = prompt.back();
-    e->stats.t_prompt_s = seconds_since(t0);
+    e->stats.prompt_seconds = seconds_since(t0);
 
     mtp_sampler_init(e->smpl, gp.sampling, e->n_vocab);
     mtp_sampler_set_history(e->smpl, prompt);
@@ -575,20 +576,20 @@ mtp_status mtp_begin(mtp_engine * e, const std::vector<llama_token> & prompt, co
     return MTP_OK;
 }
 
-static void finish(mtp_engine * e, mtp_step_result & out, int32_t stop) {
+static void finish(mtp_engine * e, mtp_step_result & out, mtp_stop stop) {
     out.stop = stop;
     e->active = false;
-    e->stats.t_gen_s = seconds_since(e->t_gen_start);
+    e->stats.generation_seconds = seconds_since(e->t_gen_start);
 }
 
 // the draft length for this step: the policy's choice (adaptive) or the fixed n_max
 static int32_t draft_length(mtp_engine * e) {
-    if (!e->stats.speculative) {
+    if (!e->stats.mtp) {
         return 0;
     }
     // chained heads: one draft position per head in use, as llama.cpp (never past the last head)
-    const int32_t n_max = std::min(e->gen.n_max, mtp_drafter_max_draft(e->drafter));
-    return e->gen.adaptive ? mtp_policy_next(e->policy, n_max) : n_max;
+    const int32_t n_max = std::min(e->gen.spec.n_max, mtp_drafter_max_draft(e->drafter));
+    return e->gen.spec.adaptive ? mtp_policy_next(e->policy, n_max) : n_max;
 }
 
 // the target's logits at verify rows 0..n_draft: accept the agreeing prefix of the draft (greedy:
@@ -631,7 +632,7 @@ static mtp_status accept_prefix(mtp_engine * e, int32_t n_draft, int32_t & n_acc
 
 // the tokens a step emits: the accepted drafts, then the target's own token; an end-of-generation
 // token ends them
-static int32_t emit(mtp_engine * e, int32_t n_acc, llama_token next, mtp_step_result & out) {
+static mtp_stop emit(mtp_engine * e, int32_t n_acc, llama_token next, mtp_step_result & out) {
     for (int32_t i = 0; i <= n_acc; ++i) {
         const llama_token t = i < n_acc ? e->draft.tokens[i] : next;
         out.tokens.push_back(t);
@@ -644,7 +645,7 @@ static int32_t emit(mtp_engine * e, int32_t n_acc, llama_token next, mtp_step_re
 }
 
 // the target keeps [.., id_last, the emitted tokens but the last]; the last becomes id_last
-static mtp_status roll_back(mtp_engine * e, const mtp_step_result & out, int32_t np, std::string & err) {
+static mtp_status roll_back(mtp_engine * e, const mtp_step_result & out, int32_t np, bool drafted, std::string & err) {
     const int32_t keep = np + (int32_t) out.tokens.size();
     if (keep < n_past(e)) {
         if (!llama_memory_seq_rm(llama_get_memory(e->ctx_tgt), 0, keep, -1)) {
@@ -657,7 +658,7 @@ static mtp_status roll_back(mtp_engine * e, const mtp_step_result & out, int32_t
         }
     }
     e->id_last = out.tokens.back();
-    return e->stats.speculative ? mtp_drafter_accept(e->drafter, e->cache, err) : MTP_OK;
+    return e->stats.mtp ? mtp_drafter_accept(e->drafter, e->cache, drafted, err) : MTP_OK;
 }
 
 // statistics and the policy's measurements of one step
@@ -666,22 +667,22 @@ static void account(mtp_engine * e, int32_t n_draft, int32_t n_acc, int32_t n_ve
     mtp_stats & s = e->stats;
     const mtp_draft_out & d = e->draft;
     for (int32_t i = 0; i < n_draft; ++i) {
-        s.drafted_at[i]++;
-        s.accepted_at[i] += i < n_acc ? 1 : 0;
+        s.drafted_by_position[i]++;
+        s.accepted_by_position[i] += i < n_acc ? 1 : 0;
     }
     s.n_drafted  += n_draft;
     s.n_accepted += n_acc;
     s.n_target_passes++;
-    s.steps_by_n[std::min(n_draft, (int32_t) s.steps_by_n.size() - 1)]++;
-    s.t_verify_s += t_verify;
-    s.t_draft_s  += d.t_decode;
-    s.t_sample_s += d.t_choose + t_accept;
-    if (!s.speculative) {
+    s.steps_by_draft_length[std::min(n_draft, (int32_t) s.steps_by_draft_length.size() - 1)]++;
+    s.verify_seconds += t_verify;
+    s.draft_seconds += d.t_decode;
+    s.sample_seconds += d.t_choose + t_accept;
+    if (!s.mtp) {
         return;
     }
     mtp_policy & p = e->policy;
     mtp_policy_observe_target(p, n_verify, t_verify);
-    if (d.n_caught <= e->gen.n_max + 1) { // a draft after a plain stretch catches up on it first
+    if (d.n_caught <= e->gen.spec.n_max + 1) { // a draft after a plain stretch catches up on it first
         mtp_policy_observe_head(p, d.n_decodes, d.t_decode + d.t_choose);
     }
     mtp_policy_observe_draft(p, n_draft, n_acc);
@@ -720,7 +721,7 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
     e->draft.tokens.clear();
     e->draft.n_decodes = e->draft.n_caught = 0;
     e->draft.t_decode = e->draft.t_choose = 0;
-    mtp_status st = n > 0 ? mtp_drafter_draft(e->drafter, e->cache, e->id_last, n, e->smpl, e->gen.p_min, e->draft, err) : MTP_OK;
+    mtp_status st = n > 0 ? mtp_drafter_draft(e->drafter, e->cache, e->id_last, n, e->smpl, e->gen.spec.p_min, e->draft, err) : MTP_OK;
     const int32_t n_draft = (int32_t) e->draft.tokens.size();
 
     // 2. verify [id_last, d1..dn] in one target pass
@@ -742,13 +743,13 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
     const double t_accept = seconds_since(t_acc0);
 
     // 4. emit, roll the rejected positions back
-    int32_t stop = MTP_STOP_NONE;
+    mtp_stop stop = MTP_STOP_NONE;
     const double t_catch_up0 = e->drafter ? mtp_drafter_t_catch_up(e->drafter) : 0.0;
     if (st == MTP_OK) {
         stop = emit(e, n_acc, next, out);
-        st = roll_back(e, out, np, err); // (the head catches up here after many plain steps)
+        st = roll_back(e, out, np, n > 0, err); // (the head catches up here after many pending rows)
     }
-    e->stats.t_draft_s += e->drafter ? mtp_drafter_t_catch_up(e->drafter) - t_catch_up0 : 0.0;
+    e->stats.draft_seconds += e->drafter ? mtp_drafter_t_catch_up(e->drafter) - t_catch_up0 : 0.0;
     if (st != MTP_OK) {
         state_clear(e);
         return st;
@@ -770,15 +771,12 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
 
 const mtp_stats & mtp_get_stats(mtp_engine * e) {
     if (e->active) {
-        e->stats.t_gen_s = seconds_since(e->t_gen_start);
+        e->stats.generation_seconds = seconds_since(e->t_gen_start);
     }
     // what the policy believes now (for the draft lengths this generation could use)
     const int32_t n_max = std::max(e->stats.n_max, 0);
-    if (use_mtp(e) && n_max > 0) {
-        const mtp_policy_estimates est = mtp_policy_estimate(e->policy, n_max);
-        e->stats.est_acceptance = est.acceptance;
-        e->stats.est_t_target   = est.t_target;
-        e->stats.est_t_head     = est.t_head;
+    if (mtp_active(e) && n_max > 0) {
+        e->stats.policy = mtp_policy_estimate(e->policy, n_max);
     }
     return e->stats;
 }
@@ -791,17 +789,17 @@ void mtp_reset(mtp_engine * e) {
     state_clear(e);
 }
 
-mtp_status mtp_pin_policy_costs(mtp_engine * e, const std::vector<double> & t_target, double t_head, std::string & err) {
+mtp_status mtp_set_policy_costs(mtp_engine * e, const std::vector<double> & t_target, double t_head, bool pin, std::string & err) {
     if (e->active) {
         err = "the policy's costs cannot change during a generation";
         return MTP_ERR_STATE;
     }
     if (t_target.empty() || !(t_head >= 0) ||
         std::any_of(t_target.begin(), t_target.end(), [](double t) { return !(t > 0) || !std::isfinite(t); })) {
-        err = "pinned costs must be positive";
+        err = "the policy's costs must be positive";
         return MTP_ERR_INVALID;
     }
-    mtp_policy_pin_costs(e->policy, t_target, t_head);
+    mtp_policy_set_costs(e->policy, t_target, t_head, pin);
     return MTP_OK;
 }
 

@@ -13,6 +13,7 @@
 #include "devices.h"
 #include "llama.h"
 #include "memory.h"
+#include "policy.h"
 
 enum mtp_status {
     MTP_OK            = 0,
@@ -24,7 +25,7 @@ enum mtp_status {
     MTP_ERR_DEVICE    = 6, // a device is unavailable: no RPC support, an RPC server unreachable or of another version
 };
 
-enum mtp_kind {
+enum mtp_head_kind {
     MTP_KIND_NONE     = 0, // the model has no MTP head
     MTP_KIND_EMBEDDED = 1, // MTP layers inside the target GGUF (Qwen3.5/3.6 nextn layers, ...)
     MTP_KIND_SIDECAR  = 2, // a separate drafter GGUF (Gemma 4 assistant, mtp-*.gguf)
@@ -46,9 +47,10 @@ struct mtp_model_params {
     int32_t n_threads        = 0;    // 0: physical cores
     int32_t n_gpu_layers     = -1;   // -1: all
     int32_t flash_attn       = -1;   // -1 auto, 0 off, 1 on
-    bool    use_mtp          = true; // false: plain decoding only, MTP layers are not loaded
+    bool    mtp              = true; // load the MTP head; false: plain decoding only, MTP layers are not loaded
     int32_t n_draft_capacity = 6;    // the largest n_max a generation may ask for (sizes the rollback snapshots)
-    mtp_placement_params placement;  // --rpc, -dev, -devd, -ts, -sm (devices.h)
+    bool    verbose          = false; // let llama.cpp's own log through to stderr (process-wide)
+    mtp_placement_params placement;   // --rpc, -dev, -devd, -ts, -sm (devices.h)
 };
 
 struct mtp_model_info {
@@ -62,8 +64,8 @@ struct mtp_model_info {
     int32_t     n_layer      = 0;
     int32_t     n_embd       = 0;
     int32_t     n_layer_nextn = 0;
-    int32_t     mtp_kind     = MTP_KIND_NONE; // what the files offer
-    bool        mtp_active   = false;         // whether speculation can run
+    mtp_head_kind mtp_kind   = MTP_KIND_NONE; // what the files offer
+    bool        mtp_active   = false;         // whether the MTP head is loaded (generations can draft)
     std::string mtp_note;                     // why MTP is off, when it is
     bool        recurrent    = false;         // hybrid/recurrent target (rollback via snapshots)
     bool        mtp_chain    = false;         // n_layer_nextn > 1 heads chained: head i drafts position i
@@ -77,7 +79,7 @@ struct mtp_model_info {
 };
 
 struct mtp_sampling_params {
-    float    temp             = 0.8f;  // <= 0: greedy
+    float    temperature      = 0.8f;  // <= 0: greedy
     int32_t  top_k            = 40;    // <= 0: whole vocabulary
     float    top_p            = 0.95f; // 1: off
     float    min_p            = 0.05f; // 0: off
@@ -87,13 +89,20 @@ struct mtp_sampling_params {
     uint64_t seed             = 0;
 };
 
+// how a generation drafts (Python: SpecConfig); the values are validated by the Python config
+// classes, the engine only guards against what would break it (n_max beyond the capacity)
+struct mtp_spec_params {
+    bool    enabled  = true; // draft with the MTP head when it is loaded (mtp_model_info::mtp_active)
+    int32_t n_max    = 6;    // draft tokens per step, 1..n_draft_capacity (adaptive: the ceiling)
+    bool    adaptive = true; // the policy picks 0..n_max per step from measured costs and acceptance
+    float   p_min    = 0.0f; // stop drafting below this head confidence
+};
+
+// one generation's settings (Python: GenerationConfig)
 struct mtp_gen_params {
     int32_t             max_tokens = -1;  // -1: unlimited
-    bool                speculate  = true;
-    int32_t             n_max      = 6;    // draft tokens per step, 1..n_draft_capacity (adaptive: the ceiling)
-    bool                adaptive   = true; // the policy picks 0..n_max per step from measured costs and acceptance
-    float               p_min      = 0.0f; // stop drafting below this head confidence
     mtp_sampling_params sampling;
+    mtp_spec_params     spec;
 };
 
 struct mtp_step_result {
@@ -101,32 +110,31 @@ struct mtp_step_result {
     std::vector<uint8_t>     from_draft; // per token: 1 if it was an accepted draft
     int32_t                  n_drafted  = 0;
     int32_t                  n_accepted = 0;
-    int32_t                  stop       = MTP_STOP_NONE;
+    mtp_stop                 stop       = MTP_STOP_NONE;
 };
 
+// statistics of a generation (Python: GenerationStats, same field names)
 struct mtp_stats {
-    int32_t n_prompt        = 0; // prompt tokens given
+    int32_t n_prompt_tokens = 0; // prompt tokens given
     int32_t n_prompt_reused = 0; // of which found in the cache
-    double  t_prompt_s      = 0;
+    double  prompt_seconds  = 0;
     int32_t n_generated     = 0;
-    double  t_gen_s         = 0;
+    double  generation_seconds = 0;
     int32_t n_drafted       = 0;
     int32_t n_accepted      = 0;
-    std::vector<int32_t> drafted_at;  // per draft position
-    std::vector<int32_t> accepted_at; // per draft position
+    std::vector<int32_t> drafted_by_position;  // drafts verified at draft position 1, 2, ...
+    std::vector<int32_t> accepted_by_position; // of which accepted
     int32_t n_target_passes = 0;
-    double  t_draft_s       = 0; // in llama.cpp decodes of the MTP head (drafts and catch-up)
-    double  t_verify_s      = 0; // in llama.cpp decodes of the target while generating
-    double  t_sample_s      = 0; // choosing tokens: draft choice, acceptance tests, sampling
-    bool    speculative     = false;
+    double  draft_seconds   = 0; // in llama.cpp decodes of the MTP head (drafts and catch-up)
+    double  verify_seconds  = 0; // in llama.cpp decodes of the target while generating
+    double  sample_seconds  = 0; // choosing tokens: draft choice, acceptance tests, sampling
+    bool    mtp             = false; // this generation drafted with the MTP head (spec.enabled and mtp_active)
     bool    adaptive        = false; // the draft length was chosen per step
     int32_t n_max           = 0;     // the (ceiling of the) draft length; 0: plain decoding
-    std::vector<int32_t> steps_by_n; // steps that drafted n = 0..n_max tokens
-    // the policy's current estimates (carried across generations): conditional acceptance by
-    // draft position 1..n_max, seconds of a target pass by batch size 1..n_max+1, of a head decode
-    std::vector<double> est_acceptance;
-    std::vector<double> est_t_target;
-    double  est_t_head      = 0;
+    std::vector<int32_t> steps_by_draft_length; // steps that drafted n = 0..n_max tokens
+    // the policy's current estimates (carried across generations), for the draft lengths this
+    // generation could use; empty without MTP
+    mtp_policy_estimates policy;
 };
 
 struct mtp_engine;
@@ -154,10 +162,13 @@ const mtp_stats & mtp_get_stats(mtp_engine * eng);
 void mtp_cancel(mtp_engine * eng);
 // forget the cached conversation
 void mtp_reset(mtp_engine * eng);
-// replace the policy's measured costs by fixed ones from now on (t_target[k-1]: a target pass over
-// k tokens, t_head: one head decode; any unit), so that its choices depend on acceptance alone:
-// for tests of the policy, which must not depend on the timings of the machine they run on
-mtp_status mtp_pin_policy_costs(mtp_engine * eng, const std::vector<double> & t_target, double t_head, std::string & err);
+// the policy's cost estimates (t_target[k-1]: a target pass over k tokens, t_head: one head decode,
+// in seconds; the last t_target entry's step is extrapolated to larger batches):
+// - pin false: a starting estimate (e.g. costs measured by an earlier benchmark on this machine)
+//   that the online measurements replace as they come in (each batch size's own first ones);
+// - pin true: fixed from now on, measurements ignored, so that the policy's choices depend on
+//   acceptance alone (any unit): for tests, which must not depend on the machine's timings
+mtp_status mtp_set_policy_costs(mtp_engine * eng, const std::vector<double> & t_target, double t_head, bool pin, std::string & err);
 
 // the target's logits for the token after the conversation (cache + id_last), for checking the
 // engine's state against a fresh one in tests; the conversation is unchanged
@@ -172,5 +183,6 @@ int32_t mtp_choose_draft_length(const std::vector<double> & t_target, double t_h
 std::string mtp_build_commit();
 std::string mtp_runtime_commit();
 
-// route llama.cpp's log to stderr (verbose) or swallow it (errors are still kept for messages)
+// route llama.cpp's log to stderr (verbose) or swallow it (errors are still kept for messages);
+// mtp_engine_init sets it from mtp_model_params::verbose
 void mtp_set_verbose(bool verbose);

@@ -154,7 +154,7 @@ static bool mtp_memory_dry_run_impl(const mtp_model_params & p, std::vector<mtp_
     mp.n_gpu_layers = p.n_gpu_layers;
     mp.no_alloc     = true;
     mp.load_mode    = LLAMA_LOAD_MODE_NONE;
-    mp.load_mtp     = p.use_mtp && !has_sidecar;
+    mp.load_mtp     = p.mtp && !has_sidecar;
     mtp_placement pl; // the engine's devices (--rpc, -dev, -devd, -ts, -sm)
     bool invalid = false;
     gguf_meta meta;
@@ -171,7 +171,7 @@ static bool mtp_memory_dry_run_impl(const mtp_model_params & p, std::vector<mtp_
     llama_context * ctx = nullptr;
     llama_context * dctx = nullptr;
     bool ok = false;
-    const bool mtp_possible = p.use_mtp && (has_sidecar || llama_model_n_layer_nextn(tgt) > 0);
+    const bool mtp_possible = p.mtp && (has_sidecar || llama_model_n_layer_nextn(tgt) > 0);
     llama_context_params cp = mtp_target_context_params(p, mtp_possible, 1);
     ctx = llama_init_from_model(tgt, cp);
     if (!ctx) {

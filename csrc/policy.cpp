@@ -63,17 +63,25 @@ void mtp_policy_init(mtp_policy & p, int32_t cap) {
     p.probe_interval = PROBE_START;
 }
 
-void mtp_policy_pin_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head) {
+void mtp_policy_set_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head, bool pin) {
     const size_t n = t_target.size();
     for (size_t k = 0; k < p.t_tgt.size(); ++k) {
         const double step = n >= 2 ? t_target[n - 1] - t_target[n - 2] : 0.0;
         p.t_tgt[k] = k < n ? t_target[k] : t_target[n - 1] + step * (double) (k + 1 - n);
-        p.n_tgt[k] = 1;
+        p.w_tgt[k].clear(); // a prior: the next measurement of this size replaces it
+        if (pin) {
+            p.n_tgt[k] = 1;
+        }
     }
-    p.t_head  = t_head;
-    p.n_head  = 1;
-    p.t_fixed = 0;
-    p.pinned  = true;
+    p.t_head = t_head;
+    p.w_head.clear();
+    if (pin) {
+        p.n_head  = 1;
+        p.t_fixed = 0;
+    }
+    p.load = 1; // the given costs are in seconds: measurements from here are compared to them
+    p.w_load.clear();
+    p.pinned = pin;
 }
 
 static void window_add(std::vector<double> & w, double t) {
@@ -91,27 +99,37 @@ static double window_median(std::vector<double> w) {
     return w[w.size() / 2];
 }
 
+// a measurement t of something estimated at `est` (load units; < 0: none yet): update the load
+// from their ratio and return t in load units
+static double normalize(mtp_policy & p, double t, double est) {
+    if (est > 0) {
+        window_add(p.w_load, t / est);
+        p.load = std::max(1e-6, window_median(p.w_load));
+    }
+    return t / p.load;
+}
+
 // the first pass over a new batch size also builds and allocates its graph: that one is not counted
 void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t) {
     if (p.pinned || k < 1 || k > (int32_t) p.t_tgt.size() || !(t > 0)) {
         return;
     }
     if (p.n_tgt[k - 1]++ > 0) {
-        window_add(p.w_tgt[k - 1], t);
+        window_add(p.w_tgt[k - 1], normalize(p, t, p.t_tgt[k - 1]));
         p.t_tgt[k - 1] = window_median(p.w_tgt[k - 1]);
     }
 }
 
 void mtp_policy_observe_head(mtp_policy & p, int32_t n_decodes, double t) {
     if (!p.pinned && n_decodes > 0 && t > 0 && p.n_head++ > 0) {
-        window_add(p.w_head, t / n_decodes);
+        window_add(p.w_head, normalize(p, t / n_decodes, p.t_head));
         p.t_head = window_median(p.w_head);
     }
 }
 
 void mtp_policy_observe_fixed(mtp_policy & p, double t) {
     if (!p.pinned && t >= 0) {
-        window_add(p.w_fixed, t);
+        window_add(p.w_fixed, t / p.load);
         p.t_fixed = window_median(p.w_fixed);
     }
 }
@@ -136,7 +154,7 @@ void mtp_policy_observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) 
 mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
     mtp_policy_estimates e;
     const int32_t nk = n_max + 1;
-    e.t_target.assign(nk, 0.0);
+    e.target_seconds_by_batch.assign(nk, 0.0);
 
     // measured batch sizes; unmeasured ones interpolated between them, or extrapolated
     std::vector<int32_t> seen;
@@ -148,7 +166,7 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
     auto prior = [](int32_t k) { return 1.0 + T_PRIOR_SLOPE * (k - 1); };
     if (seen.empty()) {
         for (int32_t k = 1; k <= nk; ++k) {
-            e.t_target[k - 1] = prior(k) * 1e-3; // arbitrary units until something is measured
+            e.target_seconds_by_batch[k - 1] = prior(k) * 1e-3; // arbitrary units until something is measured
         }
     } else {
         const int32_t lo = seen.front(), hi = seen.back();
@@ -180,16 +198,21 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
                     t = p.t_tgt[a - 1] + (p.t_tgt[b - 1] - p.t_tgt[a - 1]) * (k - a) / (double) (b - a);
                 }
             }
-            e.t_target[k - 1] = t;
+            e.target_seconds_by_batch[k - 1] = t;
         }
     }
     // the per-step time outside the decodes is paid by every step, plain or not
-    for (double & t : e.t_target) {
+    for (double & t : e.target_seconds_by_batch) {
         t += p.t_fixed;
     }
-    e.t_head = p.t_head >= 0 ? p.t_head : T_HEAD_PRIOR * (e.t_target[0] - p.t_fixed);
+    e.head_seconds = p.t_head >= 0 ? p.t_head : T_HEAD_PRIOR * (e.target_seconds_by_batch[0] - p.t_fixed);
+    // in seconds at the machine's current speed (the choice only depends on their ratios)
+    for (double & t : e.target_seconds_by_batch) {
+        t *= p.load;
+    }
+    e.head_seconds *= p.load;
 
-    e.acceptance.assign(n_max, 0.0);
+    e.acceptance_by_position.assign(n_max, 0.0);
     double prev = ACC_PRIOR;
     for (int32_t j = 0; j < n_max; ++j) {
         const bool   known = j < (int32_t) p.acc_w.size();
@@ -197,7 +220,7 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
         const double a = known ? p.acc_w[j] * decay : 0.0;
         const double n = known ? p.try_w[j] * decay : 0.0;
         prev = (a + ACC_PRIOR_W * prev) / (n + ACC_PRIOR_W);
-        e.acceptance[j] = prev;
+        e.acceptance_by_position[j] = prev;
     }
     return e;
 }
@@ -208,19 +231,22 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         return 0;
     }
     const mtp_policy_estimates est = mtp_policy_estimate(p, n_max);
-    const int32_t best = mtp_policy_best_n(est.t_target, est.t_head, est.acceptance, n_max);
+    const int32_t best = mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, est.acceptance_by_position, n_max);
     int32_t n = best;
     if (best == 0) {
         // plain: probe with one draft token now and then, less often while probes keep failing
         // (at most as often as keeps a probe's extra cost near PROBE_OVERHEAD of the time)
-        const double extra = est.t_target[std::min(1, n_max)] + est.t_head - est.t_target[0];
-        const int32_t probe_max = std::clamp((int32_t) std::ceil(extra / (PROBE_OVERHEAD * est.t_target[0])), PROBE_MAX_LO, PROBE_MAX_HI);
+        const double extra = est.target_seconds_by_batch[std::min(1, n_max)] + est.head_seconds - est.target_seconds_by_batch[0];
+        const int32_t probe_max = std::clamp((int32_t) std::ceil(extra / (PROBE_OVERHEAD * est.target_seconds_by_batch[0])), PROBE_MAX_LO, PROBE_MAX_HI);
         p.probe_interval = std::clamp(p.probe_interval, PROBE_MIN, probe_max);
         // when drafting could not pay even if every draft were accepted (a verify batch costs
         // several single-token passes, as in ggml's CPU kernels for some quantizations), a probe
         // can only re-measure the costs: probe as rarely as the overhead cap allows, however
         // often probes are accepted
-        if (mtp_policy_best_n(est.t_target, est.t_head, std::vector<double>(n_max, 1.0), n_max) == 0) {
+        // (once the 2-token cost rests on several measurements, or was given: one preempted
+        // probe must not stop the probing that would correct it)
+        const bool t2_known = p.w_tgt.size() > 1 && (p.w_tgt[1].size() >= T_WINDOW / 2 + 1 || (p.w_tgt[1].empty() && p.t_tgt[1] > 0));
+        if (t2_known && mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, std::vector<double>(n_max, 1.0), n_max) == 0) {
             p.probe_interval = probe_max;
         }
         if (++p.n_plain_run >= p.probe_interval) {
@@ -229,9 +255,9 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
             double best_r = 0;
             double reach = 1, tokens = 1;
             for (int32_t m = 1; m <= n_max; ++m) {
-                reach  *= est.acceptance[m - 1];
+                reach  *= est.acceptance_by_position[m - 1];
                 tokens += reach;
-                const double r = tokens / (m * est.t_head + est.t_target[m]);
+                const double r = tokens / (m * est.head_seconds + est.target_seconds_by_batch[m]);
                 if (r > best_r) {
                     best_r = r;
                     n = m;
@@ -245,7 +271,7 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         const int32_t phase = ++p.n_spec_steps % SPEC_PERIOD;
         if (phase == 0 || (phase == 2 && p.n_tgt[0] == 0)) {
             n = 0; // keep the plain cost measured
-        } else if (phase == SPEC_PERIOD / 2 && best < n_max && est.acceptance[best - 1] >= SPEC_LONGER_ACC) {
+        } else if (phase == SPEC_PERIOD / 2 && best < n_max && est.acceptance_by_position[best - 1] >= SPEC_LONGER_ACC) {
             n = best + 1;
         }
     }

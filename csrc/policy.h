@@ -17,25 +17,31 @@
 // acc[j-1] = conditional acceptance of draft position j (j = 1..n_max); returns n in 0..n_max
 int32_t mtp_policy_best_n(const std::vector<double> & t_target, double t_head, const std::vector<double> & acc, int32_t n_max);
 
-// what the policy currently believes (seconds; acceptance in 0..1)
+// what the policy currently believes (seconds; acceptance in 0..1); Python: PolicyEstimates
 struct mtp_policy_estimates {
-    std::vector<double> t_target;   // by batch size k = 1..cap+1
-    std::vector<double> acceptance; // by draft position 1..cap, conditional on the previous ones
-    double              t_head = 0; // one MTP-head decode (catch-up of pending positions included)
+    std::vector<double> acceptance_by_position;  // by draft position 1..cap, conditional on the previous ones
+    std::vector<double> target_seconds_by_batch; // a target pass over k = 1..cap+1 tokens
+    double              head_seconds = 0;        // one MTP-head decode (catch-up of pending positions included)
 };
 
 // running estimates, carried across the generations of one engine
 struct mtp_policy {
     int32_t cap = 0;                  // the largest n any generation may ask for
 
-    std::vector<double>  t_tgt;       // target pass time by k (index k-1); < 0: not measured
+    // times are kept in units of the machine's current speed: each measurement is divided by
+    // `load`, the median ratio of the latest measurements (any batch size, the head) to their
+    // estimates, so that costs measured at different times compare as if measured together (a
+    // machine that gets busy or idle moves `load`, not the ratios between batch sizes)
+    double  load = 1;
+    std::vector<double> w_load;
+    std::vector<double>  t_tgt;       // target pass time by k (index k-1), in load units; < 0: not measured
     std::vector<int32_t> n_tgt;       // measurements by k
     std::vector<std::vector<double>> w_tgt; // the latest measurements by k
     double  t_head    = -1;           // head decode time; < 0: not measured
     int32_t n_head    = 0;            // head measurements
     std::vector<double> w_head;
     double  t_fixed   = 0;            // per-step time outside the decodes (sampling, Python)
-    bool    pinned    = false;        // costs fixed by mtp_policy_pin_costs: timings are not observed
+    bool    pinned    = false;        // costs fixed by mtp_policy_set_costs(pin): timings are not observed
     std::vector<double> w_fixed;
     std::vector<double>  acc_w;       // decayed accepted counts by draft position
     std::vector<double>  try_w;       // decayed tried counts by draft position
@@ -51,9 +57,10 @@ struct mtp_policy {
 };
 
 void mtp_policy_init(mtp_policy & p, int32_t cap);
-// fixed costs from now on (t_target[k-1] for k = 1..; the last repeats its step beyond); the
-// timing observations are ignored, acceptance is still learnt (for tests)
-void mtp_policy_pin_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head);
+// cost estimates (t_target[k-1] for k = 1..; the last repeats its step beyond): with pin, fixed from
+// now on (the timing observations are ignored, acceptance is still learnt: for tests); without, a
+// starting estimate (a prior) that each batch size's and the head's own measurements replace
+void mtp_policy_set_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head, bool pin);
 
 // the length to draft next: the best by the current estimates, or an exploring choice
 int32_t mtp_policy_next(mtp_policy & p, int32_t n_max);

@@ -28,7 +28,7 @@ void mtp_sampler_init(mtp_sampler & s, const mtp_sampling_params & params, int32
 }
 
 bool mtp_sampler_greedy(const mtp_sampler & s) {
-    return s.params.temp <= 0.0f;
+    return s.params.temperature <= 0.0f;
 }
 
 static bool penalties_active(const mtp_sampler & s) {
@@ -187,7 +187,7 @@ void mtp_sampler_dist(mtp_sampler & s, const float * logits_in, std::vector<mtp_
     out.resize(n_keep);
 
     // temperature, then normalise
-    const double inv_t = p.temp > 0.0f ? 1.0 / p.temp : 1.0;
+    const double inv_t = p.temperature > 0.0f ? 1.0 / p.temperature : 1.0;
     double sum = 0.0;
     for (auto & c : out) {
         const double e = std::exp(((double) c.p - l_max) * inv_t);

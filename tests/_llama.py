@@ -210,12 +210,13 @@ def greedy(ctx: Context, prompt: Sequence[int], n: int) -> tuple[list[int], list
 
 
 def reference_memory(model_path, draft_path=None, *, n_ctx: int, n_max: int, flash_attn: bool,
-                     mtp: bool = True) -> tuple[list[dict], list[dict]]:
+                     mtp: bool = True) -> tuple[list, list]:
     """llama.cpp's memory breakdown (mtprun._core.context_memory) of the contexts llama.cpp's own tools
     create for this model: the target as common_context_params_to_llama does with common_params'
     defaults (n_batch 2048, n_ubatch 512, swa_full off, n_rs_seq = n_max with draft-mtp), and with
     ``mtp`` the MTP context as common_speculative_init_result does (same parameters, ctx_type MTP,
-    the target's n_ctx, no snapshots, ctx_other = the target). Returns (target rows, MTP rows)."""
+    the target's n_ctx, no snapshots, ctx_other = the target). Returns (target rows, MTP rows), as
+    mtprun._core.MemoryEntry objects."""
     from mtprun._native import core
 
     quiet()

@@ -9,12 +9,15 @@ timings. Flash attention is off, as in test_engine.py.
 from __future__ import annotations
 
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from mtprun import GenerationConfig, SamplingConfig, SpecConfig
+from mtprun import GenerationConfig, PolicyCosts, SamplingConfig, SpecConfig
 from mtprun._native import core
 from mtprun.engine import choose_draft_length
+from mtprun.errors import InvalidInputError
 from mtprun.events import Result, Step
 from test_engine import PROMPTS, exact_dist, goodness_of_fit, open_engine, run, sample_first_two
 
@@ -97,13 +100,13 @@ def test_sampling_with_auto_has_the_target_distribution(synth_model, arch, mode,
     with open_engine(model, n_ctx=256) as eng, open_engine(model, n_ctx=256, mtp=False) as ref:
         # costs pinned to a memory-bound target's, so whether it drafts follows acceptance alone (on
         # a tiny model's measured costs plain steps win and drafting would depend on the machine)
-        eng._core.pin_policy_costs(*MEMORY_BOUND_COSTS)
+        eng.set_policy_costs(*MEMORY_BOUND_COSTS, pin=True)
         prompt = eng.tokenize(PROMPTS[0])
         run(ref, prompt, plain(0))
-        p1 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
+        p1 = exact_dist(np.array(ref.next_logits()), temp, eog)
         top1 = max(p1, key=p1.get)
         run(ref, prompt + [top1], plain(0))
-        p2 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
+        p2 = exact_dist(np.array(ref.next_logits()), temp, eog)
 
         first, second, _, _, drafted_runs = sample_first_two(eng, prompt, top1, (
             auto(2, temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed) for seed in range(n)))
@@ -118,8 +121,11 @@ def test_sampling_with_auto_has_the_target_distribution(synth_model, arch, mode,
 
 @pytest.mark.parametrize("arch", ["qwen35", "gemma4"])
 def test_a_head_that_is_always_right_settles_on_the_ceiling(synth_model, arch):
+    """Costs pinned to a memory-bound target's: on a busy CPU the short head decodes can cost as
+    much as a target pass, and then a shorter draft (or none) truly is faster there."""
     model = synth_model(arch=arch, mode="oracle", agree=1.0, **MEMORY_BOUND)
     with open_engine(model) as eng:
+        eng.set_policy_costs(*MEMORY_BOUND_COSTS, pin=True)
         prompt = eng.tokenize(PROMPTS[0])
         lengths, r = draft_lengths(eng, prompt, auto(400))
         settled = lengths[len(lengths) // 2:-1]  # the second half (the last step is cut by the token budget)
@@ -166,11 +172,33 @@ def _phase_of(model, cur: int, span: int = 8) -> float:
 MEMORY_BOUND_COSTS = ([1.0 + 0.25 * k for k in range(7)], 0.1)
 
 
-def test_pinned_costs_are_checked(synth_model):
+def test_policy_costs_are_checked(synth_model):
     with open_engine(synth_model(arch="qwen35", mode="oracle", agree=0.5)) as eng:
         for bad in (([], 0.1), ([1.0, 0.0], 0.1), ([1.0, float("nan")], 0.1), ([1.0], -1.0)):
-            with pytest.raises(core.CoreError, match="positive"):
-                eng._core.pin_policy_costs(*bad)
+            for pin in (True, False):
+                with pytest.raises(InvalidInputError, match="positive"):
+                    eng.set_policy_costs(*bad, pin=pin)
+
+
+def test_a_cost_prior_is_the_starting_estimate_that_measurements_replace(synth_model):
+    """Costs saved by ``mtprun bench --save`` start a fresh engine's policy (``SpecConfig.cost_prior``,
+    as run and chat pass them): with a prior of "a 2-token verify costs 3 single tokens" its first
+    steps are plain, where without one the warm-up drafts. The prior is no pin: the measured costs
+    replace it, and a later generation does not set it back."""
+    model = synth_model(arch="qwen35", mode="oracle", agree=0.9)
+    # t(k) = (2k - 1) t(1), in an absurd unit (10 s) that shows whether measurements replaced it
+    prior = PolicyCosts(tuple(10.0 * (1 + 2 * k) for k in range(7)), 1.0)
+    with_prior = GenerationConfig(max_tokens=8, sampling=SamplingConfig(temperature=0.0), spec=SpecConfig(cost_prior=prior))
+    first = {}
+    for cfg in (auto(8), with_prior):
+        with open_engine(model) as eng:
+            first[cfg is with_prior] = run(eng, eng.tokenize(PROMPTS[0]), cfg).stats.steps_by_draft_length
+    assert sum(first[False][1:]) > 0  # no prior: the warm-up drafts
+    assert sum(first[True][1:]) == 0 and first[True][0] >= 7  # the prior: plain from the first step
+    with open_engine(model) as eng:
+        run(eng, eng.tokenize(PROMPTS[0]), replace(with_prior, max_tokens=32))
+        stats = run(eng, eng.tokenize(PROMPTS[1]), replace(with_prior, max_tokens=4)).stats
+    assert stats.policy.target_seconds_by_batch[0] < 1.0  # a single-token pass measured on this machine
 
 
 def test_the_draft_length_follows_phases_of_agreement(synth_model):
@@ -182,7 +210,7 @@ def test_the_draft_length_follows_phases_of_agreement(synth_model):
     2-token verify can cost several single tokens, and then plain decoding wins everywhere)."""
     model = synth_model(arch="qwen35", mode="oracle", agree=0.5, agree_phases=((90, 0.95), (90, 0.1)))
     with open_engine(model) as eng:
-        eng._core.pin_policy_costs(*MEMORY_BOUND_COSTS)
+        eng.set_policy_costs(*MEMORY_BOUND_COSTS, pin=True)
         prompt = eng.tokenize(PROMPTS[0])
         events = list(eng.generate(prompt, auto(1500)))
     cur, high, low = prompt[-1], [], []

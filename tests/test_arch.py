@@ -174,10 +174,10 @@ def test_sampling_has_the_target_distribution(synth_model, arch, mode, temp, fie
     with open_engine(model, n_ctx=256) as eng, open_engine(model, n_ctx=256, mtp=False) as ref:
         prompt = eng.tokenize(PROMPTS[0])
         run(ref, prompt, greedy(0, spec=False))
-        p1 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
+        p1 = exact_dist(np.array(ref.next_logits()), temp, eog)
         top1 = max(p1, key=p1.get)
         run(ref, prompt + [top1], greedy(0, spec=False))
-        p2 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
+        p2 = exact_dist(np.array(ref.next_logits()), temp, eog)
         # (seeds 0..1499 give p = 0.0007 for the chained model's first position: one fixed draw
         # in about a thousand fails at this significance; 6000 samples from 50000 on give p = 0.72)
         first, second, accepted, drafted, _ = sample_first_two(eng, prompt, top1, (
@@ -200,9 +200,9 @@ def test_qwen35moe_rollback_restores_recurrent_state(synth_model, mode):
         prompt = eng.tokenize(PROMPTS[0])
         r = run(eng, prompt, greedy(100, spec=True, n_max=4))
         assert 0 < r.stats.n_accepted < r.stats.n_drafted
-        ours = np.array(eng._core.next_logits())
+        ours = np.array(eng.next_logits())
         run(fresh, prompt + list(r.tokens), greedy(0, spec=False))
-        assert np.abs(ours - np.array(fresh._core.next_logits())).max() < 1e-3
+        assert np.abs(ours - np.array(fresh.next_logits())).max() < 1e-3
         cont = prompt + list(r.tokens) + eng.tokenize(" and", add_special=False)
         assert run(eng, cont, greedy(60, spec=True, n_max=3)).tokens == run(fresh, cont, greedy(60, spec=False)).tokens
 
@@ -288,7 +288,7 @@ def test_auto_never_drafts_past_the_last_chained_head(synth_model):
     cap, not the cost model, stops it at three; the output is plain decoding's."""
     model = multi_head(synth_model)
     with open_engine(model) as eng:
-        eng._core.pin_policy_costs([1.0 + 0.02 * k for k in range(7)], 0.01)
+        eng.set_policy_costs([1.0 + 0.02 * k for k in range(7)], 0.01, pin=True)
         prompt = eng.tokenize(PROMPTS[0])
         plain = run(eng, prompt, greedy(200, spec=False))
         cfg = GenerationConfig(max_tokens=200, sampling=SamplingConfig(temperature=0.0), spec=SpecConfig.parse("auto"))

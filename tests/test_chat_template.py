@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mtprun.cli._errors import message as cli_message
 from mtprun.chat import (
     CHATML_TEMPLATE,
     ChatTemplate,
@@ -73,13 +74,15 @@ def test_raise_exception_reaches_the_user_with_the_model_name():
     with pytest.raises(ChatTemplateError) as e:
         t.render(MSGS)
     msg = str(e.value)
-    assert "m.gguf" in msg and "roles must alternate" in msg and "--chat-template-file" in msg
+    assert "m.gguf" in msg and "roles must alternate" in msg and e.value.option == "template_file"
+    assert "--chat-template-file" in cli_message(e.value)  # the CLI suggests the override
 
 
 def test_syntax_error_names_the_model_and_suggests_an_override():
     with pytest.raises(ChatTemplateError) as e:
         tmpl("{% for m in messages %}{{ m.content }")
-    assert "m.gguf" in str(e.value) and "does not compile" in str(e.value) and "--chat-template-file" in str(e.value)
+    assert "m.gguf" in str(e.value) and "does not compile" in str(e.value)
+    assert "--chat-template-file" in cli_message(e.value)
 
 
 @pytest.mark.parametrize(
@@ -133,8 +136,9 @@ def test_template_kwargs_are_a_json_object():
     assert parse_template_kwargs('{"enable_thinking": false}') == {"enable_thinking": False}
     assert parse_template_kwargs(None) == {}
     for bad in ("{enable_thinking: false}", "[1]", '"x"'):
-        with pytest.raises(InvalidInputError, match="chat-template-kwargs"):
+        with pytest.raises(InvalidInputError, match="template_kwargs") as e:
             parse_template_kwargs(bad)
+        assert cli_message(e.value).startswith("--chat-template-kwargs ")
     with pytest.raises(InvalidInputError, match="messages"):
         parse_template_kwargs('{"messages": []}')
 

@@ -75,6 +75,10 @@ def test_json_carries_all_figures_and_medians_of_the_requested_repetitions(model
         assert all(m["n_generated"] == 6 * len(bm.BUILTIN_PROMPTS) for m in c["measurements"])
         if c["kind"] == "plain":
             assert c["acceptance"] is None and c["tokens_per_target_pass"] == pytest.approx(1.0)
+        elif c["kind"] == "auto" and not c["acceptance"]:
+            # auto drafts only where its measured costs say it pays: on a busy machine, 6 tokens
+            # per prompt can all be plain steps
+            assert c["tokens_per_target_pass"] >= 1.0
         else:
             assert 0 < c["acceptance"] <= 1 and len(c["acceptance_by_position"]) == c["n_max"]
             assert 1.0 < c["tokens_per_target_pass"] <= c["n_max"] + 1

@@ -183,13 +183,15 @@ def test_a_terminal_sees_a_progress_bar_for_each_transfer(hub: FakeHub) -> None:
     assert out.startswith("model\t")  # stdout stays clean for scripts
 
 
-def test_fetch_model_is_the_one_call_run_and_chat_need(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
-    from mtprun.cli._hub import fetch_model
+def test_resolve_files_is_the_one_call_run_and_chat_need(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    from mtprun.cli._model import resolve_files
+    from mtprun.cli._options import ModelSource
     from mtprun.cli.ui import Output
 
-    local = fetch_model(Output(), f"{QWEN}:Q4_K_M", mmproj=True)
-    assert local.model.name == "Qwen3.6-27B-Q4_K_M.gguf" and local.mmproj is not None
-    assert local.mtp is None and local.mtp_source == "embedded"
+    files = resolve_files(Output(), ModelSource(hf_repo=f"{QWEN}:Q4_K_M"))
+    assert files.path.name == "Qwen3.6-27B-Q4_K_M.gguf" and files.source == "hub" and files.label == f"{QWEN}:Q4_K_M"
+    assert files.draft_path is None and files.mtp_source == "embedded"
+    assert [n.kind for n in files.notes if n.kind.startswith("mtp")] == ["mtp-embedded"]
     captured = capsys.readouterr()
     assert captured.out == ""  # nothing on stdout: that is the command's product
     assert "downloading Qwen3.6-27B-Q4_K_M.gguf" in captured.err and "MTP: layers inside the model" in captured.err

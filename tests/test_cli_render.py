@@ -90,8 +90,8 @@ def test_piped_output_keeps_a_final_newline_and_writes_nothing_for_an_empty_repl
 
 def test_no_color_on_a_terminal_writes_no_escape_sequences():
     out, err = io.StringIO(), io.StringIO()
-    o = Output(color=False, stdout=out, stderr=err)
-    o.out._force_terminal = True  # a terminal, but --no-color
+    o = Output(color=False, stdout=out, stderr=err, terminal=True)  # a terminal, but --no-color
+    assert o.interactive
     r = o.reply()
     r.piece("<think>x</think>y", True)
     r.end()

@@ -259,10 +259,10 @@ def test_sampling_has_the_target_distribution(synth_model, arch, mode, temp, spe
     with open_engine(model, n_ctx=256) as eng, open_engine(model, n_ctx=256, mtp=False) as ref:
         prompt = eng.tokenize(PROMPTS[0])
         run(ref, prompt, greedy(0, spec=False))
-        p1 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
+        p1 = exact_dist(np.array(ref.next_logits()), temp, eog)
         top1 = max(p1, key=p1.get)
         run(ref, prompt + [top1], greedy(0, spec=False))
-        p2 = exact_dist(np.array(ref._core.next_logits()), temp, eog)
+        p2 = exact_dist(np.array(ref.next_logits()), temp, eog)
 
         first, second, accepted, drafted, _ = sample_first_two(eng, prompt, top1, (
             GenerationConfig(max_tokens=2, sampling=SamplingConfig(temperature=temp, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
@@ -297,9 +297,9 @@ def test_rollback_restores_recurrent_state(synth_model, mode):
         prompt = eng.tokenize(PROMPTS[0])
         r = run(eng, prompt, greedy(100, spec=True, n_max=4))
         assert 0 < r.stats.n_accepted < r.stats.n_drafted  # partly accepted, rolled back
-        ours = np.array(eng._core.next_logits())
+        ours = np.array(eng.next_logits())
         run(fresh, prompt + list(r.tokens), greedy(0, spec=False))
-        theirs = np.array(fresh._core.next_logits())
+        theirs = np.array(fresh.next_logits())
         assert np.abs(ours - theirs).max() < 1e-3
         # and generation continues exactly as plain decoding from scratch would
         cont = prompt + list(r.tokens) + eng.tokenize(" and", add_special=False)
@@ -406,6 +406,45 @@ def test_cancel_ends_generation_within_one_step_and_the_engine_stays_usable(synt
         timer.join()
         assert r.stop_reason in ("cancelled", "context")
         assert run(eng, prompt, greedy(30, spec=True)).tokens == run(eng, prompt, greedy(30, spec=False)).tokens
+
+
+_SIGINT_CONSUMER = """
+import sys
+from mtprun import Engine, GenerationConfig, ModelConfig, SamplingConfig
+eng = Engine(ModelConfig(path=sys.argv[1], n_ctx=2048, n_threads=1, flash_attn=False))
+prompt = eng.tokenize(" Once upon a quiet hill seven curious foxes wandered" * 150)  # ~1500 tokens of prefill
+print("ready", flush=True)
+try:
+    while True:
+        for event in eng.generate(prompt, GenerationConfig(max_tokens=100, sampling=SamplingConfig(temperature=0.7))):
+            pass
+        eng.reset()  # the next prompt is processed again: Ctrl-C lands in prefill or in steps
+except KeyboardInterrupt:
+    eng.close()
+    print("interrupted", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_ctrl_c_while_iterating_generate_exits_cleanly(synth_model):
+    """SIGINT delivered at any point while the main thread iterates ``Engine.generate`` (prefill in
+    its worker thread, or steps) is a KeyboardInterrupt in the consumer, after which it can close
+    the engine and exit: no signal death (it used to die of SIGSEGV now and then, the prefill
+    worker still inside the engine while the interpreter exited)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = synth_model(arch="qwen35")
+    for delay in (0.0, 0.01, 0.03, 0.07, 0.12, 0.2, 0.3, 0.45):
+        p = subprocess.Popen([sys.executable, "-c", _SIGINT_CONSUMER, str(model.model_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.stdout.readline() == "ready\n"
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 3 and "interrupted" in out, (delay, p.returncode, err[-2000:])
 
 
 def test_closing_the_generator_early_leaves_the_engine_usable(synth_model):

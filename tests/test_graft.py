@@ -19,6 +19,7 @@ import pytest
 from hub_fixtures import *  # noqa: F403  (fixtures: hub, hf_env, fake_hub)
 from hub_fixtures import cli_env, run_cli
 from hub_server import FakeHub
+from mtprun.cli._errors import message as cli_message
 from mtprun import Engine, GenerationConfig, ModelConfig, SamplingConfig, SpecConfig
 from mtprun import graft as g
 from mtprun import hub as mhub
@@ -129,8 +130,9 @@ def test_replace_swaps_an_existing_mtp_head(pair, synth_model, tmp_path):
     g.write_graft(g.plan_graft(target, donor, grafted))
     perfect = synth_model(dtype="f16", agree=1.0, n_layer=12).model_path  # same trunk, a head that is always right
     out = tmp_path / "swapped.gguf"
-    with pytest.raises(ModelError, match="already has 1 MTP layer.*--replace"):
+    with pytest.raises(ModelError, match="already has 1 MTP layer.*replace") as e:
         g.plan_graft(grafted, perfect, out)
+    assert "use --replace" in cli_message(e.value)
     plan = g.plan_graft(grafted, perfect, out, replace=True)
     assert plan.replaced == 1
     g.write_graft(plan)

@@ -15,6 +15,7 @@ import pytest
 from hub_fixtures import *  # noqa: F403  (fixtures: hub, hf_env, fake_hub)
 from hub_fixtures import REPOS, big_gguf, cache_dir, model_gguf, run_cli, start_cli
 from hub_server import FakeHub, closed_port_endpoint
+from mtprun.cli._errors import message as cli_message
 from mtprun import hub as mhub
 from mtprun.errors import (
     DiskFullError,
@@ -198,8 +199,9 @@ def test_offline_resolves_from_the_cache_with_no_network(hub: FakeHub, monkeypat
 def test_no_network_suggests_offline_when_the_cache_has_the_model(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
     mhub.fetch(f"{GEMMA}:Q8_0")
     monkeypatch.setenv("HF_ENDPOINT", closed_port_endpoint())
-    with pytest.raises(HubConnectionError, match="already downloaded: run again with --offline"):
+    with pytest.raises(HubConnectionError, match="already downloaded: run again with `offline`") as e:
         mhub.fetch(f"{GEMMA}:Q8_0")
+    assert "run again with --offline to use it" in cli_message(e.value)  # the CLI names its flag
     with pytest.raises(HubConnectionError, match="is not downloaded either"):
         mhub.fetch(f"{GEMMA}:IQ4_XS")
 

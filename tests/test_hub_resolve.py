@@ -169,9 +169,15 @@ def test_llama_cpp_rule_wins_over_the_mtp_folder_when_both_exist() -> None:
     assert plan(["m-Q8_0.gguf", "mtp-m-BF16.gguf", "MTP/mtp-m-Q8_0.gguf"], "Q8_0").mtp.path == "mtp-m-BF16.gguf"
 
 
-def test_repos_with_mtp_inside_the_gguf_need_no_sidecar() -> None:
-    p = plan(QWEN, "UD-Q4_K_XL")
-    assert p.mtp is None and p.mtp_missing  # decided after download, from the GGUF header
+def test_repos_with_mtp_inside_the_gguf_need_no_sidecar(hub: FakeHub) -> None:
+    # the listing has no mtp-*.gguf: the plan fetches the model alone (its name cannot say more) ...
+    p = mhub.resolve(f"{QWEN}:UD-Q4_K_XL")
+    assert p.mtp is None and [f.role for f in p.files] == ["model"]
+    # ... and the downloaded model's GGUF header says its MTP layers are inside: no sidecar needed
+    local = mhub.download(p)
+    assert local.mtp is None and local.embedded_mtp is True and local.mtp_source == "embedded"
+    assert local.info is not None and local.info.nextn_predict_layers == 1
+    assert {r.path.rsplit("/", 1)[-1] for r in hub.requests if "/resolve/" in r.path} == {p.model[0].path}
 
 
 def test_no_mtp_plans_no_sidecar() -> None:
@@ -240,7 +246,7 @@ def test_hostile_listing_from_the_fixture_repo() -> None:
         plan(repo, "Q8_0")
     with pytest.raises(UnsafeRemotePathError, match="backslash"):
         plan(repo, "IQ4_XS")
-    with pytest.raises(UnsafeRemotePathError, match="--include"):
+    with pytest.raises(UnsafeRemotePathError, match="include pattern"):
         plan(repo, include=["*"])
     assert paths(plan(repo)) == ["ok-Q5_K_M.gguf"]
 

@@ -5,6 +5,7 @@ decision; plain greedy output equal to llama-completion's with flash attention o
 from __future__ import annotations
 
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,9 +25,8 @@ def open_engine(model, **kw) -> Engine:
     return Engine(ModelConfig(path=model.model_path, draft_path=model.draft_path, **kw))
 
 
-def _by_context(entries, which):
-    rows = [e for e in entries if e["context"] == which]
-    return sum(e["state"] for e in rows), sum(e["compute"] for e in rows)
+def _state_compute(rows):
+    return sum(r.state for r in rows), sum(r.compute for r in rows)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -36,15 +36,15 @@ def test_allocated_memory_is_at_most_llama_cpp_defaults(synth_model, arch, n_ctx
     n_max = 3
     with open_engine(model, n_ctx=n_ctx, n_draft_capacity=n_max) as eng:
         assert eng.info.mtp_active
-        raw = eng._core.info()["memory"]
+        mem = eng.info.memory
     # the reference: the contexts llama.cpp's tools create, through llama-cpp-python
     ref_tgt, ref_dft = _llama.reference_memory(model.model_path, model.draft_path, n_ctx=n_ctx, n_max=n_max, flash_attn=False)
-    ref_state, ref_compute = _by_context([dict(r, context="target") for r in ref_tgt], "target")
-    state, compute = _by_context(raw, "target")
+    ref_state, ref_compute = _state_compute(ref_tgt)
+    state, compute = mem.state, mem.compute
     assert 0 < state <= ref_state
     assert 0 < compute <= ref_compute
-    ref_d_state, ref_d_compute = _by_context([dict(r, context="draft") for r in ref_dft], "draft")
-    d_state, d_compute = _by_context(raw, "draft")
+    ref_d_state, ref_d_compute = _state_compute(ref_dft)
+    d_state, d_compute = mem.mtp_state, mem.mtp_compute
     assert d_state <= ref_d_state
     assert 0 < d_compute <= ref_d_compute
 
@@ -94,11 +94,11 @@ def test_estimate_within_ten_percent_of_measured(synth_model, arch, flash_attn, 
 
 
 def test_measured_counts_shared_weights_once():
-    rows = [
+    rows = [SimpleNamespace(**r) for r in (
         {"context": "target", "buffer": "CPU", "device": "CPU", "host": True, "shared_model": False, "model": 100, "state": 10, "compute": 5},
         {"context": "draft", "buffer": "CPU", "device": "CPU", "host": True, "shared_model": True, "model": 100, "state": 3, "compute": 2},
         {"context": "target", "buffer": "CUDA0", "device": "CUDA0", "host": False, "shared_model": False, "model": 50, "state": 0, "compute": 7},
-    ]
+    )]
     m = measured(rows)
     assert (m.weights, m.mtp_weights, m.state, m.compute, m.mtp_state, m.mtp_compute) == (150, 0, 10, 12, 3, 2)
     assert m.total == 177
@@ -166,11 +166,11 @@ def test_resume_behind_the_sliding_window_starts_over(synth_model):
         other = ids[:100] + list(reversed(ids[100:300]))
         [e for e in eng.generate(ids, cfg)]  # fills the cache past the window
         resumed = [e for e in eng.generate(other, cfg)][-1]
-        resumed_logits = list(eng._core.next_logits())
+        resumed_logits = list(eng.next_logits())
         assert resumed.stats.n_prompt_reused == 0
     with open_engine(model, n_ctx=1024, mtp=False) as eng:
         fresh = [e for e in eng.generate(other, cfg)][-1]
-        fresh_logits = list(eng._core.next_logits())
+        fresh_logits = list(eng.next_logits())
     assert resumed.tokens == fresh.tokens
     assert resumed_logits == pytest.approx(fresh_logits, abs=1e-4)
 

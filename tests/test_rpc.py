@@ -120,15 +120,17 @@ def test_placement_parses_llama_cli_spellings():
 
 
 def test_device_usage_groups_the_breakdown_by_device():
+    from types import SimpleNamespace as Row  # the fields of _core.MemoryEntry
+
     rows = [
-        {"context": "target", "buffer": "RPC0[h:1]", "device": "RPC0", "device_description": "h:1", "host": False,
-         "shared_model": False, "model": 100, "state": 10, "compute": 5},
-        {"context": "target", "buffer": "CPU", "device": "CPU", "device_description": "cpu", "host": True,
-         "shared_model": False, "model": 7, "state": 0, "compute": 1},
-        {"context": "draft", "buffer": "RPC0[h:1]", "device": "RPC0", "device_description": "h:1", "host": False,
-         "shared_model": True, "model": 100, "state": 2, "compute": 3},
-        {"context": "draft", "buffer": "RPC1[h:2]", "device": "RPC1", "device_description": "h:2", "host": False,
-         "shared_model": True, "model": 0, "state": 0, "compute": 0},
+        Row(**{"context": "target", "buffer": "RPC0[h:1]", "device": "RPC0", "device_description": "h:1", "host": False,
+         "shared_model": False, "model": 100, "state": 10, "compute": 5}),
+        Row(**{"context": "target", "buffer": "CPU", "device": "CPU", "device_description": "cpu", "host": True,
+         "shared_model": False, "model": 7, "state": 0, "compute": 1}),
+        Row(**{"context": "draft", "buffer": "RPC0[h:1]", "device": "RPC0", "device_description": "h:1", "host": False,
+         "shared_model": True, "model": 100, "state": 2, "compute": 3}),
+        Row(**{"context": "draft", "buffer": "RPC1[h:2]", "device": "RPC1", "device_description": "h:2", "host": False,
+         "shared_model": True, "model": 0, "state": 0, "compute": 0}),
     ]
     got = {d.name: d for d in device_usage(rows)}
     assert set(got) == {"RPC0", "CPU"}  # RPC1: nothing allocated

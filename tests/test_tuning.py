@@ -8,6 +8,7 @@ import json
 import pytest
 
 from mtprun import tuning
+from mtprun.config import PolicyCosts
 from mtprun.errors import InvalidInputError
 
 
@@ -63,3 +64,21 @@ def test_setting_spec():
     assert spec.enabled and spec.n_max == 4 and spec.p_min == 0.2
     with pytest.raises(InvalidInputError):
         tuning.setting_spec("lots")
+
+
+def test_saved_costs_become_the_policys_starting_estimate():
+    def saved(costs):
+        return tuning.Saved(setting="auto", model={}, machine={}, costs=costs)
+
+    # measured passes up to the first size not measured, and the head decode
+    got = saved({"target_seconds_by_batch": [0.01, 0.03, None, 0.07], "head_seconds": 0.002}).cost_prior()
+    assert got == PolicyCosts((0.01, 0.03), 0.002)
+    # without a plain measurement: the adaptive run's own estimates
+    policy = {"target_seconds_by_batch": [0.01, 0.012], "head_seconds": 0.001, "acceptance_by_position": [0.5]}
+    assert saved({"target_seconds_by_batch": [None, 0.03], "auto_policy": policy}).cost_prior() == PolicyCosts((0.01, 0.012), 0.001)
+    for unusable in ({}, {"target_seconds_by_batch": [0.01]}, {"target_seconds_by_batch": ["x"], "head_seconds": 0.1},
+                     {"target_seconds_by_batch": [0.01], "head_seconds": -1}):
+        assert saved(unusable).cost_prior() is None
+    spec = tuning.setting_spec("auto", cost_prior=got)
+    assert spec.adaptive and spec.cost_prior == got
+    assert tuning.setting_spec("plain", cost_prior=got).cost_prior is None

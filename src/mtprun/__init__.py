@@ -1,6 +1,6 @@
 """mtprun: a local LLM runner built for Multi-Token Prediction speculative decoding."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Everything is imported lazily (PEP 562): `import mtprun` costs nothing, so the CLI can install
 # its Ctrl-C handling before any real work, and the engine loads the native extension only when used.
@@ -8,14 +8,20 @@ _EXPORTS = {
     "Engine": "engine",
     "ModelInfo": "engine",
     "choose_draft_length": "engine",
+    "ChatSession": "session",
+    "ChatTemplate": "chat",
     "ModelConfig": "config",
     "GenerationConfig": "config",
     "SamplingConfig": "config",
     "SpecConfig": "config",
+    "PolicyCosts": "config",
     "MtprunError": "errors",
+    "ChatReply": "events",
     "GenerationStats": "events",
     "PolicyEstimates": "events",
+    "ReplyStart": "events",
     "Result": "events",
+    "Segment": "events",
     "Step": "events",
     "TokenPiece": "events",
 }

@@ -484,7 +484,7 @@ def read_prompt_file(path: str | os.PathLike[str]) -> list[str]:
 
 
 def parse_n_max_list(text: str) -> list[int]:
-    """``--n-max``: draft lengths as ``1,2,4`` or ranges ``1-6`` (each within 1..32), in order, once each."""
+    """Draft lengths (option ``n_max``) as ``1,2,4`` or ranges ``1-6`` (each within 1..32), in order, once each."""
     out: list[int] = []
     try:
         for part in text.split(","):
@@ -500,12 +500,12 @@ def parse_n_max_list(text: str) -> list[int]:
                 vals = range(int(part), int(part) + 1)
             out += [v for v in vals if v not in out]
     except ValueError:
-        raise InvalidInputError(f"--n-max must be draft lengths like 1,2,4 or 1-6, got {text!r}") from None
+        raise InvalidInputError(f"n_max must be draft lengths like 1,2,4 or 1-6, got {text!r}", option="n_max") from None
     bad = [v for v in out if not 1 <= v <= 32]
     if bad:
-        raise InvalidInputError(f"--n-max values must be within 1..32, got {bad[0]}")
+        raise InvalidInputError(f"n_max values must be within 1..32, got {bad[0]}", option="n_max")
     if not out:
-        raise InvalidInputError(f"--n-max is empty: {text!r}")
+        raise InvalidInputError(f"n_max is empty: {text!r}", option="n_max")
     return out
 
 

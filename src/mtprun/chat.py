@@ -10,6 +10,8 @@ reasoning/answer split of a streamed reply. No Rich, no ggml.
   each turn hands the engine the whole conversation but only new tokens need processing.
 - :class:`ReasoningSplitter` turns streamed text pieces into reasoning and answer segments,
   handling ``<think>``/``</think>`` tags split across pieces and prompts that open the block.
+
+:class:`mtprun.session.ChatSession` puts them together into a chat turn over an engine.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ChatTemplateError, InvalidInputError
+from .events import Segment, SegmentKind
 
 # The fallback for models without a template: ChatML, which many GGUF chat models use.
 CHATML_TEMPLATE = (
@@ -76,24 +79,24 @@ Role = Literal["system", "user", "assistant"]
 
 
 def parse_template_kwargs(text: str | None) -> dict[str, Any]:
-    """Parse ``--chat-template-kwargs`` (a JSON object) or raise InvalidInputError."""
+    """Parse the template kwargs (a JSON object) or raise InvalidInputError (option ``template_kwargs``)."""
     if text is None or not text.strip():
         return {}
     if len(text) > MAX_KWARGS_TEXT:
-        raise InvalidInputError(f"--chat-template-kwargs is longer than {MAX_KWARGS_TEXT} characters")
+        raise InvalidInputError(f"template_kwargs is longer than {MAX_KWARGS_TEXT} characters", option="template_kwargs")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"--chat-template-kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text[:200]!r}") from None
+        raise InvalidInputError(f"template_kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text[:200]!r}", option="template_kwargs") from None
     except (RecursionError, ValueError) as exc:  # nested too deep; integers with too many digits
-        raise InvalidInputError(f"--chat-template-kwargs cannot be read: {'nested too deeply' if isinstance(exc, RecursionError) else exc}") from None
+        raise InvalidInputError(f"template_kwargs cannot be read: {'nested too deeply' if isinstance(exc, RecursionError) else exc}", option="template_kwargs") from None
     if _depth(value) > MAX_KWARGS_DEPTH:
-        raise InvalidInputError(f"--chat-template-kwargs is nested more than {MAX_KWARGS_DEPTH} levels deep")
+        raise InvalidInputError(f"template_kwargs is nested more than {MAX_KWARGS_DEPTH} levels deep", option="template_kwargs")
     if not isinstance(value, dict):
-        raise InvalidInputError(f"--chat-template-kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {text[:200]!r}")
+        raise InvalidInputError(f"template_kwargs must be a JSON object such as '{{\"enable_thinking\": false}}', got {text[:200]!r}", option="template_kwargs")
     reserved = {"messages", "add_generation_prompt", "bos_token", "eos_token"} & value.keys()
     if reserved:
-        raise InvalidInputError(f"--chat-template-kwargs cannot set {', '.join(sorted(reserved))}")
+        raise InvalidInputError(f"template_kwargs cannot set {', '.join(sorted(reserved))}", option="template_kwargs")
     return value
 
 
@@ -288,7 +291,7 @@ class ChatTemplate:
         try:
             self._template = _make_environment().from_string(source)
         except Exception as exc:  # TemplateSyntaxError, and anything a malformed source provokes
-            raise ChatTemplateError(f"{self._what()} does not compile: {_describe(exc)}{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} does not compile: {_describe(exc)}", option=self._option) from None
 
     @classmethod
     def for_model(
@@ -310,6 +313,11 @@ class ChatTemplate:
     def reasoning_tags(self) -> tuple[str, str]:
         return reasoning_tags(self.source)
 
+    @property
+    def _option(self) -> str | None:
+        """A model's own template that fails can be replaced (``template_file``); others are the caller's."""
+        return "template_file" if self.origin == "model" else None
+
     def _what(self) -> str:
         if self.origin == "model":
             return f"the chat template of model {self.model!r}"
@@ -317,8 +325,6 @@ class ChatTemplate:
             return f"the built-in ChatML template (used for model {self.model!r})"
         return f"chat template {self.origin[5:]!r} (for model {self.model!r})"
 
-    def _hint(self) -> str:
-        return "; give another with --chat-template-file FILE, or use --raw" if self.origin == "model" else ""
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, kwargs: Mapping[str, Any] | None = None) -> str:
         """Render ``messages`` (dicts with ``role`` and ``content``) to prompt text."""
@@ -334,13 +340,13 @@ class ChatTemplate:
         try:
             text = _render_bounded(self._template, context, self.time_budget)
         except _BudgetExceeded as exc:
-            raise ChatTemplateError(f"{self._what()} failed to render: {exc}{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} failed to render: {exc}", option=self._option) from None
         except RecursionError:
-            raise ChatTemplateError(f"{self._what()} failed to render: recursion too deep{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} failed to render: recursion too deep", option=self._option) from None
         except MemoryError:
-            raise ChatTemplateError(f"{self._what()} failed to render: out of memory{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} failed to render: out of memory", option=self._option) from None
         except Exception as exc:  # TemplateError, SecurityError, TypeError, ... from untrusted code
-            raise ChatTemplateError(f"{self._what()} failed to render: {_describe(exc)}{self._hint()}") from None
+            raise ChatTemplateError(f"{self._what()} failed to render: {_describe(exc)}", option=self._option) from None
         return text
 
     def generation_prompt(self, messages: Sequence[Mapping[str, Any]], kwargs: Mapping[str, Any] | None = None) -> str:
@@ -394,20 +400,6 @@ def reasoning_tags(template: str | None) -> tuple[str, str]:
     if template and "<|channel>" in template and "<channel|>" in template:
         return GEMMA4_THOUGHT
     return THINK_OPEN, THINK_CLOSE
-
-SegmentKind = Literal["reasoning", "answer", "open", "close"]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A run of streamed text: ``reasoning`` or ``answer`` text, or the ``open``/``close`` tag itself.
-
-    ``from_draft`` is the flag the text was fed with (True: accepted MTP drafts); a tag, always one
-    segment, counts as drafted only when all of it was."""
-
-    kind: SegmentKind
-    text: str
-    from_draft: bool = False
 
 
 def opens_reasoning(generation_prompt: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:

@@ -176,8 +176,29 @@ AUTO_CEILING = 6  # the draft-length ceiling of "auto"
 
 
 @dataclass(frozen=True)
+class PolicyCosts:
+    """The adaptive policy's costs on some machine, in seconds (the terms of
+    :class:`~mtprun.events.PolicyEstimates`): ``target_seconds_by_batch[k-1]`` a target pass over k
+    tokens (its last step is extrapolated to larger batches), ``head_seconds`` one MTP-head decode."""
+
+    target_seconds_by_batch: tuple[float, ...]
+    head_seconds: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_seconds_by_batch", tuple(self.target_seconds_by_batch))
+        _check(len(self.target_seconds_by_batch) >= 1 and all(_finite(t) and t > 0 for t in self.target_seconds_by_batch),
+               f"the policy's target costs must be positive, got {self.target_seconds_by_batch}")
+        _check(_finite(self.head_seconds) and self.head_seconds >= 0, f"the policy's head cost must be positive, got {self.head_seconds}")
+
+
+@dataclass(frozen=True)
 class SpecConfig:
     """Speculation with the MTP head; ``enabled=False`` decodes plainly.
+
+    ``enabled`` is whether *this generation* drafts; ``ModelConfig.mtp`` whether the engine loads
+    the head at all. They are two settings because one loaded engine runs plain and speculative
+    generations side by side (``mtprun bench`` alternates them); a generation drafts when both
+    hold and the model has a head (``ModelInfo.mtp_active``), which ``GenerationStats.mtp`` reports.
 
     ``adaptive=True`` (the default): ``n_max`` is a ceiling and the engine picks 0..n_max draft
     tokens each step from what it measures (target cost by batch size, head cost, acceptance by
@@ -190,23 +211,27 @@ class SpecConfig:
     n_max: int = AUTO_CEILING  # draft tokens per step (adaptive: the most)
     adaptive: bool = True
     p_min: float = 0.0  # stop drafting when the head's top probability falls below this
+    # the adaptive policy's starting estimate of this machine's costs (e.g. what ``mtprun bench
+    # --save`` measured), used by an engine's first generation; its measurements replace it
+    cost_prior: PolicyCosts | None = None
 
     def __post_init__(self) -> None:
+        _check(self.cost_prior is None or isinstance(self.cost_prior, PolicyCosts), f"cost_prior must be a PolicyCosts, got {self.cost_prior!r}")
         _check(_int_in(self.n_max, 1, 32), f"draft length (n_max) must be within 1..32, got {self.n_max}")
         _check(isinstance(self.adaptive, bool), f"adaptive must be True or False, got {self.adaptive!r}")
         _check(_finite(self.p_min) and 0 <= self.p_min <= 1, f"draft p-min must be in [0, 1], got {self.p_min}")
 
     @classmethod
-    def parse(cls, text: str, *, enabled: bool = True, p_min: float = 0.0) -> SpecConfig:
+    def parse(cls, text: str, *, enabled: bool = True, p_min: float = 0.0, cost_prior: PolicyCosts | None = None) -> SpecConfig:
         """From the CLI spelling: ``auto`` (adaptive, ceiling 6), ``auto:N`` (adaptive, ceiling N)
         or ``N`` (always N draft tokens)."""
         raw = str(text).strip().lower()
         if raw == "auto":
-            return cls(enabled=enabled, n_max=AUTO_CEILING, adaptive=True, p_min=p_min)
+            return cls(enabled=enabled, n_max=AUTO_CEILING, adaptive=True, p_min=p_min, cost_prior=cost_prior)
         adaptive = raw.startswith("auto:")
         num = raw[len("auto:"):] if adaptive else raw
         _check(num.isdigit(), f"draft length must be auto, auto:N or N (N within 1..32), got {text!r}")
-        return cls(enabled=enabled, n_max=int(num), adaptive=adaptive, p_min=p_min)
+        return cls(enabled=enabled, n_max=int(num), adaptive=adaptive, p_min=p_min, cost_prior=cost_prior)
 
     @property
     def label(self) -> str:

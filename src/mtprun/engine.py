@@ -22,13 +22,14 @@ from __future__ import annotations
 import codecs
 import os
 import secrets
+import signal
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ._native import core
-from .config import GenerationConfig, ModelConfig, Placement, SPLIT_MODES
+from .config import SPLIT_MODES, GenerationConfig, ModelConfig, Placement
 from .errors import ContextOverflowError, DeviceError, EngineClosedError, InvalidInputError, ModelError, MtprunError
 from .events import GenerationStats, PolicyEstimates, Result, Step, StopReason, TokenPiece
 from .memory import DeviceUse, MeasuredMemory, device_usage, measured
@@ -36,32 +37,88 @@ from .validate import MIN_CONTEXT, validate_file
 
 __all__ = ["Engine", "ModelInfo", "choose_draft_length"]
 
-_STOP_REASONS: dict[int, StopReason] = {
-    core.STOP_EOS: "eos",
-    core.STOP_LENGTH: "length",
-    core.STOP_CONTEXT: "context",
-    core.STOP_CANCELLED: "cancelled",
-}
-
-
 def _error(exc: core.CoreError) -> MtprunError:
     """Map a native failure to the library's exception classes."""
     status, message = exc.args
-    if status == core.STATUS_INVALID:
+    if status == core.Status.invalid:
         return InvalidInputError(message)
-    if status == core.STATUS_MODEL:
+    if status == core.Status.model:
         return ModelError(message)
-    if status == core.STATUS_CONTEXT:
+    if status == core.Status.context:
         return ContextOverflowError(message)
-    if status == core.STATUS_STATE and "closed" in message:
+    if status == core.Status.state and "closed" in message:
         return EngineClosedError(message)
-    if status == getattr(core, "STATUS_DEVICE", None):
+    if status == core.Status.device:
         return DeviceError(message)
     return MtprunError(message)
 
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
+
+
+# The native structs (mtprun._core, bound from csrc/engine.h) share their field names with the
+# config and result dataclasses: values cross by name, and only what differs is spelled out.
+
+
+def _to_native(native_type, config, **values):
+    """A native parameter struct from a (validated) config dataclass: the fields they share by
+    name, then ``values`` (what needs converting: paths, None defaults, nested structs)."""
+    out = native_type()
+    for f in fields(config):
+        if f.name not in values and hasattr(out, f.name):
+            setattr(out, f.name, getattr(config, f.name))
+    for name, value in values.items():
+        setattr(out, name, value)
+    return out
+
+
+def _from_native(cls, raw, **values):
+    """A frozen dataclass from a native struct: the fields they share by name (lists as tuples),
+    then ``values``."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in values:
+            kwargs[f.name] = values[f.name]
+        elif hasattr(raw, f.name):
+            v = getattr(raw, f.name)
+            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+def _model_params(config: ModelConfig, *, n_ctx: int, draft: Path | None):
+    return _to_native(
+        core.ModelParams, config,
+        path=os.fspath(config.path),
+        draft_path=os.fspath(draft) if draft is not None else "",
+        n_ctx=n_ctx,
+        n_threads=config.n_threads or 0,
+        flash_attn=-1 if config.flash_attn is None else int(config.flash_attn),
+        placement=_placement_params(config.placement),
+    )
+
+
+def _placement_params(placement: Placement):
+    """The native placement (``_core.PlacementParams``) of a validated Placement."""
+    return _to_native(
+        core.PlacementParams, placement,
+        rpc=list(placement.rpc), devices=list(placement.devices), devices_draft=list(placement.devices_draft),
+        tensor_split=[float(x) for x in placement.tensor_split],
+        split_mode=-1 if placement.split_mode is None else SPLIT_MODES.index(placement.split_mode),
+        rpc_timeout_ms=max(1, int(placement.rpc_timeout * 1000)),
+    )
+
+
+def rpc_supported() -> bool:
+    """Whether the installed llama.cpp was built with RPC support (GGML_RPC=ON)."""
+    return bool(core.rpc_supported())
+
+
+def check_placement(placement: Placement) -> None:
+    """Fail early (DeviceError, naming the rebuild) when RPC servers are asked for and the installed
+    llama.cpp has no RPC support; cheap, so callers run it before downloading or loading anything."""
+    if placement.rpc and not core.rpc_supported():
+        raise DeviceError(core.rpc_rebuild_hint())
 
 
 @dataclass(frozen=True)
@@ -116,54 +173,25 @@ class Engine:
         header = validate_file(path, role="target")
         if draft is not None:
             validate_file(draft, role="drafter")
-        flash = -1 if config.flash_attn is None else int(config.flash_attn)
         check_placement(config.placement)
         try:
-            self._core = core.Engine(
-                os.fspath(path),
-                os.fspath(draft) if draft is not None else "",
-                _context_size(config.n_ctx, header.context_length),
-                config.n_batch,
-                config.n_threads or 0,
-                config.n_gpu_layers,
-                flash,
-                config.mtp,
-                config.n_draft_capacity,
-                config.verbose,
-                _placement_params(config.placement),
-            )
+            self._core = core.Engine(_model_params(config, n_ctx=_context_size(config.n_ctx, header.context_length), draft=draft))
         except core.CoreError as exc:
             raise _error(exc) from None
         raw = self._core.info()
-        template = _text(raw["chat_template"]) or None
-        self.info = ModelInfo(
+        self.info = _from_native(
+            ModelInfo, raw,
             path=path,
-            arch=raw["arch"],
-            description=raw["description"],
-            size_bytes=raw["size_bytes"],
-            n_params=raw["n_params"],
-            n_vocab=raw["n_vocab"],
-            n_ctx=raw["n_ctx"],
-            n_ctx_train=raw["n_ctx_train"],
-            n_layer=raw["n_layer"],
-            n_embd=raw["n_embd"],
-            n_layer_nextn=raw["n_layer_nextn"],
-            mtp_kind=raw["mtp_kind"],
-            mtp_active=raw["mtp_active"],
-            mtp_note=raw["mtp_note"] or None,
             draft_path=draft,
-            recurrent=raw["recurrent"],
-            chat_template=template,
-            bos_token=_text(raw["bos_token"]),
-            eos_token=_text(raw["eos_token"]),
-            add_bos=raw["add_bos"],
-            backend=raw["backend"],
-            system_info=raw["system_info"].strip(),
-            memory=measured(raw.get("memory", ())),
-            mtp_chain=raw["mtp_chain"],
-            devices=device_usage(raw.get("memory", ())),
+            mtp_kind=raw.mtp_kind.name,
+            mtp_note=raw.mtp_note or None,
+            chat_template=raw.chat_template or None,
+            system_info=raw.system_info.strip(),
+            memory=measured(raw.memory),
+            devices=device_usage(raw.memory),
         )
         self._busy = threading.Lock()
+        self._policy_primed = False  # the policy has costs of its own: set, or measured by a generation
 
     # --- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -208,10 +236,38 @@ class Engine:
         """Forget the cached conversation."""
         self._native().reset()
 
+    # --- the adaptive policy and the model's state (advanced; tests) ---------------------------
+    def set_policy_costs(self, target_seconds_by_batch: Sequence[float], head_seconds: float, *, pin: bool = False) -> None:
+        """Give the adaptive draft-length policy its costs (the terms of :class:`PolicyEstimates`):
+        ``target_seconds_by_batch[k-1]`` a target pass over k tokens (the last step extrapolated
+        to larger batches), ``head_seconds`` one MTP-head decode.
+
+        ``pin=False``: a starting estimate, e.g. the costs ``mtprun bench --save`` measured on this
+        machine, so that the first steps of a fresh engine already choose by them; each batch
+        size's (and the head's) own measurements replace it as they come in.
+        ``pin=True`` (testing): fixed from now on, measurements ignored, so that the policy's
+        choices depend on acceptance alone (any unit). Not during a generation."""
+        try:
+            self._native().set_policy_costs([float(t) for t in target_seconds_by_batch], float(head_seconds), pin)
+        except core.CoreError as exc:
+            raise _error(exc) from None
+        self._policy_primed = True
+
+    def next_logits(self) -> list[float]:
+        """The target's logits for the token after the finished conversation (the cache and the
+        last generated token), for checking the engine's state against a fresh one (testing).
+        The conversation is unchanged."""
+        try:
+            return self._native().next_logits()
+        except core.CoreError as exc:
+            raise _error(exc) from None
+
     def generate(self, prompt: Sequence[int], config: GenerationConfig | None = None) -> Iterator[Step | Result]:
         """Generate after ``prompt`` (token ids): yields a :class:`Step` per speculative step and
         finally one :class:`Result`. Speculation runs when ``config.spec.enabled`` and the model
-        has an active MTP head (else plain decoding; ``Result.stats.mtp`` tells which)."""
+        has an active MTP head (else plain decoding; ``Result.stats.mtp`` tells which).
+        ``config.spec.cost_prior`` starts the adaptive policy of a fresh engine (its first
+        speculative generation); later generations keep what it measured."""
         config = config or GenerationConfig()
         native = self._native()
         if not prompt:
@@ -226,6 +282,11 @@ class Engine:
     def _generate(self, native, prompt: list[int], config: GenerationConfig) -> Iterator[Step | Result]:
         s = config.sampling
         seed = s.seed if s.seed is not None else secrets.randbits(64)
+        if config.spec.enabled and self.info.mtp_active and not self._policy_primed:
+            prior = config.spec.cost_prior
+            if prior is not None:
+                self.set_policy_costs(prior.target_seconds_by_batch, prior.head_seconds)
+            self._policy_primed = True  # this generation measures; a later prior would only set it back
         try:
             _interruptible(native.begin, prompt, _gen_params(config, seed), cancel=native.cancel)
         except core.CoreError as exc:
@@ -234,14 +295,14 @@ class Engine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         tokens: list[int] = []
         text: list[str] = []
-        stop = core.STOP_NONE
+        stop = core.Stop.none
         try:
-            while stop == core.STOP_NONE:
+            while stop == core.Stop.none:
                 try:
                     ids, raw, from_draft, n_drafted, n_accepted, stop = native.step()
                 except core.CoreError as exc:
                     raise _error(exc) from None
-                if stop == core.STOP_EOS:
+                if stop == core.Stop.eos:
                     # the end-of-generation token ends the text; it is not part of it
                     ids, raw, from_draft = ids[:-1], raw[:-1], from_draft[:-1]
                 pieces = []
@@ -253,7 +314,7 @@ class Engine:
                 if pieces or n_drafted:
                     yield Step(tuple(pieces), n_drafted, n_accepted)
         finally:
-            if stop == core.STOP_NONE:
+            if stop == core.Stop.none:
                 # the consumer stopped early (closed the generator): end the native generation
                 native.cancel()
                 try:
@@ -261,7 +322,7 @@ class Engine:
                 except core.CoreError:
                     pass
         text.append(decoder.decode(b"", final=True))  # an incomplete character at the very end
-        yield Result("".join(text), tuple(tokens), _STOP_REASONS[stop], _stats(native.stats()))
+        yield Result("".join(text), tuple(tokens), stop.name, _stats(native.stats()))
 
 
 def _context_size(n_ctx: int, n_ctx_train: int | None) -> int:
@@ -278,52 +339,16 @@ def _context_size(n_ctx: int, n_ctx_train: int | None) -> int:
 
 
 def _gen_params(config: GenerationConfig, seed: int):
-    """The native generation settings (a nanobind-bound struct) of a validated config."""
-    s, spec = config.sampling, config.spec
-    g = core.GenParams()
-    g.max_tokens = config.max_tokens
-    g.speculate = spec.enabled
-    g.n_max = spec.n_max
-    g.adaptive = spec.adaptive
-    g.p_min = spec.p_min
-    sp = core.SamplingParams()
-    sp.temp = s.temperature
-    sp.top_k = s.top_k
-    sp.top_p = s.top_p
-    sp.min_p = s.min_p
-    sp.repeat_penalty = s.repeat_penalty
-    sp.repeat_last_n = s.repeat_last_n
-    sp.presence_penalty = s.presence_penalty
-    sp.seed = seed
-    g.sampling = sp
-    return g
+    """The native generation settings of a validated config."""
+    return _to_native(
+        core.GenParams, config,
+        sampling=_to_native(core.SamplingParams, config.sampling, seed=seed),
+        spec=_to_native(core.SpecParams, config.spec),
+    )
 
 
 def _stats(raw) -> GenerationStats:
-    return GenerationStats(
-        n_prompt_tokens=raw.n_prompt,
-        n_prompt_reused=raw.n_prompt_reused,
-        prompt_seconds=raw.t_prompt_s,
-        n_generated=raw.n_generated,
-        generation_seconds=raw.t_gen_s,
-        n_drafted=raw.n_drafted,
-        n_accepted=raw.n_accepted,
-        drafted_by_position=tuple(raw.drafted_at),
-        accepted_by_position=tuple(raw.accepted_at),
-        n_target_passes=raw.n_target_passes,
-        draft_seconds=raw.t_draft_s,
-        verify_seconds=raw.t_verify_s,
-        sample_seconds=raw.t_sample_s,
-        mtp=raw.speculative,
-        adaptive=raw.adaptive,
-        n_max=raw.n_max,
-        steps_by_draft_length=tuple(raw.steps_by_n),
-        policy=PolicyEstimates(
-            acceptance_by_position=tuple(raw.est_acceptance),
-            target_seconds_by_batch=tuple(raw.est_t_target),
-            head_seconds=raw.est_t_head,
-        ) if raw.speculative else None,
-    )
+    return _from_native(GenerationStats, raw, policy=_from_native(PolicyEstimates, raw.policy) if raw.mtp else None)
 
 
 def choose_draft_length(target_seconds: Sequence[float], head_seconds: float, acceptance: Sequence[float], n_max: int | None = None) -> int:
@@ -338,7 +363,14 @@ def choose_draft_length(target_seconds: Sequence[float], head_seconds: float, ac
 def _interruptible(fn, *args, cancel):
     """Run a long native call (prompt processing) in a worker thread so the main thread keeps
     handling signals: Ctrl-C (or a signal handler calling ``Engine.cancel``) asks the native call
-    to stop at its next chunk; KeyboardInterrupt is re-raised once it has."""
+    to stop at its next chunk; KeyboardInterrupt is raised once it has.
+
+    Nothing leaves this function while the worker is still inside the engine: an exception that
+    did (a second Ctrl-C landing between two checks, say) would let the caller close the engine,
+    or the interpreter exit, under the running native call, and the process die of SIGSEGV. So
+    while the worker runs, Python's default SIGINT handler is replaced by one that only cancels
+    (the KeyboardInterrupt is raised after the join), and anything another handler raises is
+    held until the worker is done. The worker is no daemon: at exit Python waits for it."""
     if threading.current_thread() is not threading.main_thread():
         return fn(*args)
     box: dict = {}
@@ -349,27 +381,44 @@ def _interruptible(fn, *args, cancel):
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
-    worker = threading.Thread(target=run, name="mtprun-prefill", daemon=True)
-    worker.start()
-    interrupted = None
-    while worker.is_alive():
-        try:
-            worker.join(0.05)
-        except KeyboardInterrupt as exc:
-            cancel()
-            interrupted = exc
+    interrupted: list[int] = []
+
+    def on_sigint(signum, frame) -> None:
+        interrupted.append(signum)
+        cancel()
+
+    worker = threading.Thread(target=run, name="mtprun-prefill")
+    swap = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if swap:
+        signal.signal(signal.SIGINT, on_sigint)
+    held: BaseException | None = None
+    try:
+        worker.start()
+        while True:
+            try:
+                if not worker.is_alive():
+                    break
+                worker.join(0.05)
+            except BaseException as exc:  # another handler raised: stop the worker, raise it after
+                held = held or exc
+                cancel()
+    finally:
+        if swap:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     if "error" in box:
         raise box["error"]
-    if interrupted is not None:
-        raise interrupted
+    if held is not None:
+        raise held
+    if interrupted:
+        raise KeyboardInterrupt
     return box.get("value")
 
 
 def gpu_free_bytes() -> int | None:
     """Free memory of the first GPU llama.cpp sees (ggml_backend_dev_memory), or None without one."""
     for dev in core.devices():
-        if dev["type"] in ("gpu", "igpu"):
-            return int(dev["free"])
+        if dev.type in ("gpu", "igpu"):
+            return int(dev.free)
     return None
 
 
@@ -377,37 +426,8 @@ def dry_run(config: ModelConfig) -> MeasuredMemory:
     """What loading ``config`` would allocate, from llama.cpp's no_alloc dry run (the way its -fit
     measures: no weights are read), with the engine's contexts. Run it on files an Engine has
     already accepted: llama.cpp's own loader is all that checks them here."""
-    flash = -1 if config.flash_attn is None else int(config.flash_attn)
     try:
-        rows = core.memory_dry_run(
-            os.fspath(config.path), os.fspath(config.draft_path) if config.draft_path is not None else "",
-            config.n_ctx, config.n_batch, config.n_gpu_layers, flash, config.mtp, config.n_draft_capacity,
-            _placement_params(config.placement),
-        )
+        rows = core.memory_dry_run(_model_params(config, n_ctx=config.n_ctx, draft=config.draft_path))
     except core.CoreError as exc:
         raise _error(exc) from None
     return measured(rows)
-
-
-def rpc_supported() -> bool:
-    """Whether the installed llama.cpp was built with RPC support (GGML_RPC=ON)."""
-    return bool(core.rpc_supported())
-
-
-def check_placement(placement: Placement) -> None:
-    """Fail early (DeviceError, naming the rebuild) when RPC servers are asked for and the installed
-    llama.cpp has no RPC support; cheap, so callers run it before downloading or loading anything."""
-    if placement.rpc and not core.rpc_supported():
-        raise DeviceError(core.rpc_rebuild_hint())
-
-
-def _placement_params(placement: Placement):
-    """The native placement (a nanobind-bound struct) of a validated Placement."""
-    p = core.PlacementParams()
-    p.rpc = list(placement.rpc)
-    p.devices = list(placement.devices)
-    p.devices_draft = list(placement.devices_draft)
-    p.tensor_split = [float(x) for x in placement.tensor_split]
-    p.split_mode = -1 if placement.split_mode is None else SPLIT_MODES.index(placement.split_mode)
-    p.rpc_timeout_ms = max(1, int(placement.rpc_timeout * 1000))
-    return p

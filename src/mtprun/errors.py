@@ -1,40 +1,39 @@
 """Exceptions raised by the mtprun library.
 
-Every error a user can cause derives from :class:`MtprunError`; the CLI maps each class to a
-one-line message and an exit code (see ``mtprun.cli._errors``). The library never prints.
+Every error a user can cause derives from :class:`MtprunError`. Errors carry data, not command-line
+wording: ``option`` names the argument of the library call a bad value came from (``"model"``,
+``"draft"``, ...), ``path`` the file a problem is about. The CLI maps each class to an exit code and
+each ``option`` to its flag (see ``mtprun.cli._errors``). The library never prints.
 """
 
 from __future__ import annotations
 
 
 class MtprunError(Exception):
-    """Base class of every error mtprun reports to users."""
+    """Base class of every error mtprun reports to users.
 
-    exit_code = 1
+    ``option``: the library argument the problem is about, if any; ``path``: the file, if any."""
+
+    def __init__(self, *args: object, option: str | None = None, path: object = None) -> None:
+        super().__init__(*args)
+        self.option = option
+        self.path = path
 
 
 class InvalidInputError(MtprunError, ValueError):
     """A value given by the caller is out of range or malformed."""
 
-    exit_code = 2
-
 
 class ModelError(MtprunError):
     """A model file is missing, unreadable, not GGUF, or does not fit its drafter."""
-
-    exit_code = 3
 
 
 class ContextOverflowError(MtprunError):
     """The prompt does not fit in the context window."""
 
-    exit_code = 4
-
 
 class HubError(MtprunError):
     """Resolving or downloading from the Hugging Face Hub failed."""
-
-    exit_code = 5
 
 
 class HubRepoNotFoundError(HubError):
@@ -78,8 +77,6 @@ class DeviceError(MtprunError):
 
 class EngineClosedError(MtprunError):
     """The engine was used after ``close()``."""
-
-    exit_code = 1
 
 
 class ChatTemplateError(ModelError):

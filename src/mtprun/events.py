@@ -3,6 +3,10 @@
 ``Engine.generate`` yields one :class:`Step` per speculative step (the tokens the target accepted
 in one verification pass, each marked whether it came from an accepted draft) and finally one
 :class:`Result` with the stop reason and the statistics.
+
+``ChatSession.reply`` (:mod:`mtprun.session`) yields one :class:`ReplyStart`, then the engine's
+events with the :class:`Segment` events (reasoning, answer, and the tags between them) each
+:class:`Step` spells, and finally the engine's :class:`Result`; a whole reply is a :class:`ChatReply`.
 """
 
 from __future__ import annotations
@@ -152,3 +156,51 @@ class Result:
     tokens: tuple[int, ...]
     stop_reason: StopReason
     stats: GenerationStats
+
+
+SegmentKind = Literal["reasoning", "answer", "open", "close"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of streamed text: ``reasoning`` or ``answer`` text, or the ``open``/``close`` tag itself.
+
+    ``from_draft`` is the flag the text was fed with (True: accepted MTP drafts); a tag, always one
+    segment, counts as drafted only when all of it was."""
+
+    kind: SegmentKind
+    text: str
+    from_draft: bool = False
+
+
+@dataclass(frozen=True)
+class ReplyStart:
+    """A chat reply begins: the conversation went through the template and the tokenizer."""
+
+    n_prompt_tokens: int  # the whole conversation handed to the engine
+    n_new_tokens: int  # of which not known from earlier turns (the rest is in the engine's cache)
+    starts_in_reasoning: bool  # the template's generation prompt opened a reasoning block
+    reasoning_tags: tuple[str, str]  # the tags that open and close a reasoning block
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """One whole chat reply: the engine's result and the reply split into reasoning and answer
+    (without the tags)."""
+
+    result: Result
+    reasoning: str
+    answer: str
+
+    @property
+    def text(self) -> str:
+        """The reply exactly as generated (tags included)."""
+        return self.result.text
+
+    @property
+    def stop_reason(self) -> StopReason:
+        return self.result.stop_reason
+
+    @property
+    def stats(self) -> GenerationStats:
+        return self.result.stats

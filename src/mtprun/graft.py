@@ -375,7 +375,7 @@ def _check_pair(m: _Header, d: _Header, replace: bool) -> None:
         raise ModelError(f"the donor {dp} has no MTP layers ({d.arch}.nextn_predict_layers is {d.n_mtp})")
     if m.n_mtp:
         if not replace:
-            raise ModelError(f"{mp} already has {m.n_mtp} MTP layer(s): add --replace to swap in the donor's")
+            raise ModelError(f"{mp} already has {m.n_mtp} MTP layer(s): use `replace` to swap in the donor's", option="replace", path=mp)
     if any(t.block is not None and t.block >= m.block_count for t in m.tensors):
         raise ModelError(f"{mp} has tensors past its {m.block_count} blocks (MTP tensors without nextn_predict_layers?)")
     if m.tokenizer_hash != d.tokenizer_hash:

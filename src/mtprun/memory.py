@@ -101,19 +101,20 @@ class MeasuredMemory:
         }
 
 
-def measured(entries: Iterable[Mapping[str, object]]) -> MeasuredMemory:
-    """Sum the engine's breakdown rows (context, buffer, device, host, shared_model, model, state, compute)."""
+def measured(entries: Iterable) -> MeasuredMemory:
+    """Sum the engine's breakdown rows (``mtprun._core.MemoryEntry``: context, buffer, device, host,
+    shared_model, model, state, compute)."""
     w = mw = st = co = mst = mco = 0
     devices: dict[str, int] = {}
     for e in entries:
-        draft = e["context"] == "draft"
-        model = 0 if (draft and e["shared_model"]) else int(e["model"])  # the target's weights, counted once
+        draft = e.context == "draft"
+        model = 0 if (draft and e.shared_model) else int(e.model)  # the target's weights, counted once
         if draft:
-            mw, mst, mco = mw + model, mst + int(e["state"]), mco + int(e["compute"])
+            mw, mst, mco = mw + model, mst + int(e.state), mco + int(e.compute)
         else:
-            w, st, co = w + model, st + int(e["state"]), co + int(e["compute"])
-        dev = "" if e["host"] else str(e["device"] or e["buffer"])
-        devices[dev] = devices.get(dev, 0) + model + int(e["state"]) + int(e["compute"])
+            w, st, co = w + model, st + int(e.state), co + int(e.compute)
+        dev = "" if e.host else str(e.device or e.buffer)
+        devices[dev] = devices.get(dev, 0) + model + int(e.state) + int(e.compute)
     return MeasuredMemory(w, mw, st, co, mst, mco, devices)
 
 
@@ -314,21 +315,21 @@ class DeviceUse:
                 "compute": self.compute, "mtp": self.mtp, "total": self.total}
 
 
-def device_usage(entries: Iterable[Mapping[str, object]]) -> tuple[DeviceUse, ...]:
-    """The engine's breakdown rows grouped by device (host buffers as "CPU"), in first-seen order,
-    devices with nothing allocated left out."""
+def device_usage(entries: Iterable) -> tuple[DeviceUse, ...]:
+    """The engine's breakdown rows (``mtprun._core.MemoryEntry``) grouped by device (host buffers
+    as "CPU"), in first-seen order, devices with nothing allocated left out."""
     sums: dict[str, list[int]] = {}
     descriptions: dict[str, str] = {}
     for e in entries:
-        name = "CPU" if e["host"] else str(e["device"] or e["buffer"])
-        if not e["host"]:
-            descriptions.setdefault(name, str(e.get("device_description", "")))
+        name = "CPU" if e.host else str(e.device or e.buffer)
+        if not e.host:
+            descriptions.setdefault(name, str(getattr(e, "device_description", "")))
         s = sums.setdefault(name, [0, 0, 0, 0])
-        if e["context"] == "draft":
-            own = 0 if e["shared_model"] else int(e["model"])
-            s[3] += own + int(e["state"]) + int(e["compute"])
+        if e.context == "draft":
+            own = 0 if e.shared_model else int(e.model)
+            s[3] += own + int(e.state) + int(e.compute)
         else:
-            s[0] += int(e["model"])
-            s[1] += int(e["state"])
-            s[2] += int(e["compute"])
+            s[0] += int(e.model)
+            s[1] += int(e.state)
+            s[2] += int(e.compute)
     return tuple(DeviceUse(name, descriptions.get(name, ""), *s) for name, s in sums.items() if any(s))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import SpecConfig
+from .config import PolicyCosts, SpecConfig
 from .errors import InvalidInputError
 
 __all__ = [
@@ -110,18 +110,12 @@ def _key(model: dict[str, Any], machine: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def setting_spec(setting: str, *, p_min: float = 0.0) -> SpecConfig:
-    """A saved setting ("plain", "N", "auto:N") as the engine's SpecConfig."""
+def setting_spec(setting: str, *, p_min: float = 0.0, cost_prior: PolicyCosts | None = None) -> SpecConfig:
+    """A saved setting ("plain", "N", "auto:N") as the engine's SpecConfig; ``cost_prior`` (see
+    :meth:`Saved.cost_prior`) starts the adaptive policy."""
     if setting == "plain":
         return SpecConfig(enabled=False)
-    parse = getattr(SpecConfig, "parse", None)
-    if parse is not None:  # the adaptive controller's SpecConfig: "N" is fixed, "auto:N" adaptive
-        return parse(setting, p_min=p_min)
-    if setting.startswith("auto"):
-        raise InvalidInputError(f"saved setting {setting!r} needs the adaptive draft length, which this mtprun lacks")
-    if not setting.isdigit():
-        raise InvalidInputError(f"unknown saved setting {setting!r}")
-    return SpecConfig(enabled=True, n_max=int(setting), p_min=p_min)
+    return SpecConfig.parse(setting, p_min=p_min, cost_prior=cost_prior)  # "N" is fixed, "auto:N" adaptive
 
 
 @dataclass(frozen=True)
@@ -136,6 +130,25 @@ class Saved:
     costs: dict[str, Any] = field(default_factory=dict)  # measured draft/verify costs (seconds)
     measured: dict[str, Any] = field(default_factory=dict)  # how: tokens, reps, configurations
     saved_at: str = ""
+
+    def cost_prior(self) -> PolicyCosts | None:
+        """The measured costs as the adaptive policy's starting estimate: the target pass by batch
+        size (plain, then each fixed draft length's verify, up to the first size not measured) and
+        the head decode, else the adaptive run's own final estimates; None when neither is usable."""
+        c = self.costs
+        target = []
+        for t in c.get("target_seconds_by_batch") or []:
+            if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
+                break
+            target.append(float(t))
+        head = c.get("head_seconds")
+        policy = c.get("auto_policy") if isinstance(c.get("auto_policy"), dict) else {}
+        if not target or not isinstance(head, (int, float)):
+            target, head = policy.get("target_seconds_by_batch") or [], policy.get("head_seconds")
+        try:
+            return PolicyCosts(tuple(target), head)
+        except (InvalidInputError, TypeError):
+            return None
 
     def as_dict(self) -> dict[str, Any]:
         return {"setting": self.setting, "model": self.model, "machine": self.machine, "x_plain": self.x_plain,

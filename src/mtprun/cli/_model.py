@@ -1,121 +1,68 @@
-"""From the model options (-m / -hf / --demo, -md) to a loaded engine, shared by run/chat/info."""
+"""From the model options (-m / -hf / --demo, -md) to a loaded engine, shared by run/chat/info/bench.
+
+Which files to load is the library's :func:`mtprun.resolve.resolve_model`; this module renders
+its notes (with the flags that act on them) and loads the engine.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from ..config import ModelConfig
-from ..errors import InvalidInputError, ModelError
-from .ui import Output
+from ..config import GenerationConfig, ModelConfig
+from ..errors import ModelError
+from ..resolve import ModelFiles, Note, resolve_model
+from . import _options as o
+from .ui import Output, human_size
 
-
-@dataclass(frozen=True)
-class ModelChoice:
-    path: Path
-    draft_path: Path | None
-    label: str  # how the model is named to the user (file name, hub spec, or the demo label)
-    synthetic: bool = False
-
-
-def _path(value: str | Path | None, what: str) -> Path | None:
-    if value is None:
-        return None
-    if isinstance(value, str) and not value.strip():
-        raise InvalidInputError(f"{what}: the path is empty")
-    return Path(value)
+# what the user can do about a note, in flags
+_HINTS = {
+    "drafter-beside": " (-md chooses another)",
+    "drafters-ambiguous": ": choose one with -md",
+    "drafter-unused": " (-md)",
+}
 
 
-def _is_file(path: Path, what: str) -> bool:
-    """Whether ``path`` is a regular file; a path the system cannot even look up (too long, ...)
-    is a model file problem (exit 3), not an internal error."""
-    try:
-        if path.is_file():
-            return True
-        if path.is_dir():
-            raise ModelError(f"{what} is a directory, not a GGUF file: {str(path)[:200]!r}")
-        if path.exists():
-            raise ModelError(f"{what} is not a regular file: {str(path)[:200]!r}")
-        return False
-    except OSError as exc:
-        raise ModelError(f"cannot open {what} {str(path)[:200]!r}...: {exc.strerror or exc}") from None
+def render_note(out: Output, note: Note) -> None:
+    text = note.message + _HINTS.get(note.kind, "")
+    if note.kind == "downloading":
+        text += f" ({human_size(note.size)})"
+    (out.warn if note.warning else out.info)(text)
 
 
-def choose_model(
-    out: Output, *, model: str | Path | None, hf: str | None, draft: str | Path | None, demo: bool, mtp: bool = True,
-    revision: str | None = None, offline: bool = False,
-) -> ModelChoice:
-    """Resolve the model options to local files (downloading or building the demo if needed).
-
-    ``mtp``: whether a drafter sidecar is wanted (looked up beside a local model, fetched with -hf)."""
-    model = _path(model, "-m/--model")
-    draft = _path(draft, "-md/--model-draft")
-    given = [name for name, v in (("-m", model), ("-hf", hf), ("--demo", demo)) if v]
-    if not given:
-        raise InvalidInputError("no model given: use -m PATH, -hf OWNER/NAME[:QUANT] or --demo")
-    if len(given) > 1:
-        raise InvalidInputError(f"give only one model source, not {' and '.join(given)}")
-    if (revision is not None or offline) and hf is None:
-        raise InvalidInputError("--revision and --offline apply to -hf models only")
-    if draft is not None and not mtp:
-        out.warn(f"MTP is off: the drafter {draft.name[:80]} (-md) is not loaded")
-        draft = None
-    if draft is not None and not _is_file(draft, "draft model file"):
-        raise ModelError(f"draft model file not found: {str(draft)[:200]!r}")
-    if model is not None:
-        if not _is_file(model, "model file"):
-            raise ModelError(f"model file not found: {str(model)[:200]!r}")
-        if draft is None and mtp:
-            draft = _drafter_beside(out, model)
-        return ModelChoice(model, draft, model.name)
-    if demo:
-        from ..demo import DEMO_LABEL, ensure_demo_model
-
-        path = ensure_demo_model(on_build=lambda p: out.info(f"building the synthetic demo model (first use) in {p.parent} ..."))
-        return ModelChoice(path, draft, DEMO_LABEL, synthetic=True)
-    from ._hub import fetch_model
-
-    local = fetch_model(out, str(hf), revision=revision, offline=offline, no_mtp=not mtp or draft is not None)
-    return ModelChoice(local.model, draft if draft is not None else local.mtp, str(hf))
+def resolve_files(out: Output, source: o.ModelSource, *, mtp: bool = True) -> ModelFiles:
+    """The model options resolved to local files (downloading or building the demo if needed);
+    notes are shown as they come. ``mtp``: whether a drafter is wanted."""
+    return resolve_model(
+        source.model, hf=source.hf_repo, demo=source.demo, draft=source.model_draft, mtp=mtp,
+        revision=source.revision, offline=source.offline, on_note=lambda note: render_note(out, note),
+    )
 
 
-def _drafter_beside(out: Output, model: Path) -> Path | None:
-    """The MTP drafter sidecar (mtp-*.gguf) next to a model without MTP layers, if exactly one fits."""
-    from ..gguf_info import read_gguf_info
+@dataclass
+class Loaded:
+    """A model loaded for ``run``/``chat``: the engine, its files, the generation settings (with a
+    setting ``mtprun bench --save`` remembered, if one applies) and where they came from."""
 
-    candidates = sorted(p for p in model.parent.glob("mtp-*.gguf") if p.is_file() and p != model)
-    if not candidates:
-        return None
-    info = read_gguf_info(model)
-    if info.has_embedded_mtp or info.is_mtp_drafter:
-        return None
-    from ..validate import drafter_misfit
-
-    fitting = []
-    for path in candidates:
-        try:
-            d = read_gguf_info(path)
-        except ModelError as exc:
-            out.warn(f"skipping {path.name}: {exc}")
-            continue
-        if not d.is_mtp_drafter:
-            continue
-        why = drafter_misfit(info, d)
-        if why is not None:
-            out.warn(f"skipping the MTP drafter {path.name} beside the model: {why}")
-            continue
-        fitting.append(path)
-    named = [p for p in fitting if p.name == f"mtp-{model.name}"]  # the generator's / a user's own pairing
-    if len(fitting) == 1 or named:
-        chosen = named[0] if named else fitting[0]
-        out.info(f"MTP: drafter {chosen.name} found beside the model (-md chooses another)")
-        return chosen
-    if len(fitting) > 1:
-        out.warn(f"several MTP drafters beside {model.name} ({', '.join(p.name for p in fitting)}): choose one with -md")
-    return None
+    engine: object
+    files: ModelFiles
+    gen: GenerationConfig
+    saved: object  # _saved.SavedSetting
 
 
-def open_engine(out: Output, choice: ModelChoice, base: ModelConfig, *, require_mtp: bool = False, quiet: bool = False):
+@contextmanager
+def load(out: Output, source: o.ModelSource, settings: o.Settings) -> Iterator[Loaded]:
+    """Resolve, look up a saved setting, load the engine (closed on exit)."""
+    from ._saved import SavedSetting
+
+    files = resolve_files(out, source, mtp=settings.mtp)
+    saved = SavedSetting(out, files, wanted=settings.mtp and not settings.n_max_given)
+    with open_engine(out, files, settings.model_config(saved.capacity), require_mtp=settings.require_mtp) as eng:
+        yield Loaded(eng, files, saved.apply(eng.info, settings.gen), saved)
+
+
+def open_engine(out: Output, choice: ModelFiles, base: ModelConfig, *, require_mtp: bool = False, quiet: bool = False):
     """Load the model with the runtime options of ``base``; warn (or fail with --require-mtp) when MTP
     was asked for but is not available.
 
@@ -139,26 +86,7 @@ def open_engine(out: Output, choice: ModelChoice, base: ModelConfig, *, require_
     return eng
 
 
-def conversation_for(out: Output, eng, choice: ModelChoice, *, system: str | None, template_file: Path | None, kwargs: dict):
-    """The chat template (the model's, ``--chat-template-file``, or ChatML with a warning) and a
-    conversation over the engine's tokenizer; the template is tried once so a broken one fails now."""
-    from ..chat import ChatTemplate, Conversation
-
-    info = eng.info
-    template = ChatTemplate.for_model(
-        info.chat_template, model=choice.label, bos_token=info.bos_token, eos_token=info.eos_token, override=template_file,
-    )
-    if template.is_builtin:
-        out.warn(f"{choice.label} has no chat template; using ChatML (give --chat-template-file FILE)")
-    conv = Conversation(
-        template, lambda text, add: eng.tokenize(text, add_special=add, parse_special=True),
-        system=system, template_kwargs=kwargs, add_bos=info.add_bos,
-    )
-    template.render([*conv.messages, {"role": "user", "content": "hello"}], kwargs=kwargs)
-    return conv
-
-
-def _fit_mtp_on_gpu(out: Output, choice: ModelChoice, cfg: ModelConfig, *, require_mtp: bool, quiet: bool) -> ModelConfig:
+def _fit_mtp_on_gpu(out: Output, choice: ModelFiles, cfg: ModelConfig, *, require_mtp: bool, quiet: bool) -> ModelConfig:
     """With a GPU in use: drop the MTP head (warn; --require-mtp: fail) when the estimate says it
     does not fit beside the model in the GPU's free memory."""
     from ..engine import gpu_free_bytes
@@ -169,7 +97,8 @@ def _fit_mtp_on_gpu(out: Output, choice: ModelChoice, cfg: ModelConfig, *, requi
     if free is None:
         return cfg
     est = estimate(
-        read_gguf_info(cfg.path), read_gguf_info(cfg.draft_path) if cfg.draft_path else None,
+        choice.info or read_gguf_info(cfg.path),
+        (choice.draft_info or read_gguf_info(cfg.draft_path)) if cfg.draft_path else None,
         n_ctx=cfg.n_ctx, n_draft=cfg.n_draft_capacity, flash_attn=cfg.flash_attn is not False,
     )
     decision = mtp_fit(gpu_free=free, plain_bytes=est.plain_total, mtp_bytes=est.mtp_total)

@@ -1,9 +1,17 @@
-"""Options shared by commands, declared once as ``Annotated`` aliases (llama-cli names where they exist),
-and the helpers that turn their values into validated config objects.
+"""Options shared by commands, declared once (llama-cli names where they exist), and the one place
+that turns their values into validated config objects.
 
-Every command spells and documents an option the same way, e.g.::
+Each option is an ``Annotated`` alias; the options several commands share are grouped into frozen
+dataclasses (:class:`ModelSource`, :class:`Runtime`, :class:`Sampling`, :class:`Speculation`,
+:class:`Template`, :class:`Display`). A command takes a group as one parameter and is wrapped
+with :func:`command`, which shows Typer the group's fields as options and hands the command the
+group built from them::
 
-    def run(hf_repo: HfRepoOpt = None, revision: RevisionOpt = None, offline: OfflineOpt = False, ...)
+    @command
+    def chat(opts: Generate, model_arg: ModelArg = None) -> None:  # opts.sampling.temp, ...
+
+:func:`settings` builds the ``GenerationConfig`` and checks the ``ModelConfig`` options of
+``run``/``chat`` before any model is resolved; :func:`model_config` builds every ``ModelConfig``.
 
 Hub options are passed to ``mtprun.hub`` with ``offline=offline or None``, so that
 ``HF_HUB_OFFLINE=1`` applies when the flag is absent.
@@ -11,9 +19,14 @@ Hub options are passed to ``mtprun.hub`` with ``offline=offline or None``, so th
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, get_type_hints
 
 import typer
 
@@ -162,58 +175,6 @@ ChatTemplateKwargsOpt = Annotated[
 ]
 
 
-def template_kwargs(text: str | None, *, demo: bool) -> dict:
-    """``--chat-template-kwargs``, or the demo model's default (thinking off)."""
-    from ..chat import parse_template_kwargs
-
-    if text is None and demo:
-        return dict(DEMO_TEMPLATE_KWARGS)
-    return parse_template_kwargs(text)
-
-
-def mtp_wanted(no_mtp: bool, spec_type: SpecType | None, require_mtp: bool) -> bool:
-    """Whether MTP speculation is asked for, rejecting contradictory switches."""
-    off = no_mtp or spec_type == SpecType.none
-    if no_mtp and spec_type == SpecType.draft_mtp:
-        raise InvalidInputError("--no-mtp contradicts --spec-type draft-mtp")
-    if off and require_mtp:
-        raise InvalidInputError("--require-mtp contradicts " + ("--no-mtp" if no_mtp else "--spec-type none"))
-    return not off
-
-
-def generation_config(
-    *, n_predict: int | None, temp: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
-    presence_penalty: float, seed: int, mtp: bool, n_max: str, p_min: float,
-) -> GenerationConfig:
-    """Validated generation settings (raises InvalidInputError naming the option)."""
-    n_predict = -1 if n_predict is None else n_predict
-    if seed < -1:
-        raise InvalidInputError(f"--seed must be -1 (random) or a non-negative integer, got {seed}")
-    try:
-        sampling = SamplingConfig(
-            temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-            presence_penalty=presence_penalty, seed=None if seed == -1 else seed,
-        )
-        spec = SpecConfig.parse(n_max, enabled=mtp, p_min=p_min)
-        return GenerationConfig(max_tokens=n_predict, sampling=sampling, spec=spec)
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"invalid option value: {exc}") from None
-
-
-def model_config(*, ctx_size: int, threads: int | None, n_gpu_layers: int, mtp: bool, n_max: int, verbose: bool,
-                 placement: Placement | None = None) -> ModelConfig:
-    """Validated runtime options for the model, checked before any model is resolved; the path
-    (a placeholder here) is filled in with ``dataclasses.replace`` once the model is known.
-    ``n_max`` is the run's draft-length ceiling (``GenerationConfig.spec.n_max``; 6 for ``auto``)."""
-    try:
-        return ModelConfig(
-            path=Path(), n_ctx=ctx_size, n_threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
-            n_draft_capacity=n_max, verbose=verbose, placement=placement or Placement(),
-        )
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"invalid option value: {exc}") from None
-
-
 # --- devices (llama-cli's names and meanings) -------------------------------------------------------
 DEVICES = "Devices (llama.cpp RPC servers, several GPUs)"
 RpcOpt = Annotated[
@@ -246,16 +207,254 @@ SplitModeOpt = Annotated[
     typer.Option("-sm", "--split-mode", metavar="none|layer|row|tensor", help="How to split the model across devices (default: layer).", show_default=False, rich_help_panel=DEVICES),
 ]
 
+# --- groups ----------------------------------------------------------------------------------------
 
-def placement(*, rpc: str | None, device: str | None, device_draft: str | None, tensor_split: str | None,
-              split_mode: str | None) -> Placement:
-    """Validated device options; fails at once (before any model is resolved) when --rpc is given
-    and the installed llama.cpp has no RPC support."""
-    from ..engine import check_placement
 
+@dataclass(frozen=True)
+class ModelSource:
+    """-m / -hf (--revision, --offline) / --demo, and -md."""
+
+    model: ModelPathOpt = None
+    hf_repo: HfRepoOpt = None
+    revision: RevisionOpt = None
+    offline: OfflineOpt = False
+    model_draft: DraftPathOpt = None
+    demo: DemoOpt = False
+
+    def with_argument(self, model_arg: str | None) -> ModelSource:
+        """The MODEL argument (chat, info) as -m."""
+        if model_arg is None:
+            return self
+        if self.model is not None:
+            raise InvalidInputError("give the model once: as an argument or with -m")
+        return dataclasses.replace(self, model=model_arg)
+
+    @property
+    def given(self) -> bool:
+        return self.model is not None or self.hf_repo is not None or self.demo
+
+
+@dataclass(frozen=True)
+class Devices:
+    """--rpc, -dev, -devd, -ts, -sm."""
+
+    rpc: RpcOpt = None
+    device: DeviceOpt = None
+    device_draft: DeviceDraftOpt = None
+    tensor_split: TensorSplitOpt = None
+    split_mode: SplitModeOpt = None
+
+    def placement(self) -> Placement:
+        """Validated; fails at once (before any model is resolved) when --rpc is given and the
+        installed llama.cpp has no RPC support."""
+        from ..engine import check_placement
+
+        p = _invalid_value(lambda: Placement.parse(rpc=self.rpc, device=self.device, device_draft=self.device_draft,
+                                                   tensor_split=self.tensor_split, split_mode=self.split_mode))
+        check_placement(p)
+        return p
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """-c, -t, -ngl and the devices."""
+
+    ctx_size: CtxSizeOpt = 4096
+    threads: ThreadsOpt = None
+    n_gpu_layers: GpuLayersOpt = -1
+    devices: Devices = Devices()
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n_predict: NPredictOpt = None
+    temp: TempOpt = 0.8
+    top_k: TopKOpt = 40
+    top_p: TopPOpt = 0.95
+    min_p: MinPOpt = 0.05
+    repeat_penalty: RepeatPenaltyOpt = 1.0
+    presence_penalty: PresencePenaltyOpt = 0.0
+    seed: SeedOpt = -1
+
+
+@dataclass(frozen=True)
+class Speculation:
+    spec_draft_n_max: SpecDraftNMaxOpt = None  # None: what `mtprun bench --save` found, else DEFAULT_N_MAX
+    draft_p_min: DraftPMinOpt = 0.0
+    no_mtp: NoMtpOpt = False
+    spec_type: SpecTypeOpt = None
+    require_mtp: RequireMtpOpt = False
+
+    @property
+    def mtp(self) -> bool:
+        """Whether MTP speculation is asked for, rejecting contradictory switches."""
+        off = self.no_mtp or self.spec_type == SpecType.none
+        if self.no_mtp and self.spec_type == SpecType.draft_mtp:
+            raise InvalidInputError("--no-mtp contradicts --spec-type draft-mtp")
+        if off and self.require_mtp:
+            raise InvalidInputError("--require-mtp contradicts " + ("--no-mtp" if self.no_mtp else "--spec-type none"))
+        return not off
+
+
+@dataclass(frozen=True)
+class Template:
+    """-sys, --chat-template-file, --chat-template-kwargs."""
+
+    system_prompt: SystemPromptOpt = None
+    chat_template_file: ChatTemplateFileOpt = None
+    chat_template_kwargs: ChatTemplateKwargsOpt = None
+
+    @property
+    def given(self) -> bool:
+        return self.system_prompt is not None or self.chat_template_file is not None or self.chat_template_kwargs is not None
+
+
+@dataclass(frozen=True)
+class Display:
+    color: ColorOpt = None
+    verbose: VerboseOpt = False
+
+    def output(self):
+        from .ui import Output
+
+        return Output(color=self.color, verbose=self.verbose)
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Every option ``run`` and ``chat`` share."""
+
+    source: ModelSource
+    template: Template
+    sampling: Sampling
+    spec: Speculation
+    runtime: Runtime
+    display: Display
+
+
+GROUPS = (ModelSource, Devices, Runtime, Sampling, Speculation, Template, Display, Generate)
+
+Builder = Callable[[dict[str, Any]], Any]
+
+
+def _expand(kind: type) -> tuple[list[inspect.Parameter], Builder]:
+    """A group's options as parameters, and the function that builds the group from their values."""
+    hints = get_type_hints(kind, include_extras=True)
+    params: list[inspect.Parameter] = []
+    parts: dict[str, Builder] = {}
+    for f in dataclasses.fields(kind):
+        if hints[f.name] in GROUPS:
+            sub, parts[f.name] = _expand(hints[f.name])
+            params += sub
+        else:
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name], default=f.default))
+            parts[f.name] = lambda values, n=f.name: values.pop(n)
+    return params, lambda values: kind(**{name: build(values) for name, build in parts.items()})
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Let ``fn`` take option groups: each parameter typed with a group dataclass is shown to Typer
+    as the group's fields (their ``Annotated`` options and defaults; nested groups too) and passed
+    to ``fn`` as the group built from them. Plain Python: the wrapper's ``__signature__`` is what
+    Typer reads."""
+    hints = get_type_hints(fn, include_extras=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, Builder] = {}
+    for p in inspect.signature(fn).parameters.values():
+        kind = hints.get(p.name, p.annotation)
+        if kind in GROUPS:
+            sub, groups[p.name] = _expand(kind)
+            params += sub
+        else:
+            params.append(p.replace(annotation=kind, kind=inspect.Parameter.KEYWORD_ONLY))
+    seen = [p.name for p in params]
+    if len(seen) != len(set(seen)):
+        raise TypeError(f"{fn.__name__}: an option is declared twice")
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        for name, build in groups.items():
+            kwargs[name] = build(kwargs)
+        return fn(**kwargs)
+
+    del wrapper.__wrapped__  # Typer must read the signature below, not fn's
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+# --- options -> config objects (the one place) -----------------------------------------------------
+
+
+def template_kwargs(text: str | None, *, demo: bool) -> dict:
+    """``--chat-template-kwargs``, or the demo model's default (thinking off)."""
+    from ..chat import parse_template_kwargs
+
+    if text is None and demo:
+        return dict(DEMO_TEMPLATE_KWARGS)
+    return parse_template_kwargs(text)
+
+
+def _invalid_value(build: Callable[[], Any]) -> Any:
     try:
-        p = Placement.parse(rpc=rpc, device=device, device_draft=device_draft, tensor_split=tensor_split, split_mode=split_mode)
+        return build()
     except InvalidInputError as exc:
         raise InvalidInputError(f"invalid option value: {exc}") from None
-    check_placement(p)
-    return p
+
+
+def generation_config(sampling: Sampling, *, mtp: bool, n_max: str, p_min: float) -> GenerationConfig:
+    """Validated generation settings (raises InvalidInputError naming the option)."""
+    s = sampling
+    if s.seed < -1:
+        raise InvalidInputError(f"--seed must be -1 (random) or a non-negative integer, got {s.seed}")
+    return _invalid_value(lambda: GenerationConfig(
+        max_tokens=-1 if s.n_predict is None else s.n_predict,
+        sampling=SamplingConfig(
+            temperature=s.temp, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, repeat_penalty=s.repeat_penalty,
+            presence_penalty=s.presence_penalty, seed=None if s.seed == -1 else s.seed,
+        ),
+        spec=SpecConfig.parse(n_max, enabled=mtp, p_min=p_min),
+    ))
+
+
+def model_config(runtime: Runtime, *, mtp: bool, n_max: int, verbose: bool) -> ModelConfig:
+    """Validated runtime options for the model; the path (a placeholder here) is filled in with
+    ``dataclasses.replace`` once the model is known. ``n_max`` is the largest draft length any
+    generation may use (it sizes the engine's draft capacity)."""
+    return _invalid_value(lambda: ModelConfig(
+        path=Path(), n_ctx=runtime.ctx_size, n_threads=runtime.threads, n_gpu_layers=runtime.n_gpu_layers, mtp=mtp,
+        n_draft_capacity=n_max, verbose=verbose, placement=runtime.devices.placement(),
+    ))
+
+
+# --spec-draft-n-max when neither given nor saved: the adaptive draft length
+DEFAULT_N_MAX = "auto"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``run`` and ``chat`` generate with, checked before any model is resolved."""
+
+    mtp: bool
+    require_mtp: bool
+    gen: GenerationConfig
+    n_max_given: bool  # --spec-draft-n-max was typed (else a saved setting may apply)
+    template_kwargs: dict
+    runtime: Runtime
+    verbose: bool
+
+    def model_config(self, capacity: int = 0) -> ModelConfig:
+        """``capacity``: the largest draft length a saved setting may use."""
+        return model_config(self.runtime, mtp=self.mtp, n_max=max(self.gen.spec.n_max, capacity), verbose=self.verbose)
+
+
+def settings(opts: Generate) -> Settings:
+    """Every option of ``run``/``chat`` that needs no model, validated (InvalidInputError naming it)."""
+    spec, display = opts.spec, opts.display
+    mtp = spec.mtp
+    n_max = DEFAULT_N_MAX if spec.spec_draft_n_max is None else spec.spec_draft_n_max
+    gen = generation_config(opts.sampling, mtp=mtp, n_max=n_max, p_min=spec.draft_p_min)
+    kwargs = template_kwargs(opts.template.chat_template_kwargs, demo=opts.source.demo)
+    out = Settings(mtp, spec.require_mtp, gen, spec.spec_draft_n_max is not None, kwargs, opts.runtime, display.verbose)
+    out.model_config()  # -c, -t, -ngl: checked now, not after a download
+    return out

@@ -8,11 +8,8 @@ from dataclasses import replace
 from ..config import GenerationConfig
 from ..errors import InvalidInputError
 from .. import tuning
-from ._model import ModelChoice
+from ..resolve import ModelFiles
 from .ui import Output
-
-# --spec-draft-n-max when neither given nor saved: the adaptive draft length
-DEFAULT_N_MAX = "auto"
 
 
 def _n(setting: str) -> int:
@@ -25,7 +22,7 @@ class SavedSetting:
     """Looks the model up before loading (to size the engine's draft capacity) and picks the
     entry for this machine once the engine says which backend it runs on."""
 
-    def __init__(self, out: Output, choice: ModelChoice, *, wanted: bool) -> None:
+    def __init__(self, out: Output, choice: ModelFiles, *, wanted: bool) -> None:
         self.out, self.choice = out, choice
         self.candidates: list[tuning.Saved] = []
         self.used: tuning.Saved | None = None
@@ -60,7 +57,7 @@ class SavedSetting:
         for e in self.candidates:
             if e.model == ident and e.machine == machine:
                 try:
-                    spec = tuning.setting_spec(e.setting, p_min=gen.spec.p_min)
+                    spec = tuning.setting_spec(e.setting, p_min=gen.spec.p_min, cost_prior=e.cost_prior())
                 except InvalidInputError as exc:
                     self.out.warn(f"ignoring the saved setting: {exc}")
                     return gen

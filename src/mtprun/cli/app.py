@@ -7,14 +7,14 @@ from collections.abc import Sequence
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from . import bench as _bench
 from . import chat as _chat
 from . import download as _download
 from . import graft as _graft
 from . import info as _info
 from . import run as _run
-from ._errors import EXIT_CODES_HELP
+from ._errors import EXIT_CODES_HELP, guarded
 from ._streams import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, fix_std_streams, release_startup, silence_stdout, stdout_is_devnull
 
 app = typer.Typer(
@@ -25,12 +25,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.command("run", help=_run.HELP, no_args_is_help=False)(_run.run)
-app.command("chat", help=_chat.HELP)(_chat.chat)
-app.command("info", help=_info.HELP)(_info.info)
-app.command("download")(_download.download)
-app.command("graft", help=_graft.HELP)(_graft.graft)
-app.command("bench", help=_bench.HELP)(_bench.bench)
+# each command behind the one error boundary (library errors -> one line and an exit code)
+app.command("run", help=_run.HELP, no_args_is_help=False)(guarded(_run.run))
+app.command("chat", help=_chat.HELP)(guarded(_chat.chat))
+app.command("info", help=_info.HELP)(guarded(_info.info))
+app.command("download")(guarded(_download.download))
+app.command("graft", help=_graft.HELP)(guarded(_graft.graft))
+app.command("bench", help=_bench.HELP)(guarded(_bench.bench))
 
 
 def _version(value: bool) -> None:

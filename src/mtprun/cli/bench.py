@@ -22,8 +22,9 @@ from .. import benchmark as bm
 from .. import tuning
 from ..errors import ContextOverflowError, InvalidInputError
 from . import _options as o
-from ._errors import EXIT_CODES_HELP, run_guarded
-from ._model import choose_model, conversation_for, open_engine
+from ._errors import EXIT_CODES_HELP
+from ._model import open_engine, resolve_files
+from ._stream import open_session
 from .ui import Output
 
 BENCH = "Benchmark"
@@ -50,106 +51,84 @@ The prompt set (conversation, code, a list, a translation, a long summary; or --
 {EXIT_CODES_HELP}"""
 
 
+@o.command
 def bench(
-    model: o.ModelPathOpt = None,
-    hf_repo: o.HfRepoOpt = None,
-    revision: o.RevisionOpt = None,
-    offline: o.OfflineOpt = False,
-    model_draft: o.DraftPathOpt = None,
-    demo: o.DemoOpt = False,
+    source: o.ModelSource,
+    runtime: o.Runtime,
+    display: o.Display,
     n_max: NMaxListOpt = "1-6",
     tokens: TokensOpt = 64,
     reps: RepsOpt = 3,
     prompts: PromptsOpt = None,
     chat_template_file: o.ChatTemplateFileOpt = None,
     chat_template_kwargs: o.ChatTemplateKwargsOpt = None,
-    ctx_size: o.CtxSizeOpt = 4096,
-    threads: o.ThreadsOpt = None,
-    n_gpu_layers: o.GpuLayersOpt = -1,
     json_output: JsonOpt = False,
     markdown: MarkdownOpt = False,
     save: SaveOpt = False,
     show: ShowOpt = False,
     forget: ForgetOpt = False,
-    color: o.ColorOpt = None,
-    verbose: o.VerboseOpt = False,
-    rpc: o.RpcOpt = None,
-    device: o.DeviceOpt = None,
-    device_draft: o.DeviceDraftOpt = None,
-    tensor_split: o.TensorSplitOpt = None,
-    split_mode: o.SplitModeOpt = None,
-) -> None:
-    out = Output(color=color, verbose=verbose)
+) -> int:
+    out = display.output()
+    picked = [name for name, v in (("--show", show), ("--forget", forget), ("--save", save)) if v]
+    if len(picked) > 1:
+        raise InvalidInputError(f"give only one of {' and '.join(picked)}")
+    if json_output and markdown:
+        raise InvalidInputError("give --json or --markdown, not both")
+    if show or forget:
+        return _manage(out, show=show, source=source, json_output=json_output)
+    ns = bm.parse_n_max_list(n_max)
+    if not 1 <= tokens <= MAX_TOKENS:
+        raise InvalidInputError(f"--tokens must be within 1..{MAX_TOKENS}, got {tokens}")
+    if not 1 <= reps <= MAX_REPS:
+        raise InvalidInputError(f"--reps must be within 1..{MAX_REPS}, got {reps}")
+    texts = ([("prompt", t) for t in bm.read_prompt_file(prompts)] if prompts is not None
+             else list(bm.BUILTIN_PROMPTS))
+    kwargs = o.template_kwargs(chat_template_kwargs, demo=source.demo)
+    auto = bm.adaptive_available()
+    capacity = max(ns + ([bm.AUTO_N_MAX] if auto else []))
+    base = o.model_config(runtime, mtp=True, n_max=capacity, verbose=display.verbose)
+    choice = resolve_files(out, source)
+    with open_engine(out, choice, base) as eng:
+        info = eng.info
+        configs = bm.configurations(ns, auto=True) if info.mtp_active else bm.configurations([], auto=False)
+        if info.mtp_active and not auto:
+            out.info("note: this mtprun has no adaptive draft length; measuring plain and fixed draft lengths")
+        session = open_session(out, eng, choice.label, template_file=chat_template_file, template_kwargs=kwargs)
+        token_sets = []
+        for _, text in texts:
+            ids = session.prompt_tokens(text)
+            if len(ids) + tokens + bm.AUTO_N_MAX + 1 > info.n_ctx:
+                raise ContextOverflowError(f"a prompt of {len(ids)} tokens plus --tokens {tokens} does not fit the context of {info.n_ctx} (-c)")
+            token_sets.append(ids)
+        with out.steps("bench", reps * len(configs)) as update, _interruptible(eng) as stopped:
+            def measure(c: bm.Configuration) -> bm.Measurement:
+                if stopped():
+                    raise KeyboardInterrupt
+                m = bm.measure_engine(eng, token_sets, c, tokens)
+                if stopped():  # Ctrl-C between two prompts: not a whole measurement
+                    raise KeyboardInterrupt
+                return m
 
-    def body() -> int:
-        picked = [name for name, v in (("--show", show), ("--forget", forget), ("--save", save)) if v]
-        if len(picked) > 1:
-            raise InvalidInputError(f"give only one of {' and '.join(picked)}")
-        if json_output and markdown:
-            raise InvalidInputError("give --json or --markdown, not both")
-        if show or forget:
-            return _manage(out, show=show, model=model, hf=hf_repo, draft=model_draft, demo=demo, revision=revision,
-                           offline=offline, json_output=json_output)
-        placement = o.placement(rpc=rpc, device=device, device_draft=device_draft, tensor_split=tensor_split, split_mode=split_mode)
-        ns = bm.parse_n_max_list(n_max)
-        if not 1 <= tokens <= MAX_TOKENS:
-            raise InvalidInputError(f"--tokens must be within 1..{MAX_TOKENS}, got {tokens}")
-        if not 1 <= reps <= MAX_REPS:
-            raise InvalidInputError(f"--reps must be within 1..{MAX_REPS}, got {reps}")
-        texts = ([("prompt", t) for t in bm.read_prompt_file(prompts)] if prompts is not None
-                 else list(bm.BUILTIN_PROMPTS))
-        kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
-        auto = bm.adaptive_available()
-        capacity = max(ns + ([bm.AUTO_N_MAX] if auto else []))
-        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=True, n_max=capacity, verbose=verbose,
-                              placement=placement)
-        choice = choose_model(out, model=model, hf=hf_repo, draft=model_draft, demo=demo, mtp=True, revision=revision, offline=offline)
-        with open_engine(out, choice, base) as eng:
-            info = eng.info
-            configs = bm.configurations(ns, auto=True) if info.mtp_active else bm.configurations([], auto=False)
-            if info.mtp_active and not auto:
-                out.info("note: this mtprun has no adaptive draft length; measuring plain and fixed draft lengths")
-            conv = conversation_for(out, eng, choice, system=None, template_file=chat_template_file, kwargs=kwargs)
-            token_sets = []
-            for _, text in texts:
-                conv.clear()
-                ids = conv.prompt(text).tokens
-                if len(ids) + tokens + bm.AUTO_N_MAX + 1 > info.n_ctx:
-                    raise ContextOverflowError(f"a prompt of {len(ids)} tokens plus --tokens {tokens} does not fit the context of {info.n_ctx} (-c)")
-                token_sets.append(ids)
-            with out.steps("bench", reps * len(configs)) as update, _interruptible(eng) as stopped:
-                def measure(c: bm.Configuration) -> bm.Measurement:
-                    if stopped():
-                        raise KeyboardInterrupt
-                    m = bm.measure_engine(eng, token_sets, c, tokens)
-                    if stopped():  # Ctrl-C between two prompts: not a whole measurement
-                        raise KeyboardInterrupt
-                    return m
-
-                runs = bm.run_alternating(
-                    configs, measure, reps,
-                    progress=lambda done, total, c: update(done, f"{c.name} ({done // len(configs) + 1}/{reps})"),
-                )
-            machine = tuning.machine_identity(info.backend)
-            ident = tuning.model_identity(choice.path, choice.draft_path if info.mtp_kind == "sidecar" else None)
-        report = build_report(choice, info, machine, configs, runs, tokens=tokens, reps=reps, texts=texts,
-                              threads=base.n_threads, auto_available=auto)
-        if save:
-            report["saved"] = _save(out, report, ident, machine, runs.interrupted)
-        if json_output:
-            out.json(_finite(report))  # strict JSON: no NaN
-        elif markdown:
-            out.text(markdown_table(report), end="")
-        else:
-            show_report(out, report)
-        if runs.interrupted:
-            out.warn(f"interrupted: figures from {report['runs_done']} of {reps * len(configs)} runs")
-            return 130
-        return 0
-
-    code = run_guarded(body)
-    if code:
-        raise typer.Exit(code)
+            runs = bm.run_alternating(
+                configs, measure, reps,
+                progress=lambda done, total, c: update(done, f"{c.name} ({done // len(configs) + 1}/{reps})"),
+            )
+        machine = tuning.machine_identity(info.backend)
+        ident = tuning.model_identity(choice.path, choice.draft_path if info.mtp_kind == "sidecar" else None)
+    report = build_report(choice, info, machine, configs, runs, tokens=tokens, reps=reps, texts=texts,
+                          threads=base.n_threads, auto_available=auto)
+    if save:
+        report["saved"] = _save(out, report, ident, machine, runs.interrupted)
+    if json_output:
+        out.json(_finite(report))  # strict JSON: no NaN
+    elif markdown:
+        out.text(markdown_table(report), end="")
+    else:
+        show_report(out, report)
+    if runs.interrupted:
+        out.warn(f"interrupted: figures from {report['runs_done']} of {reps * len(configs)} runs")
+        return 130
+    return 0
 
 
 @contextmanager
@@ -347,14 +326,14 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _manage(out: Output, *, show: bool, model, hf, draft, demo, revision, offline, json_output: bool) -> int:
+def _manage(out: Output, *, show: bool, source: o.ModelSource, json_output: bool) -> int:
     """--show / --forget: no engine is loaded."""
     store = tuning.Store.load()
     if store.warning:
         out.warn(store.warning)
     path = None
-    if model is not None or hf is not None or demo:
-        choice = choose_model(out, model=model, hf=hf, draft=draft, demo=demo, mtp=True, revision=revision, offline=offline)
+    if source.given:
+        choice = resolve_files(out, source)
         path = str(Path(choice.path).resolve())
     elif not show:
         raise InvalidInputError("--forget needs the model: -m PATH, -hf OWNER/NAME[:QUANT] or --demo")

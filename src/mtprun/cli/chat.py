@@ -8,15 +8,14 @@ kept) and returns to the prompt; at the prompt it clears the line; Ctrl-D exits.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
-from ..chat import Conversation
 from ..errors import ChatTemplateError, ContextOverflowError, InvalidInputError
-from ..events import Result
+from ..session import ChatSession
 from . import _options as o
-from ._errors import EXIT_CODES_HELP, run_guarded
-from ._model import choose_model, conversation_for, open_engine
-from ._saved import DEFAULT_N_MAX, SavedSetting
-from ._stream import generate
+from ._errors import EXIT_CODES_HELP
+from ._model import load
+from ._stream import chat_turn, open_session
 from .ui import Output
 
 HELP = f"""Interactive multi-turn chat with the model's own chat template.
@@ -90,71 +89,18 @@ class MessageReader:
             return "\n".join(lines)
 
 
-def chat(
-    model_arg: o.ModelArg = None,
-    model: o.ModelPathOpt = None,
-    hf_repo: o.HfRepoOpt = None,
-    revision: o.RevisionOpt = None,
-    offline: o.OfflineOpt = False,
-    model_draft: o.DraftPathOpt = None,
-    demo: o.DemoOpt = False,
-    system_prompt: o.SystemPromptOpt = None,
-    chat_template_file: o.ChatTemplateFileOpt = None,
-    chat_template_kwargs: o.ChatTemplateKwargsOpt = None,
-    n_predict: o.NPredictOpt = None,
-    ctx_size: o.CtxSizeOpt = 4096,
-    threads: o.ThreadsOpt = None,
-    n_gpu_layers: o.GpuLayersOpt = -1,
-    temp: o.TempOpt = 0.8,
-    top_k: o.TopKOpt = 40,
-    top_p: o.TopPOpt = 0.95,
-    min_p: o.MinPOpt = 0.05,
-    repeat_penalty: o.RepeatPenaltyOpt = 1.0,
-    presence_penalty: o.PresencePenaltyOpt = 0.0,
-    seed: o.SeedOpt = -1,
-    spec_draft_n_max: o.SpecDraftNMaxOpt = None,  # None: what `mtprun bench --save` found, else the default
-    draft_p_min: o.DraftPMinOpt = 0.0,
-    no_mtp: o.NoMtpOpt = False,
-    spec_type: o.SpecTypeOpt = None,
-    require_mtp: o.RequireMtpOpt = False,
-    color: o.ColorOpt = None,
-    verbose: o.VerboseOpt = False,
-    rpc: o.RpcOpt = None,
-    device: o.DeviceOpt = None,
-    device_draft: o.DeviceDraftOpt = None,
-    tensor_split: o.TensorSplitOpt = None,
-    split_mode: o.SplitModeOpt = None,
-) -> None:
-    out = Output(color=color, verbose=verbose)
-
-    def body() -> None:
-        if model_arg is not None and model is not None:
-            raise InvalidInputError("give the model once: as an argument or with -m")
-        model_path = model_arg if model_arg is not None else model
-        mtp = o.mtp_wanted(no_mtp, spec_type, require_mtp)
-        placement = o.placement(rpc=rpc, device=device, device_draft=device_draft, tensor_split=tensor_split, split_mode=split_mode)
-        n_max = DEFAULT_N_MAX if spec_draft_n_max is None else spec_draft_n_max
-        gen = o.generation_config(
-            n_predict=n_predict, temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-            presence_penalty=presence_penalty, seed=seed, mtp=mtp, n_max=n_max, p_min=draft_p_min,
-        )
-        kwargs = o.template_kwargs(chat_template_kwargs, demo=demo)
-        o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp, n_max=gen.spec.n_max, verbose=verbose)
-        reader = MessageReader(out)
-        choice = choose_model(
-            out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, mtp=mtp, revision=revision, offline=offline,
-        )
-        saved = SavedSetting(out, choice, wanted=mtp and spec_draft_n_max is None)
-        base = o.model_config(ctx_size=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mtp=mtp,
-                              n_max=max(gen.spec.n_max, saved.capacity), verbose=verbose, placement=placement)
-        with open_engine(out, choice, base, require_mtp=require_mtp) as eng:
-            info = eng.info
-            gen = saved.apply(info, gen)
-            conv = conversation_for(out, eng, choice, system=system_prompt, template_file=chat_template_file, kwargs=kwargs)
-            _banner(out, choice.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx, note=saved.note)
-            _loop(out, reader, eng, conv, gen, n_ctx=info.n_ctx, note=saved.note)
-
-    run_guarded(body)
+@o.command
+def chat(opts: o.Generate, model_arg: o.ModelArg = None) -> None:
+    out, template = opts.display.output(), opts.template
+    opts = replace(opts, source=opts.source.with_argument(model_arg))
+    settings = o.settings(opts)
+    reader = MessageReader(out)
+    with load(out, opts.source, settings) as model:
+        eng, gen, info = model.engine, model.gen, model.engine.info
+        session = open_session(out, eng, model.files.label, system=template.system_prompt, config=gen,
+                               template_file=template.chat_template_file, template_kwargs=settings.template_kwargs)
+        _banner(out, model.files.label, gen, mtp_on=gen.spec.enabled and info.mtp_active, n_ctx=info.n_ctx, note=model.saved.note)
+        _loop(out, reader, session, n_ctx=info.n_ctx, note=model.saved.note)
 
 
 def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int, note: str | None = None) -> None:
@@ -170,8 +116,7 @@ def _banner(out: Output, label: str, gen, *, mtp_on: bool, n_ctx: int, note: str
     out.info("Type a message and press Enter (end a line with \\ to continue it). /help for commands, Ctrl-D to quit.")
 
 
-def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n_ctx: int, note: str | None = None) -> None:
-    last: Result | None = None
+def _loop(out: Output, reader: MessageReader, session: ChatSession, *, n_ctx: int, note: str | None = None) -> None:
     turns = 0
     while True:
         message = reader.read()
@@ -187,14 +132,15 @@ def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n
             if name == "/help":
                 out.note(COMMANDS_HELP)
             elif name == "/clear":
-                conv.clear()
+                session.clear()
                 out.info("conversation cleared")
             elif name == "/stats":
+                last = session.last
                 if last is None:
                     out.info("no reply yet")
                 else:
                     out.stats_table(last.stats, last.stop_reason, title="last reply")
-                    out.info(f"conversation: {conv.n_tokens} of {n_ctx} context tokens")
+                    out.info(f"conversation: {session.n_tokens} of {n_ctx} context tokens")
             else:
                 out.warn(f"unknown command {name} (type /help)")
             continue
@@ -202,19 +148,13 @@ def _loop(out: Output, reader: MessageReader, eng, conv: Conversation, gen, *, n
             continue
         turns += 1
         try:
-            turn = conv.prompt(message)
-        except ChatTemplateError as exc:
+            result = chat_turn(out, session, message)
+        except ChatTemplateError as exc:  # the session is as before the message
             out.error(str(exc))
             continue
-        try:
-            reply = out.reply(starts_in_reasoning=turn.starts_in_reasoning, tags=conv.template.reasoning_tags)
-            result = generate(eng, turn.tokens, gen, reply)
         except ContextOverflowError as exc:
-            conv.undo_prompt()
             out.error(f"{exc} (use /clear to start over)")
             continue
-        conv.add_reply(result.text, result.tokens)
-        last = result
         out.stats_line(result.stats, result.stop_reason, note=note)
         if out.verbose:
             out.stats_table(result.stats, result.stop_reason, title="reply")

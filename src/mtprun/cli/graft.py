@@ -10,10 +10,11 @@ from typing import Annotated, Optional
 import typer
 
 from .. import graft as g
-from .. import hub, hub_ranges
+from .. import hub
+from ..hub import ranges
 from ..errors import InvalidInputError, ModelError
 from . import _options as o
-from ._errors import EXIT_CODES_HELP, run_guarded
+from ._errors import EXIT_CODES_HELP
 from .ui import Output, human_size
 
 HELP = f"""Add MTP layers to a GGUF model that has none (e.g. a quant made before MTP), taken from a donor GGUF of the same model: a local file (--mtp-from DONOR.gguf) or one on the Hugging Face Hub (--mtp-from -hf OWNER/NAME[:QUANT]), of which only the header and the MTP tensors are downloaded. MODEL is never modified; OUT appears only when complete.
@@ -48,60 +49,57 @@ def graft(
 ) -> None:
     out = Output(color=color)
 
-    def body() -> None:
-        model, donor_file, spec = _sources(paths, mtp_from, hf_repo)
-        if not Path(model).is_file():
-            raise ModelError(f"{model}: no such file")
-        dest = output if output is not None else g.default_output(model)
-        remote: hub_ranges.RemoteDonor | None = None
-        if spec is not None:
-            remote = hub_ranges.open_donor(spec, revision=revision, offline=offline or None)
-            donor_path = remote.path
-            provenance = remote.provenance
-        else:
-            if revision is not None:
-                raise InvalidInputError("--revision applies to -hf donors only")
-            donor_path = Path(donor_file)  # type: ignore[arg-type]
-            if not donor_path.is_file():
-                raise ModelError(f"donor {donor_path}: no such file")
-            provenance = hub_ranges.cache_origin(donor_path) or {"mtp_file": donor_path.name}
-        plan = g.plan_graft(model, donor_path, dest, replace=replace, provenance=provenance)
-        what = f"{plan.n_mtp} MTP layer(s) ({'+'.join(plan.mtp_types)}, {human_size(plan.donor_bytes)})"
-        source = remote.label if remote else str(donor_path)
-        out.info(f"grafting {what} from {source} onto {model}" + (f" (replacing its {plan.replaced})" if plan.replaced else ""))
-        fetched = 0
-        if remote is not None:
-            todo = remote.missing(plan.donor_ranges)
-            if todo:
-                with out.progress("fetching MTP tensors", sum(b - a for a, b in todo)) as update:
-                    remote.fetch(plan.donor_ranges, progress=lambda d, t: update(d, t))
-                if remote.complete and remote.path != donor_path:  # fell back to a full download
-                    plan = g.plan_graft(model, remote.path, dest, replace=replace, provenance=provenance)
-            for note in remote.notes:
-                out.warn(note)
-            fetched = remote.fetched
-            out.info(f"fetched {human_size(fetched)} of {human_size(remote.size)} ({100 * fetched / max(remote.size, 1):.1f}%) of {remote.label}")
-        with out.progress(f"writing {Path(dest).name}", plan.out_size) as update:
-            g.write_graft(plan, progress=lambda d, t: update(d, t))
-        out.info(f"wrote {dest} ({human_size(plan.out_size)}): {plan.n_trunk} layers + {plan.n_mtp} MTP")
-        if json_output:
-            out.json({
-                "output": str(dest),
-                "model": str(model),
-                "donor": source,
-                "mtp_layers": plan.n_mtp,
-                "mtp_types": list(plan.mtp_types),
-                "mtp_bytes": plan.donor_bytes,
-                "replaced": plan.replaced,
-                "size_bytes": plan.out_size,
-                "fetched_bytes": fetched if remote else None,
-                "donor_size_bytes": remote.size if remote else None,
-                "provenance": dict(plan.provenance),
-            })
-        else:
-            out.tsv([("output", str(dest))])
-
-    run_guarded(body)
+    model, donor_file, spec = _sources(paths, mtp_from, hf_repo)
+    if not Path(model).is_file():
+        raise ModelError(f"{model}: no such file")
+    dest = output if output is not None else g.default_output(model)
+    remote: ranges.RemoteDonor | None = None
+    if spec is not None:
+        remote = ranges.open_donor(spec, revision=revision, offline=offline or None)
+        donor_path = remote.path
+        provenance = remote.provenance
+    else:
+        if revision is not None:
+            raise InvalidInputError("--revision applies to -hf donors only")
+        donor_path = Path(donor_file)  # type: ignore[arg-type]
+        if not donor_path.is_file():
+            raise ModelError(f"donor {donor_path}: no such file")
+        provenance = ranges.cache_origin(donor_path) or {"mtp_file": donor_path.name}
+    plan = g.plan_graft(model, donor_path, dest, replace=replace, provenance=provenance)
+    what = f"{plan.n_mtp} MTP layer(s) ({'+'.join(plan.mtp_types)}, {human_size(plan.donor_bytes)})"
+    source = remote.label if remote else str(donor_path)
+    out.info(f"grafting {what} from {source} onto {model}" + (f" (replacing its {plan.replaced})" if plan.replaced else ""))
+    fetched = 0
+    if remote is not None:
+        todo = remote.missing(plan.donor_ranges)
+        if todo:
+            with out.progress("fetching MTP tensors", sum(b - a for a, b in todo)) as update:
+                remote.fetch(plan.donor_ranges, progress=lambda d, t: update(d, t))
+            if remote.complete and remote.path != donor_path:  # fell back to a full download
+                plan = g.plan_graft(model, remote.path, dest, replace=replace, provenance=provenance)
+        for note in remote.notes:
+            out.warn(note)
+        fetched = remote.fetched
+        out.info(f"fetched {human_size(fetched)} of {human_size(remote.size)} ({100 * fetched / max(remote.size, 1):.1f}%) of {remote.label}")
+    with out.progress(f"writing {Path(dest).name}", plan.out_size) as update:
+        g.write_graft(plan, progress=lambda d, t: update(d, t))
+    out.info(f"wrote {dest} ({human_size(plan.out_size)}): {plan.n_trunk} layers + {plan.n_mtp} MTP")
+    if json_output:
+        out.json({
+            "output": str(dest),
+            "model": str(model),
+            "donor": source,
+            "mtp_layers": plan.n_mtp,
+            "mtp_types": list(plan.mtp_types),
+            "mtp_bytes": plan.donor_bytes,
+            "replaced": plan.replaced,
+            "size_bytes": plan.out_size,
+            "fetched_bytes": fetched if remote else None,
+            "donor_size_bytes": remote.size if remote else None,
+            "provenance": dict(plan.provenance),
+        })
+    else:
+        out.tsv([("output", str(dest))])
 
 
 def _sources(paths: list[str], mtp_from: str | None, hf_repo: str | None) -> tuple[str, str | None, hub.HfSpec | None]:

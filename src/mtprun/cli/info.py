@@ -12,9 +12,9 @@ from ..errors import InvalidInputError
 from ..graft import describe_provenance, graft_provenance
 from ..memory import estimate
 from . import _options as o
-from ._errors import EXIT_CODES_HELP, run_guarded
-from ._model import choose_model, open_engine
-from .ui import Output, human_size, human_count
+from ._errors import EXIT_CODES_HELP
+from ._model import open_engine, resolve_files
+from .ui import human_size, human_count
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.", rich_help_panel=o.OUTPUT)]
 
@@ -77,80 +77,58 @@ def _quantization(description: str) -> str | None:
     return parts[2] if len(parts) == 3 else None
 
 
+@o.command
 def info(
+    source: o.ModelSource,
+    display: o.Display,
+    devices: o.Devices,
     model_arg: o.ModelArg = None,
-    model: o.ModelPathOpt = None,
-    hf_repo: o.HfRepoOpt = None,
-    revision: o.RevisionOpt = None,
-    offline: o.OfflineOpt = False,
-    model_draft: o.DraftPathOpt = None,
-    demo: o.DemoOpt = False,
     ctx_size: o.CtxSizeOpt = 4096,
     spec_draft_n_max: o.SpecDraftNMaxOpt = "auto",
     json_output: JsonOpt = False,
-    color: o.ColorOpt = None,
-    verbose: o.VerboseOpt = False,
-    rpc: o.RpcOpt = None,
-    device: o.DeviceOpt = None,
-    device_draft: o.DeviceDraftOpt = None,
-    tensor_split: o.TensorSplitOpt = None,
-    split_mode: o.SplitModeOpt = None,
 ) -> None:
-    out = Output(color=color, verbose=verbose)
+    out = display.output()
+    base = o.model_config(o.Runtime(ctx_size=512, devices=devices), mtp=True, n_max=2, verbose=display.verbose)
+    choice = resolve_files(out, source.with_argument(model_arg))
+    try:
+        n_draft = SpecConfig.parse(spec_draft_n_max).n_max  # auto / auto:N: the ceiling sizes the contexts
+    except InvalidInputError:
+        n_draft = 0
+    if ctx_size < 0 or not 1 <= n_draft <= 32:
+        raise InvalidInputError("-c must be >= 0 and --spec-draft-n-max auto, auto:N or N with N within 1..32")
+    header = choice.info
+    # the memory estimate comes from the headers alone, before anything is loaded
+    est = estimate(header, choice.draft_info, n_ctx=ctx_size, n_draft=n_draft)
+    with open_engine(out, choice, base, quiet=True) as eng:
+        facts = model_facts(choice, eng.info, header)
+        in_use = eng.info.devices
+    # the files passed the engine's checks: llama.cpp's dry run sizes the compute buffers
+    from ..engine import dry_run
 
-    def body() -> None:
-        if model_arg is not None and model is not None:
-            raise InvalidInputError("give the model once: as an argument or with -m")
-        placement = o.placement(rpc=rpc, device=device, device_draft=device_draft, tensor_split=tensor_split, split_mode=split_mode)
-        model_path = model_arg if model_arg is not None else model
-        choice = choose_model(out, model=model_path, hf=hf_repo, draft=model_draft, demo=demo, revision=revision, offline=offline)
-        base = o.model_config(ctx_size=512, threads=None, n_gpu_layers=-1, mtp=True, n_max=2, verbose=verbose, placement=placement)
-        from ..gguf_info import read_gguf_info
-
-        try:
-            n_draft = SpecConfig.parse(spec_draft_n_max).n_max  # auto / auto:N: the ceiling sizes the contexts
-        except InvalidInputError:
-            n_draft = 0
-        if ctx_size < 0 or not 1 <= n_draft <= 32:
-            raise InvalidInputError("-c must be >= 0 and --spec-draft-n-max auto, auto:N or N with N within 1..32")
-        header = read_gguf_info(choice.path)
-        # the memory estimate comes from the headers alone, before anything is loaded
-        est = estimate(
-            header, read_gguf_info(choice.draft_path) if choice.draft_path else None,
-            n_ctx=ctx_size, n_draft=n_draft,
-        )
-        with open_engine(out, choice, base, quiet=True) as eng:
-            facts = model_facts(choice, eng.info, header)
-            info_devices = eng.info.devices
-        # the files passed the engine's checks: llama.cpp's dry run sizes the compute buffers
-        from ..engine import dry_run
-
-        est = est.with_dry_run(dry_run(replace(base, path=choice.path, draft_path=choice.draft_path,
-                                               n_ctx=ctx_size, n_draft_capacity=n_draft, mtp=True)))
-        facts["memory_estimate"] = est.as_dict()
-        if json_output:
-            out.json(facts)
-            return
-        rows = [
-            ("model", facts["model"] + (f" ({facts['name']})" if facts["name"] and facts["name"] != facts["model"] else "")),
-            ("file", facts["path"]),
-            ("size", human_size(facts["size_bytes"]) + (f" (+ {human_size(facts['draft_size_bytes'])} drafter)" if facts["draft_size_bytes"] else "")),
-            ("architecture", facts["architecture"]),
-            ("quantization", facts["quantization"] or "unknown"),
-            ("parameters", human_count(facts["parameters"])),
-            ("trained context", f"{facts['context_train']} tokens"),
-            ("layers / embedding / vocab", f"{facts['layers']} / {facts['embedding']} / {facts['vocab']}"),
-            ("MTP", facts["mtp_detail"] + ("" if facts["mtp_active"] else f" (MTP off: {facts['mtp_note'] or 'not available'})")),
-            ("chat template", ("yes" + (", with thinking" if facts["chat_template_thinking"] else "")) if facts["chat_template"] else "none (ChatML fallback)"),
-            ("backend", facts["backend"]),
-            ("devices in use", devices_text(info_devices)),
-        ]
-        if verbose and facts["system_info"]:
-            rows.append(("system", facts["system_info"]))
-        out.table(facts["model"], rows, to_stdout=True)
-        out.table(f"memory estimate at -c {est.n_ctx}, drafting up to {n_draft} (flash attention auto)", memory_rows(est), to_stdout=True)
-
-    run_guarded(body)
+    est = est.with_dry_run(dry_run(replace(base, path=choice.path, draft_path=choice.draft_path,
+                                           n_ctx=ctx_size, n_draft_capacity=n_draft, mtp=True)))
+    facts["memory_estimate"] = est.as_dict()
+    if json_output:
+        out.json(facts)
+        return
+    rows = [
+        ("model", facts["model"] + (f" ({facts['name']})" if facts["name"] and facts["name"] != facts["model"] else "")),
+        ("file", facts["path"]),
+        ("size", human_size(facts["size_bytes"]) + (f" (+ {human_size(facts['draft_size_bytes'])} drafter)" if facts["draft_size_bytes"] else "")),
+        ("architecture", facts["architecture"]),
+        ("quantization", facts["quantization"] or "unknown"),
+        ("parameters", human_count(facts["parameters"])),
+        ("trained context", f"{facts['context_train']} tokens"),
+        ("layers / embedding / vocab", f"{facts['layers']} / {facts['embedding']} / {facts['vocab']}"),
+        ("MTP", facts["mtp_detail"] + ("" if facts["mtp_active"] else f" (MTP off: {facts['mtp_note'] or 'not available'})")),
+        ("chat template", ("yes" + (", with thinking" if facts["chat_template_thinking"] else "")) if facts["chat_template"] else "none (ChatML fallback)"),
+        ("backend", facts["backend"]),
+        ("devices in use", devices_text(in_use)),
+    ]
+    if display.verbose and facts["system_info"]:
+        rows.append(("system", facts["system_info"]))
+    out.table(facts["model"], rows, to_stdout=True)
+    out.table(f"memory estimate at -c {est.n_ctx}, drafting up to {n_draft} (flash attention auto)", memory_rows(est), to_stdout=True)
 
 
 def memory_rows(est) -> list[tuple[str, str]]:
@@ -180,7 +158,7 @@ def memory_rows(est) -> list[tuple[str, str]]:
 
 
 def devices_text(devices) -> str:
-    """The devices in use, e.g. ``RPC0 (127.0.0.1:50052) 120.0 MiB, RPC1 (...) 118.0 MiB + MTP head 9.1 MiB, CPU 31.0 MiB``."""
+    """The devices in use, e.g. ``RPC0 (127.0.0.1:50052) 557.0 MiB, RPC1 (...) 549.0 MiB (MTP context 9.1 MiB), CPU 64.0 MiB``."""
     parts = []
     for d in devices:
         text = d.name + (f" ({d.description})" if d.description else "") + f" {d.total / 2**20:,.1f} MiB"

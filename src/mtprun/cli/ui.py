@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..chat import THINK_CLOSE, THINK_OPEN, ReasoningSplitter, Segment
+from ..chat import THINK_CLOSE, THINK_OPEN, ReasoningSplitter
+from ..events import Segment
 
 # C0/C1 control characters except \n and \t; ESC starts terminal control sequences.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -58,11 +59,17 @@ class Output:
 
     ``color``: True forces colour (and terminal rendering), False turns every style off, None
     decides per stream (a terminal without ``NO_COLOR``). ``stdout``/``stderr`` default to the
-    process's streams at construction time.
+    process's streams at construction time. ``terminal``: treat both streams as terminals (True) or
+    not (False) whatever they are; None asks the streams (for tests and embedding).
     """
 
-    def __init__(self, *, color: bool | None = None, verbose: bool = False, stdout: Any = None, stderr: Any = None) -> None:
+    def __init__(
+        self, *, color: bool | None = None, verbose: bool = False, stdout: Any = None, stderr: Any = None,
+        terminal: bool | None = None,
+    ) -> None:
         kw: dict[str, Any] = {"highlight": False, "soft_wrap": True, "emoji": False, "markup": False}
+        if terminal is not None:
+            kw.update(force_terminal=terminal)
         if color is False:
             kw.update(no_color=True, color_system=None)
         elif color is True:
@@ -215,6 +222,7 @@ class ReplyStream:
         self._pretty = output.interactive
         open_tag, close_tag = tags or (THINK_OPEN, THINK_CLOSE)
         self._split = ReasoningSplitter(in_reasoning=starts_in_reasoning, open_tag=open_tag, close_tag=close_tag)
+        self._in_reasoning = starts_in_reasoning  # inside a reasoning block (its end not yet written)
         self._strip_newlines = False  # after [End thinking], drop the newlines the model put there
         self._last = "\n"
         self._started = False
@@ -222,12 +230,13 @@ class ReplyStream:
             self._label(REASONING_START + "\n")
 
     def piece(self, text: str, from_draft: bool = False) -> None:
-        self._write(self._split.feed(text, from_draft))
+        """Raw generated text: split into reasoning and answer here."""
+        self.write(self._split.feed(text, from_draft))
 
     def end(self) -> None:
         """Flush held-back text and finish the line."""
-        self._write(self._split.flush())
-        if self._split.state == "reasoning" and self._pretty:
+        self.write(self._split.flush())
+        if self._in_reasoning and self._pretty:
             self._label(("" if self._last == "\n" else "\n") + REASONING_END)
             self._last = "x"
         if self._last != "\n" and (self._pretty or self._started):
@@ -240,9 +249,12 @@ class ReplyStream:
         self._last = text[-1:] or self._last
         self._started = True
 
-    def _write(self, segments: list[Segment]) -> None:
+    def write(self, segments: Iterable[Segment]) -> None:
+        """Segments already split (a ``ChatSession``'s); don't mix with :meth:`piece`."""
         o = self._o
         for seg in segments:
+            if seg.kind in ("open", "close"):
+                self._in_reasoning = seg.kind == "open"
             if not self._pretty:
                 o.out.file.write(sanitize(seg.text))
                 self._last = seg.text[-1:] or self._last

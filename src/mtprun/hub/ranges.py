@@ -23,9 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, hub
-from .errors import HubConnectionError, HubError, HubNotCachedError, ModelError
-from .gguf_info import header_length
+from ..errors import HubConnectionError, HubError, HubNotCachedError, ModelError
+from ..gguf_info import header_length
+from . import transfer
+from .cache import offline_path, read_ref, require_space, write_ref
+from .client import download, resolve
+from .errors import short, transfer_error
+from .plan import Plan, PlannedFile, RemoteFile, plan_from_listing
+from .settings import HubSettings
+from .spec import HfSpec, is_commit, parse_spec, quant_label
 
 __all__ = ["RemoteDonor", "open_donor", "cache_origin", "ranges_root"]
 
@@ -36,7 +42,7 @@ ProgressFn = Callable[[int, int], None]  # (bytes fetched, bytes to fetch)
 
 
 def ranges_root() -> Path:
-    from .demo import cache_dir
+    from ..demo import cache_dir
 
     return cache_dir() / "graft"
 
@@ -45,7 +51,7 @@ def ranges_root() -> Path:
 class RemoteDonor:
     """A donor GGUF on the Hub: a local path that holds (at least) its header."""
 
-    spec: hub.HfSpec
+    spec: HfSpec
     repo: str
     file: str  # path in the repository
     commit: str | None
@@ -57,8 +63,8 @@ class RemoteDonor:
     _location: str | None = None
     _headers: dict[str, str] = field(default_factory=dict)
     _state: Path | None = None
-    _plan: hub.Plan | None = None
-    _settings: hub.HubSettings | None = None
+    _plan: Plan | None = None
+    _settings: HubSettings | None = None
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -86,7 +92,7 @@ class RemoteDonor:
                 f"{self.label}: the MTP tensors are not in the cache and mtprun is offline: run once without --offline"
             )
         total = sum(b - a for a, b in todo)
-        hub._require_space(self.path.parent, total, f"the MTP tensors of {self.label}")
+        require_space(self.path.parent, total, f"the MTP tensors of {self.label}")
         done = 0
         notify = progress or (lambda d, t: None)
         for a, b in todo:
@@ -116,29 +122,27 @@ class RemoteDonor:
             except HubError:
                 raise
             except Exception as exc:
-                if not hub._is_network_error(exc):
+                if not transfer.is_network_error(exc):
                     assert self._plan is not None and self._settings is not None
                     f = self._plan.model[0]
-                    raise hub._transfer_error(exc, f, self._plan, self._settings) from exc
+                    raise transfer_error(exc, f, self._plan, self._settings) from exc
                 pos = max(pos, _covered_from(_load_state(self._state).get("have", []), before))
                 stalls = 0 if pos > before else stalls + 1
                 if stalls >= _MAX_STALLS:
                     raise HubConnectionError(
-                        f"fetching {self.label} was interrupted ({hub._short(exc)}); run again to resume"
+                        f"fetching {self.label} was interrupted ({short(exc)}); run again to resume"
                     ) from exc
                 time.sleep(0.2 * stalls)
 
     def _stream(self, start: int, end: int, tick: Callable[[int], None]) -> int:
         """One ranged GET of [start, end) written at its offset; returns how far it got."""
-        from huggingface_hub.utils import get_session
-
         assert self._state is not None and self._location is not None
         headers = dict(self._headers, Range=f"bytes={start}-{end - 1}")
         pos = start
         saved = start
-        # huggingface_hub's own HTTP client (its proxies, TLS and user agent); a dropped
-        # connection is retried by _get, from what is already on disk
-        with get_session().stream("GET", self._location, headers=headers, follow_redirects=True, timeout=30) as r:
+        # huggingface_hub's own HTTP client; a dropped connection is retried by _get, from what
+        # is already on disk
+        with transfer.open_range(self._location, headers) as r:
             if r.status_code == 200:
                 raise _RangesIgnored
             if r.status_code != 206:
@@ -175,7 +179,7 @@ class RemoteDonor:
         """The server ignores Range: download the whole file (resumable) and use that."""
         assert self._plan is not None
         before = self.fetched
-        local = hub.download(self._plan, probe=False, settings=self._settings)
+        local = download(self._plan, probe=False, settings=self._settings)
         self.path = local.model
         self.complete = True
         self.fetched = before + self.size
@@ -191,18 +195,18 @@ class _RangesIgnored(Exception):
 
 
 def open_donor(
-    spec: hub.HfSpec | str,
+    spec: HfSpec | str,
     *,
     revision: str | None = None,
     offline: bool | None = None,
-    settings: hub.HubSettings | None = None,
+    settings: HubSettings | None = None,
 ) -> RemoteDonor:
     """Resolve ``spec`` to one GGUF and make its header available locally (ranged GETs)."""
-    spec = hub.parse_spec(spec) if isinstance(spec, str) else spec
-    settings = settings or hub.HubSettings.from_env()
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    settings = settings or HubSettings.from_env()
     is_offline = bool(offline or (offline is None and settings.offline))
     try:
-        plan = hub.resolve(spec, revision=revision, offline=is_offline, want_mtp=False, settings=settings)
+        plan = resolve(spec, revision=revision, offline=is_offline, want_mtp=False, settings=settings)
     except HubNotCachedError:
         if not is_offline:
             raise
@@ -211,24 +215,23 @@ def open_donor(
         raise HubError(f"{spec}: the donor is split in {len(plan.model)} files; grafting from split donors is not supported")
     f = plan.model[0]
     if plan.offline:
-        full = hub._offline_path(plan, f, settings, None)
+        full = offline_path(plan, f, settings, None)
         return RemoteDonor(spec, plan.repo, f.path, plan.commit, full.stat().st_size, full, True, _plan=plan, _settings=settings)
-
-    from huggingface_hub import try_to_load_from_cache
 
     if plan.commit is None:
         raise HubError(f"the Hub did not say which commit {spec} is at; cannot cache its header consistently")
-    hit = try_to_load_from_cache(plan.repo, f.path, cache_dir=settings.cache_dir, revision=plan.commit)
-    if isinstance(hit, str) and (f.size is None or os.path.getsize(hit) == f.size):
-        return RemoteDonor(spec, plan.repo, f.path, plan.commit, os.path.getsize(hit), Path(hit), True, _plan=plan, _settings=settings)
+    hit = transfer.cached_file(plan.repo, f.path, settings, plan.commit)
+    if hit is not None and (f.size is None or os.path.getsize(hit) == f.size):
+        return RemoteDonor(spec, plan.repo, f.path, plan.commit, os.path.getsize(hit), hit, True, _plan=plan, _settings=settings)
 
     try:
         location, headers, etag, size = _locate(plan, f, settings)
     except HubError:
         raise
     except Exception as exc:
-        raise hub._transfer_error(exc, f, plan, settings) from exc
-    local = ranges_root() / plan.repo.replace("/", "--") / plan.commit / Path(*f.path.split("/"))
+        raise transfer_error(exc, f, plan, settings) from exc
+    root = ranges_root() / plan.repo.replace("/", "--")
+    local = root / plan.commit / Path(*f.path.split("/"))
     state = local.with_name(local.name + ".json")
     local.parent.mkdir(parents=True, exist_ok=True)
     st = _load_state(state)
@@ -236,7 +239,7 @@ def open_donor(
         with open(local, "wb") as fh:
             fh.truncate(size)  # sparse: only fetched ranges take space
         _save_state(state, {"etag": etag, "size": size, "file": f.path, "have": []})
-    _write_ref(plan, settings)
+    write_ref(root, plan.revision, plan.commit)
     donor = RemoteDonor(spec, plan.repo, f.path, plan.commit, size, local, False,
                         _location=location, _headers=headers, _state=state, _plan=plan, _settings=settings)
     # the header: a first slice, grown until it holds the whole header
@@ -256,55 +259,29 @@ def open_donor(
     return donor
 
 
-def _locate(plan: hub.Plan, f: hub.PlannedFile, settings: hub.HubSettings) -> tuple[str, dict[str, str], str, int]:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers
-
-    url = hf_hub_url(plan.repo, f.path, revision=plan.commit, endpoint=settings.endpoint)
-    meta = get_hf_file_metadata(url, token=settings.token, library_name="mtprun", library_version=__version__)
-    if not meta.etag or meta.size is None:
+def _locate(plan: Plan, f: PlannedFile, settings: HubSettings) -> tuple[str, dict[str, str], str, int]:
+    where = transfer.locate(plan.repo, f.path, plan.commit, settings)
+    if not where.etag or where.size is None:
         raise HubError(f"the Hub sent no ETag or size for {f.path}; cannot fetch parts of it safely")
-    headers = build_hf_headers(token=settings.token, library_name="mtprun", library_version=__version__)
-    location = meta.location or url
-    if hub._origin(location) != hub._origin(url):  # signed CDN URL: the token stays with the Hub
-        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-    return location, headers, meta.etag, int(meta.size)
+    return where.location, where.headers, where.etag, int(where.size)
 
 
-def _write_ref(plan: hub.Plan, settings: hub.HubSettings) -> None:
-    rev = plan.revision or "main"
-    if plan.commit is None or hub._COMMIT.match(rev):
-        return
-    ref = ranges_root() / plan.repo.replace("/", "--") / "refs" / Path(*rev.split("/"))
-    try:
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        ref.write_text(plan.commit)
-    except OSError:
-        pass
-
-
-def _offline_partial(spec: hub.HfSpec, revision: str | None, settings: hub.HubSettings) -> RemoteDonor:
+def _offline_partial(spec: HfSpec, revision: str | None, settings: HubSettings) -> RemoteDonor:
     """Offline, without a full download: a header (and maybe MTP ranges) fetched earlier."""
     root = ranges_root() / spec.repo.replace("/", "--")
-    rev = revision or "main"
-    commit = rev if hub._COMMIT.match(rev) else None
-    if commit is None:
-        try:
-            commit = (root / "refs" / Path(*rev.split("/"))).read_text().strip()
-        except OSError:
-            commit = None
+    commit = read_ref(root, revision)
     base = root / commit if commit else None
     listing = []
     if base is not None and base.is_dir():
         for js in base.rglob("*.json"):
             st = _load_state(js)
             if isinstance(st.get("file"), str) and isinstance(st.get("size"), int):
-                listing.append(hub.RemoteFile(st["file"], st["size"]))
+                listing.append(RemoteFile(st["file"], st["size"]))
     if not listing:
         raise HubNotCachedError(
             f"{spec} is not in the cache and mtprun is offline: run once without --offline to fetch its MTP tensors"
         )
-    plan = hub.plan_from_listing(spec, listing, commit=commit, source="cache", want_mtp=False)
+    plan = plan_from_listing(spec, listing, commit=commit, source="cache", want_mtp=False)
     f = plan.model[0]
     assert base is not None
     local = base / Path(*f.path.split("/"))
@@ -312,15 +289,15 @@ def _offline_partial(spec: hub.HfSpec, revision: str | None, settings: hub.HubSe
                        _state=local.with_name(local.name + ".json"), _plan=plan, _settings=settings)
 
 
-def cache_origin(path: str | os.PathLike[str], settings: hub.HubSettings | None = None) -> dict[str, str] | None:
+def cache_origin(path: str | os.PathLike[str], settings: HubSettings | None = None) -> dict[str, str] | None:
     """Where a file in the Hugging Face cache came from (``snapshots/<commit>/<path>``), or None."""
-    settings = settings or hub.HubSettings.from_env()
+    settings = settings or HubSettings.from_env()
     try:
         rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(settings.cache_dir))
     except ValueError:
         return None
     parts = rel.parts
-    if len(parts) < 4 or not parts[0].startswith("models--") or parts[1] != "snapshots" or not hub._COMMIT.match(parts[2]):
+    if len(parts) < 4 or not parts[0].startswith("models--") or parts[1] != "snapshots" or not is_commit(parts[2]):
         return None
     return _provenance(parts[0][len("models--") :].replace("--", "/", 1), "/".join(parts[3:]), parts[2])
 
@@ -330,7 +307,7 @@ def _provenance(repo: str, file: str, commit: str | None) -> dict[str, str]:
     out = {"mtp_repo": repo, "mtp_file": file}
     if commit:
         out["mtp_commit"] = commit
-    quant = hub.quant_label(file)
+    quant = quant_label(file)
     if quant:
         out["mtp_quant"] = quant
     return out
