@@ -292,8 +292,10 @@ mtp_status mtp_drafter_accept(mtp_drafter * d, const std::vector<llama_token> & 
         // backend). Skip the oldest pending positions instead: the head's memory gets a gap, which
         // only its drafts can feel (never the output), and the next draft still reads the last
         // `limit` positions
-        d->mtp_len = n_past - limit;
+        // (drop from the head's old end: a rejected draft's entries there would otherwise stay
+        // inside the gap, where the next feed's removal from the new end no longer reaches)
         llama_memory_seq_rm(llama_get_memory(d->ctx_dft), 0, d->mtp_len, -1);
+        d->mtp_len = n_past - limit;
         h_trim_front(d, d->mtp_len - 1);
         return MTP_OK;
     }
