@@ -70,6 +70,7 @@ def main() -> None:
                     for t in args.threads:
                         env = dict(os.environ)
                         env.pop("OMP_WAIT_POLICY", None)
+                        env.pop("GOMP_SPINCOUNT", None)
                         env["MTPRUN_OMP_WAIT_POLICY"] = policy
                         try:
                             done = subprocess.run([sys.executable, "-c", CHILD, str(model), str(t), str(args.tokens)],

@@ -56,3 +56,28 @@ def test_a_mismatched_llama_cpp_python_is_refused_with_a_fix(monkeypatch):
     assert isinstance(info.value, ImportError)
     assert "0.3.99" in message and native.core.build_llama_cpp_python_version() in message
     assert "pip install --force-reinstall" in message
+
+
+def _omp_env(**env: str) -> dict:
+    """OMP_WAIT_POLICY / GOMP_SPINCOUNT as libgomp sees them after `import mtprun` in a fresh process."""
+    import json
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MTPRUN_OMP_WAIT_POLICY")}
+    code = "import json, os, mtprun._native\nprint(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env={**clean, **env}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_cpu_threads_wait_with_a_short_spin_unless_the_user_says_otherwise():
+    """By default ggml's OpenMP threads spin briefly at a barrier, then sleep (fast when the machine is
+    idle, no stall when it is busy); MTPRUN_OMP_WAIT_POLICY picks another; the user's own OpenMP
+    settings are never overridden."""
+    default = _omp_env()
+    assert default["OMP_WAIT_POLICY"] is None and 0 < int(default["GOMP_SPINCOUNT"]) < 300000
+    assert _omp_env(MTPRUN_OMP_WAIT_POLICY="passive") == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}
+    assert _omp_env(MTPRUN_OMP_WAIT_POLICY="spin:5000") == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "5000"}
+    assert _omp_env(MTPRUN_OMP_WAIT_POLICY="default") == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
+    assert _omp_env(MTPRUN_OMP_WAIT_POLICY="fastest") == default  # unknown: the default
+    assert _omp_env(OMP_WAIT_POLICY="ACTIVE") == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None}
+    assert _omp_env(GOMP_SPINCOUNT="77") == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "77"}

@@ -46,32 +46,45 @@ def _preload_llama() -> None:
 
 # OpenMP's wait policy for ggml's CPU threads, fixed when libgomp loads (with libllama, below):
 # llama-cpp-python builds libggml-cpu with OpenMP, so ggml's own threadpool `poll` level does not
-# apply; libgomp's threads spin at every barrier (one per graph node) before they sleep.
-# MTPRUN_OMP_WAIT_POLICY: "passive" or "active" sets OMP_WAIT_POLICY, "default" leaves libgomp's;
-# an OMP_WAIT_POLICY the user set is kept.
+# apply; at every barrier (one per graph node) a waiting thread spins, then sleeps.
+# MTPRUN_OMP_WAIT_POLICY: "spin:N" spins N iterations first (GOMP_SPINCOUNT), "passive" sleeps at
+# once, "active" only spins, "default" leaves libgomp's (300000 iterations); an OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT the user set is kept.
 #
-# Measured with scripts/bench_load.py (2-core shared machine, a memory-bound synthetic f16 model,
-# 48 greedy tokens, tok/s plain / auto; "idle" had other developers' builds running, "load" adds
-# one `while 1: pass` process per core):
-#   libgomp default (spin), -t 2:  16.4 / 18.3 idle,   4.8 /   6.3 loaded  (0.29x / 0.34x)
-#   libgomp default (spin), -t 1: 176.3 / 160.5 idle, 73.6 /  62.3 loaded  (0.42x / 0.39x)
-#   passive,                -t 2: 165.1 / 119.4 idle, 150.8 / 139.5 loaded (0.91x / 1.17x)
-# and again on a quieter machine (same command): spin -t 2 stalled loaded (no result within 60 s,
-# 48.3 / 41.5 idle), spin -t 1 0.19x / 0.23x, passive -t 2 116.4 / 96.9 idle, 126.8 / 186.8 loaded.
-# A spinning thread holds the core its busy neighbour wants while it waits for a thread that is
-# not running, so every barrier can cost a scheduler time slice; sleeping threads do not. Passive
-# waiting with the physical core count (the default -t) degrades gracefully, so it is the default.
-_DEFAULT_WAIT_POLICY = "passive"
+# A long spin holds the core a busy neighbour process wants while it waits for a thread that is not
+# running, so every barrier can cost a scheduler time slice; sleeping at once costs a futex wake per
+# barrier instead, which on an idle machine is most of a small model's step. Measured with
+#   python scripts/bench_load.py --model M --threads 2 --policies passive spin:1000 default --reps 2
+# (2-vCPU machine, nothing else running for "idle", one `while 1: pass` per core for "loaded";
+# tok/s plain / auto, idle -> loaded):
+#   4-layer Q4_K_M bench model (bench-q4km.gguf, --reps 3):
+#     passive    86.3 / 78.9  ->  94.2 / 75.8
+#     spin:1000 155.8 /154.6  ->  61.2 / 58.5   (0.39x / 0.38x of idle)
+#     default   166.7 /163.0  ->  38.0 / 28.3   (0.23x / 0.17x)
+#   12-layer f16 bench model (agreement 0.9, --tokens 48):
+#     passive    20.5 / 31.0  ->  15.5 / 19.0
+#     spin:1000  25.1 / 40.6  ->  14.8 / 18.5   (0.59x / 0.46x)
+#     default    28.9 / 44.0  ->   6.9 /  9.9   (0.24x / 0.22x)
+# llama.cpp's own llama-completion on the Q4_K_M model: 5.6 ms/token with libgomp's default, 10.5
+# with OMP_WAIT_POLICY=PASSIVE, 6.0 with GOMP_SPINCOUNT=3000. A short spin keeps nearly all of the
+# idle speed and more than a third of it loaded (issue 15's goal), so it is the default.
+_DEFAULT_WAIT_POLICY = "spin:1000"
 
 
 def _set_wait_policy() -> None:
     import os
 
-    if "OMP_WAIT_POLICY" in os.environ:
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return  # the user's
+    policy = os.environ.get("MTPRUN_OMP_WAIT_POLICY", _DEFAULT_WAIT_POLICY).strip().lower()
+    if policy == "default":
         return
-    policy = os.environ.get("MTPRUN_OMP_WAIT_POLICY", _DEFAULT_WAIT_POLICY).lower()
     if policy in ("passive", "active"):
         os.environ["OMP_WAIT_POLICY"] = policy.upper()
+        return
+    if not (policy.startswith("spin:") and policy[5:].isdigit()):
+        policy = _DEFAULT_WAIT_POLICY  # an unknown value: the default, not libgomp's long spin
+    os.environ["GOMP_SPINCOUNT"] = str(int(policy[5:]))
 
 
 def _load():
