@@ -25,6 +25,7 @@ static constexpr int32_t PROBE_START    = 8;
 static constexpr int32_t PROBE_MAX_LO   = 16;
 static constexpr int32_t PROBE_MAX_HI   = 128;
 static constexpr double  PROBE_OVERHEAD = 0.015;
+static constexpr double  REACH_MARGIN   = 0.25;
 // while drafting: every SPEC_PERIOD steps one plain step (keeps t(1) measured) and, half a period
 // later, one token more than the best when the last position's acceptance is at least SPEC_LONGER_ACC
 static constexpr int32_t SPEC_PERIOD     = 32;
@@ -134,6 +135,17 @@ void mtp_policy_observe_fixed(mtp_policy & p, double t) {
     }
 }
 
+// would drafting pay if every position's acceptance were REACH_MARGIN above the first position's
+// current estimate (a text that changed enough for probes to be accepted moves it that far)
+static bool drafting_within_reach(const mtp_policy & p) {
+    if (p.cap <= 0) {
+        return false;
+    }
+    const mtp_policy_estimates est = mtp_policy_estimate(p, p.cap);
+    const double a = std::min(1.0, est.acceptance_by_position[0] + REACH_MARGIN);
+    return mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, std::vector<double>(p.cap, a), p.cap) > 0;
+}
+
 void mtp_policy_observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) {
     // position j was tried when 1..j-1 were accepted
     const int32_t n = std::min(n_drafted, (int32_t) p.acc_w.size());
@@ -144,10 +156,17 @@ void mtp_policy_observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) 
         p.acc_at[j] = p.n_tokens;
     }
     p.n_tokens += std::max(0, n_acc) + 1; // the step's tokens: the accepted drafts and the target's
-    // a probe from plain mode: accepted -> look again soon, rejected -> back off
+    // a probe from plain mode: rejected -> back off; accepted -> look again soon, if drafting is
+    // within reach of what was just seen (else keep the interval: where a verify batch costs
+    // nearly two single tokens, a head right a third of the time has probes accepted often
+    // enough to keep a short interval, and every probe costs about a plain step)
     if (p.probing && n_drafted >= 1) {
         p.probing = false;
-        p.probe_interval = n_acc > 0 ? PROBE_MIN : p.probe_interval * 2;
+        if (n_acc == 0) {
+            p.probe_interval *= 2;
+        } else if (drafting_within_reach(p)) {
+            p.probe_interval = PROBE_MIN;
+        }
     }
 }
 
