@@ -52,6 +52,11 @@ int32_t mtp_policy_best_n(const std::vector<double> & t_target, double t_head, c
     return best;
 }
 
+// whether drafting (some n in 1..n_max) would pay if every draft position were accepted with probability a
+static bool drafting_pays_at(const mtp_policy_estimates & est, double a, int32_t n_max) {
+    return mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, std::vector<double>(n_max, a), n_max) > 0;
+}
+
 void mtp_policy_init(mtp_policy & p, int32_t cap) {
     p = mtp_policy();
     p.cap = cap;
@@ -142,8 +147,7 @@ static bool drafting_within_reach(const mtp_policy & p) {
         return false;
     }
     const mtp_policy_estimates est = mtp_policy_estimate(p, p.cap);
-    const double a = std::min(1.0, est.acceptance_by_position[0] + REACH_MARGIN);
-    return mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, std::vector<double>(p.cap, a), p.cap) > 0;
+    return drafting_pays_at(est, std::min(1.0, est.acceptance_by_position[0] + REACH_MARGIN), p.cap);
 }
 
 void mtp_policy_observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) {
@@ -265,7 +269,7 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         // (once the 2-token cost rests on several measurements, or was given: one preempted
         // probe must not stop the probing that would correct it)
         const bool t2_known = p.w_tgt.size() > 1 && (p.w_tgt[1].size() >= T_WINDOW / 2 + 1 || (p.w_tgt[1].empty() && p.t_tgt[1] > 0));
-        if (t2_known && mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, std::vector<double>(n_max, 1.0), n_max) == 0) {
+        if (t2_known && !drafting_pays_at(est, 1.0, n_max)) {
             p.probe_interval = probe_max;
         }
         if (++p.n_plain_run >= p.probe_interval) {
