@@ -9,16 +9,17 @@ repetitions (medians):
     python scripts/plain_step_overhead.py MODEL.gguf [--tokens 128] [--reps 7] [--threads 2]
 
 Rows: `no MTP` (the baseline), `MTP loaded, ceiling C` (speculation off, for each --ceilings value),
-`auto` (the default adaptive mode, ceiling 6). Wall time per generated token; greedy.
+`auto` (the default adaptive mode, ceiling 6). Generation time per token (the engine's own
+clock, prefill excluded), measured by mtprun.benchmark.measure_engine; greedy.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-from mtprun import Engine, GenerationConfig, ModelConfig, SamplingConfig, SpecConfig
+from mtprun import Engine, ModelConfig
+from mtprun.benchmark import AUTO_N_MAX, Configuration, measure_engine
 
 
 def main() -> None:
@@ -33,31 +34,28 @@ def main() -> None:
     ceilings = [int(c) for c in args.ceilings.split(",") if c.strip()]
 
     base = dict(path=args.model, n_ctx=2048, n_threads=args.threads)
-    rows = [("no MTP", ModelConfig(**base, mtp=False), SpecConfig(enabled=False))]
-    rows += [(f"MTP loaded, ceiling {c}", ModelConfig(**base, n_draft_capacity=c), SpecConfig(enabled=False)) for c in ceilings]
-    rows += [("auto", ModelConfig(**base), SpecConfig())]
+    plain, auto = Configuration("plain"), Configuration("auto", AUTO_N_MAX)
+    rows = [("no MTP", ModelConfig(**base, mtp=False), plain)]
+    rows += [(f"MTP loaded, ceiling {c}", ModelConfig(**base, n_draft_capacity=c), plain) for c in ceilings]
+    rows += [("auto", ModelConfig(**base), auto)]
     engines = [Engine(cfg) for _, cfg, _ in rows]
-    times: list[list[float]] = [[] for _ in rows]
-    steps: list[tuple[int, ...]] = [() for _ in rows]
+    runs: list[list] = [[] for _ in rows]
     try:
         for _ in range(args.reps):
-            for i, (eng, (_, _, spec)) in enumerate(zip(engines, rows)):
-                eng.reset()
-                prompt = eng.tokenize(args.prompt)
-                gen = GenerationConfig(max_tokens=args.tokens, sampling=SamplingConfig(temperature=0.0), spec=spec)
-                t0 = time.perf_counter()
-                for ev in eng.generate(prompt, gen):
-                    pass
-                times[i].append((time.perf_counter() - t0) / max(1, len(ev.tokens)))
-                steps[i] = tuple(ev.stats.steps_by_draft_length)
+            for eng, (_, _, config), out in zip(engines, rows, runs):
+                out.append(measure_engine(eng, [eng.tokenize(args.prompt)], config, args.tokens))
     finally:
         for eng in engines:
             eng.close()
-    ref = statistics.median(times[0])
+    per_token = [[m.generation_seconds / max(1, m.n_generated) for m in r] for r in runs]
+    ref = statistics.median(per_token[0])
     print(f"{args.model}: {args.tokens} greedy tokens, medians of {args.reps} alternating repetitions")
-    for (name, _, _), t, s in zip(rows, times, steps):
+    for (name, _, _), t, r in zip(rows, per_token, runs):
         med = statistics.median(t)
-        print(f"  {name:24s} {med * 1e3:8.2f} ms/token  {med / ref:6.3f}x no MTP   steps by draft length {s}")
+        last = r[-1]
+        drafting = last.drafted_by_position[0] if last.drafted_by_position else 0
+        print(f"  {name:24s} {med * 1e3:8.2f} ms/token  {med / ref:6.3f}x no MTP   "
+              f"last run: {drafting} of {last.n_target_passes} steps drafted")
 
 
 if __name__ == "__main__":
