@@ -339,6 +339,36 @@ NB_MODULE(_core, m) {
         .def_ro("target_seconds_by_batch", &mtp_policy_estimates::target_seconds_by_batch)
         .def_ro("head_seconds", &mtp_policy_estimates::head_seconds);
 
+    // the policy on its own, fed by hand: for tests of the controller that must not depend on timing
+    nb::class_<mtp_policy>(m, "Policy",
+        "The draft-length policy (policy.h) outside an engine: fed measurements by hand, it makes the "
+        "choices an engine's would (tests simulate a machine and a text with it).")
+        .def("__init__", [](mtp_policy * p, int32_t cap) {
+                 if (cap < 0 || cap > 64) {
+                     throw nb::value_error("cap must be in 0..64");
+                 }
+                 new (p) mtp_policy();
+                 mtp_policy_init(*p, cap);
+             }, "cap"_a)
+        .def("set_costs", [](mtp_policy & p, const std::vector<double> & t_target, double t_head, bool pin) {
+                 if (t_target.empty() || t_target.size() > 65 || !(t_target[0] > 0) || !(t_head >= 0)) {
+                     throw nb::value_error("t_target: 1..65 costs, the first > 0; t_head >= 0");
+                 }
+                 mtp_policy_set_costs(p, t_target, t_head, pin);
+             }, "t_target"_a, "t_head"_a, "pin"_a)
+        .def("next", [](mtp_policy & p, int32_t n_max) { return mtp_policy_next(p, n_max); }, "n_max"_a,
+             "The length to draft next (0: a plain step).")
+        .def("observe", [](mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
+                           int32_t n_head_decodes, double t_head) {
+                 if (n_drafted < 0 || n_drafted > p.cap || n_acc < 0 || n_acc > n_drafted || n_head_decodes < 0) {
+                     throw nb::value_error("a step drafts 0..cap tokens and accepts at most those");
+                 }
+                 mtp_policy_observe(p, n_drafted, n_acc, t_step, t_verify, n_head_decodes, t_head);
+             }, "n_drafted"_a, "n_accepted"_a, "t_step"_a, "t_verify"_a, "n_head_decodes"_a, "t_head"_a,
+             "One step's measurements, as the engine reports them (policy.h mtp_policy_observe).")
+        .def("estimate", [](const mtp_policy & p, int32_t n_max) { return mtp_policy_estimate(p, std::max(1, std::min(n_max, p.cap))); },
+             "n_max"_a);
+
     nb::class_<mtp_stats>(m, "Stats", "Statistics of a generation (engine.h mtp_stats; Python: GenerationStats).")
         .def_ro("n_prompt_tokens", &mtp_stats::n_prompt_tokens)
         .def_ro("n_prompt_reused", &mtp_stats::n_prompt_reused)

@@ -662,7 +662,7 @@ static mtp_status roll_back(mtp_engine * e, const mtp_step_result & out, int32_t
 }
 
 // statistics and the policy's measurements of one step
-static void account(mtp_engine * e, int32_t n_draft, int32_t n_acc, int32_t n_verify, double t_verify, double t_step,
+static void account(mtp_engine * e, int32_t n_draft, int32_t n_acc, double t_verify, double t_step,
                     double t_accept) {
     mtp_stats & s = e->stats;
     const mtp_draft_out & d = e->draft;
@@ -680,13 +680,9 @@ static void account(mtp_engine * e, int32_t n_draft, int32_t n_acc, int32_t n_ve
     if (!s.mtp) {
         return;
     }
-    mtp_policy & p = e->policy;
-    mtp_policy_observe_target(p, n_verify, t_verify);
-    if (d.n_caught <= e->gen.spec.n_max + 1) { // a draft after a plain stretch catches up on it first
-        mtp_policy_observe_head(p, d.n_decodes, d.t_decode + d.t_choose);
-    }
-    mtp_policy_observe_draft(p, n_draft, n_acc);
-    mtp_policy_observe_fixed(p, std::max(0.0, t_step - t_verify - d.t_decode - d.t_choose));
+    // (a draft after a plain stretch catches the head up on it first: not one decode's time each)
+    const bool head_alone = d.n_caught <= e->gen.spec.n_max + 1;
+    mtp_policy_observe(e->policy, n_draft, n_acc, t_step, t_verify, head_alone ? d.n_decodes : 0, d.t_decode + d.t_choose);
 }
 
 mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
@@ -757,7 +753,7 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
     out.n_drafted  = n_draft;
     out.n_accepted = n_acc;
     e->stats.n_generated += (int32_t) out.tokens.size();
-    account(e, n_draft, n_acc, n_draft + 1, t_verify, seconds_since(t_step0) + t_between, t_accept);
+    account(e, n_draft, n_acc, t_verify, seconds_since(t_step0) + t_between, t_accept);
 
     if (stop != MTP_STOP_NONE) {
         finish(e, out, stop);

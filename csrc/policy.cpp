@@ -14,6 +14,15 @@ static constexpr double ACC_DECAY_PER_TOKEN = 0.97;
 static double acc_decay_tokens(int64_t n) { return n <= 0 ? 1.0 : std::pow(ACC_DECAY_PER_TOKEN, (double) n); }
 static constexpr double ACC_PRIOR_W = 1.0;
 static constexpr double ACC_PRIOR  = 0.5;  // of position 1; position j's prior is position j-1's estimate
+// in plain mode position 1's prior is instead a slowly fading estimate of this text (half-life ~350
+// tokens): over a plain stretch the fast counts fade to ACC_PRIOR, and then one accepted probe of a
+// head right a third of the time looked like a head right three times in four (a burst of drafts
+// that do not pay), while a head right 90% of the time looked like a coin (plain steps where
+// drafting pays); once drafting, the fast estimate alone decides
+static constexpr double ACC_SLOW_DECAY_PER_TOKEN = 0.998;
+// a change of text: outcomes this unlikely together drop all but CHANGE_KEEP of the counts
+static constexpr double CHANGE_P    = 0.02;
+static constexpr double CHANGE_KEEP = 0.25;
 // cost shape assumed for batch sizes never measured: t(k) = t(1) * (1 + SLOPE * (k - 1)) (the
 // memory-bound case, where speculation pays; a wrong guess is corrected by the first measurement)
 static constexpr double T_PRIOR_SLOPE = 0.25;
@@ -140,6 +149,31 @@ void mtp_policy_observe_fixed(mtp_policy & p, double t) {
     }
 }
 
+// conditional acceptance by draft position 1..n_max: the fading counts, position 1's prior `prior`
+static std::vector<double> acceptance(const mtp_policy & p, int32_t n_max, double prior) {
+    std::vector<double> acc(n_max, 0.0);
+    double prev = prior;
+    for (int32_t j = 0; j < n_max; ++j) {
+        const bool   known = j < (int32_t) p.acc_w.size();
+        const double decay = known ? acc_decay_tokens(p.n_tokens - p.acc_at[j]) : 0.0;
+        const double a = known ? p.acc_w[j] * decay : 0.0;
+        const double n = known ? p.try_w[j] * decay : 0.0;
+        prev = (a + ACC_PRIOR_W * prev) / (n + ACC_PRIOR_W);
+        acc[j] = prev;
+    }
+    return acc;
+}
+
+// position 1's acceptance over the longer run (ACC_SLOW_DECAY_PER_TOKEN)
+static double slow_decay(const mtp_policy & p) {
+    return std::pow(ACC_SLOW_DECAY_PER_TOKEN, (double) std::max<int64_t>(0, p.n_tokens - p.slow_at));
+}
+
+static double slow_acceptance(const mtp_policy & p) {
+    const double decay = slow_decay(p);
+    return (p.acc_slow * decay + ACC_PRIOR_W * ACC_PRIOR) / (p.try_slow * decay + ACC_PRIOR_W);
+}
+
 // would drafting pay if every position's acceptance were REACH_MARGIN above the first position's
 // current estimate (a text that changed enough for probes to be accepted moves it that far)
 static bool drafting_within_reach(const mtp_policy & p) {
@@ -150,26 +184,77 @@ static bool drafting_within_reach(const mtp_policy & p) {
     return drafting_pays_at(est, std::min(1.0, est.acceptance_by_position[0] + REACH_MARGIN), p.cap);
 }
 
+void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
+                        int32_t n_head_decodes, double t_head) {
+    mtp_policy_observe_target(p, n_drafted + 1, t_verify);
+    if (n_head_decodes > 0) {
+        mtp_policy_observe_head(p, n_head_decodes, t_head);
+    }
+    if (!p.pinned && p.probing && t_step > 0) {
+        window_add(p.w_probe, t_step / p.load);
+    }
+    mtp_policy_observe_draft(p, n_drafted, n_acc);
+    mtp_policy_observe_fixed(p, std::max(0.0, t_step - t_verify - t_head));
+}
+
 void mtp_policy_observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) {
     // position j was tried when 1..j-1 were accepted
     const int32_t n = std::min(n_drafted, (int32_t) p.acc_w.size());
+    // a change of text (prose -> code, the end of a repetitive stretch): outcomes the estimates
+    // make unlikely, one after another in the same direction (each less likely than a coin's side:
+    // P(as few accepted or fewer), or P(as many or more)), until together they are less likely
+    // than CHANGE_P; then the counts from before are mostly dropped (x CHANGE_KEEP), so that the
+    // estimates follow within a step or two instead of fading over a few dozen tokens
+    // (scripts/policy_sim.py: alternating stretches at 0.95 / 0.1 1.095x -> 1.119x the best fixed
+    // length on a memory-bound machine, a steady text 0.3-1% below what it was without)
+    bool accepted_beyond_expectation = false;
+    if (n >= 1) {
+        const std::vector<double> acc = acceptance(p, n, ACC_PRIOR);
+        double reach = 1.0; // P(positions 1..n_acc accepted)
+        for (int32_t j = 0; j < std::min(n_acc, n); ++j) {
+            reach *= acc[j];
+        }
+        const double p_down = n_acc >= n ? 1.0 : 1.0 - reach * acc[n_acc]; // P(n_acc or fewer)
+        const double p_up   = reach;                                       // P(n_acc or more)
+        const int32_t dir   = p_down < 0.5 ? -1 : p_up < 0.5 ? 1 : 0;
+        accepted_beyond_expectation = dir > 0;
+        if (dir == 0 || dir != p.surprise_dir) {
+            p.surprise = 1.0;
+        }
+        p.surprise_dir = dir;
+        p.surprise *= dir < 0 ? p_down : dir > 0 ? p_up : 1.0;
+        if (p.surprise < CHANGE_P) {
+            for (size_t j = 0; j < p.acc_w.size(); ++j) {
+                p.acc_w[j] *= CHANGE_KEEP;
+                p.try_w[j] *= CHANGE_KEEP;
+            }
+            p.surprise = 1.0;
+            p.surprise_dir = 0;
+        }
+    }
     for (int32_t j = 0; j < n && j <= n_acc; ++j) {
         const double decay = acc_decay_tokens(p.n_tokens - p.acc_at[j]);
         p.acc_w[j]  = p.acc_w[j] * decay + (j < n_acc ? 1.0 : 0.0);
         p.try_w[j]  = p.try_w[j] * decay + 1.0;
         p.acc_at[j] = p.n_tokens;
     }
+    if (n >= 1) { // position 1, slowly fading
+        const double decay = slow_decay(p);
+        p.acc_slow = p.acc_slow * decay + (n_acc > 0 ? 1.0 : 0.0);
+        p.try_slow = p.try_slow * decay + 1.0;
+        p.slow_at  = p.n_tokens;
+    }
     p.n_tokens += std::max(0, n_acc) + 1; // the step's tokens: the accepted drafts and the target's
-    // a probe from plain mode: rejected -> back off; accepted -> look again soon, if drafting is
-    // within reach of what was just seen (else keep the interval: where a verify batch costs
-    // nearly two single tokens, a head right a third of the time has probes accepted often
-    // enough to keep a short interval, and every probe costs about a plain step)
+    // a probe from plain mode: rejected, or accepted no more than expected -> back off (a head
+    // right 70% of the time, where a verify batch costs nearly two single tokens, has most probes
+    // accepted and drafting still does not pay: every probe costs about a plain step); accepted
+    // beyond expectation -> look again sooner, if drafting is within reach of what was just seen
     if (p.probing && n_drafted >= 1) {
         p.probing = false;
-        if (n_acc == 0) {
+        if (n_acc == 0 || !accepted_beyond_expectation) {
             p.probe_interval *= 2;
         } else if (drafting_within_reach(p)) {
-            p.probe_interval = PROBE_MIN;
+            p.probe_interval /= 2;
         }
     }
 }
@@ -235,16 +320,7 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
     }
     e.head_seconds *= p.load;
 
-    e.acceptance_by_position.assign(n_max, 0.0);
-    double prev = ACC_PRIOR;
-    for (int32_t j = 0; j < n_max; ++j) {
-        const bool   known = j < (int32_t) p.acc_w.size();
-        const double decay = known ? acc_decay_tokens(p.n_tokens - p.acc_at[j]) : 0.0;
-        const double a = known ? p.acc_w[j] * decay : 0.0;
-        const double n = known ? p.try_w[j] * decay : 0.0;
-        prev = (a + ACC_PRIOR_W * prev) / (n + ACC_PRIOR_W);
-        e.acceptance_by_position[j] = prev;
-    }
+    e.acceptance_by_position = acceptance(p, n_max, ACC_PRIOR);
     return e;
 }
 
@@ -254,12 +330,20 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         return 0;
     }
     const mtp_policy_estimates est = mtp_policy_estimate(p, n_max);
-    const int32_t best = mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, est.acceptance_by_position, n_max);
+    int32_t best = mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, est.acceptance_by_position, n_max);
+    if (p.plain_mode) { // leaving plain mode: judged with position 1's prior at this text's longer run
+        best = mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, acceptance(p, n_max, slow_acceptance(p)), n_max);
+    }
+    p.plain_mode = best == 0;
     int32_t n = best;
     if (best == 0) {
         // plain: probe with one draft token now and then, less often while probes keep failing
         // (at most as often as keeps a probe's extra cost near PROBE_OVERHEAD of the time)
-        const double extra = est.target_seconds_by_batch[std::min(1, n_max)] + est.head_seconds - est.target_seconds_by_batch[0];
+        // (what a probe costs more than a plain step: as measured, the head's catch-up on the
+        // plain stretch included, else as the estimates say)
+        const double t_probe = p.w_probe.empty() ? est.target_seconds_by_batch[std::min(1, n_max)] + est.head_seconds
+                                                 : window_median(p.w_probe) * p.load;
+        const double extra = t_probe - est.target_seconds_by_batch[0];
         const int32_t probe_max = std::clamp((int32_t) std::ceil(extra / (PROBE_OVERHEAD * est.target_seconds_by_batch[0])), PROBE_MAX_LO, PROBE_MAX_HI);
         p.probe_interval = std::clamp(p.probe_interval, PROBE_MIN, probe_max);
         // when drafting could not pay even if every draft were accepted (a verify batch costs
@@ -289,8 +373,11 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
             p.n_plain_run = 0;
         }
     } else {
+        // drafting: the interval for when it stops paying comes down towards PROBE_START (a
+        // drafting stretch that ends may come back), a step at a time (a single step after a
+        // lucky probe keeps most of the interval that the probes before it had earned)
         p.n_plain_run = 0;
-        p.probe_interval = PROBE_START;
+        p.probe_interval = std::max(PROBE_START, p.probe_interval / 2);
         const int32_t phase = ++p.n_spec_steps % SPEC_PERIOD;
         if (phase == 0 || (phase == 2 && p.n_tgt[0] == 0)) {
             n = 0; // keep the plain cost measured

@@ -47,6 +47,10 @@ struct mtp_policy {
     std::vector<double>  try_w;       // decayed tried counts by draft position
     std::vector<int64_t> acc_at;      // n_tokens when each position's counts were last decayed
     int64_t n_tokens      = 0;        // tokens generated (steps observed), the acceptance clock
+    double  surprise      = 1;        // how likely the latest outcomes were, together (see observe_draft)
+    int32_t surprise_dir  = 0;        // -1: fewer accepted than expected, +1: more
+    double  acc_slow = 0, try_slow = 0; // position 1's counts, fading slowly (this text's longer-run rate)
+    int64_t slow_at  = 0;             // n_tokens when they were last decayed
 
     // exploration
     int32_t n_plain_run    = 0;       // plain steps since the last draft
@@ -54,6 +58,9 @@ struct mtp_policy {
     int32_t n_spec_steps   = 0;       // drafting steps, for the occasional longer draft
     int32_t n_last         = 0;       // the length chosen last
     bool    probing        = false;   // the last choice was a probe from plain mode
+    bool    plain_mode     = false;   // the last choice's best length was 0
+    std::vector<double> w_probe;      // the latest probe steps' whole times (load units): the head's
+                                      // catch-up on the plain stretch included, which no estimate has
 };
 
 void mtp_policy_init(mtp_policy & p, int32_t cap);
@@ -72,6 +79,14 @@ void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t);
 void mtp_policy_observe_head  (mtp_policy & p, int32_t n_decodes, double t);
 void mtp_policy_observe_draft (mtp_policy & p, int32_t n_drafted, int32_t n_acc);
 void mtp_policy_observe_fixed (mtp_policy & p, double t);
+
+// one step, all of the above in the order the estimates need: it drafted n_drafted tokens of which
+// the first n_acc were accepted; its target pass (over n_drafted + 1 tokens) took t_verify, the
+// whole step t_step, its head decodes t_head, of which n_head_decodes can be counted as one decode
+// each (0 after plain steps, when the first batch also catches the head up; the probe's whole
+// time still teaches what a probe costs)
+void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
+                        int32_t n_head_decodes, double t_head);
 
 // the estimates the choice uses, for statistics (n_max entries of acceptance, n_max+1 of t_target)
 mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max);
