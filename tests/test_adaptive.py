@@ -14,7 +14,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mtprun import GenerationConfig, PolicyCosts, SamplingConfig, SpecConfig
+from mtprun import DraftPolicy, GenerationConfig, PolicyCosts, SamplingConfig, SpecConfig
+from mtprun.benchmark import SimulatedMachine, simulate_policy
 from mtprun._native import core
 from mtprun.engine import choose_draft_length
 from mtprun.errors import InvalidInputError
@@ -221,3 +222,77 @@ def test_the_draft_length_follows_phases_of_agreement(synth_model):
         cur = e.pieces[-1].token
     assert high and low
     assert np.mean(high) >= np.mean(low) + 1.5, (np.mean(high), np.mean(low))
+
+
+# --- the controller on a simulated machine and text ----------------------------------------------
+# mtprun.DraftPolicy is the engine's policy outside an engine: fed the times and outcomes a machine
+# model and a seeded text model give (mtprun.benchmark.simulate_policy), it makes the choices the
+# engine's would. Deterministic, no timing.
+
+CHEAP = SimulatedMachine(slope=0.1, catch_up=0.2)  # a 7-token verify costs 1.6 single tokens (memory-bound)
+COSTLY = SimulatedMachine(slope=0.7, catch_up=0.8)  # a 2-token verify costs 1.7 (ggml's CPU kernels, some quants)
+
+
+def mean_rate(acceptance_at, machine, seeds=4, n_tokens=3000, **kw) -> float:
+    return float(np.mean([simulate_policy(acceptance_at, n_tokens, machine, seed=s, **kw)[0] for s in range(seeds)]))
+
+
+@pytest.mark.parametrize("a", [0.1, 0.3, 0.5, 0.7])
+def test_probing_where_drafting_does_not_pay_costs_at_most_a_few_percent(a):
+    # where a verify batch costs nearly two single tokens and the first draft after a plain
+    # stretch also catches the head up, even a head right 70% of the time does not pay: the
+    # probes that watch for a change of text must stay within 3% of plain decoding
+    assert mean_rate(lambda i: a, COSTLY) >= 0.97
+
+
+@pytest.mark.parametrize("a", [0.3, 0.5, 0.7, 0.9])
+def test_on_a_steady_text_auto_is_as_fast_as_the_best_fixed_length(a):
+    const = lambda i: a  # noqa: E731
+    best = max(max(mean_rate(const, CHEAP, fixed=n) for n in range(1, 7)), 1.0)
+    assert mean_rate(const, CHEAP) >= 0.95 * best
+
+
+def test_on_alternating_stretches_auto_beats_every_fixed_length():
+    phases = lambda i: 0.95 if (i // 90) % 2 == 0 else 0.1  # noqa: E731
+    best = max(mean_rate(phases, CHEAP, fixed=n) for n in range(1, 7))
+    assert mean_rate(phases, CHEAP) >= 1.05 * best
+
+
+def _from_token(steps, start):
+    """The steps' draft lengths from the one that starts at token `start` on, with the token each starts at."""
+    made, out = 0, []
+    for n, n_acc in steps:
+        if made >= start:
+            out.append((made, n))
+        made += n_acc + 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_change_of_text_is_followed_within_a_few_dozen_tokens(seed):
+    # the head stops being right (code -> prose): a plain step within a dozen steps
+    _, steps = simulate_policy(lambda i: 0.95 if i < 400 else 0.05, 800, CHEAP, seed=seed)
+    after = [n for _, n in _from_token(steps, 400)]
+    assert 0 in after[:12], after[:12]
+    # ... and starts being right: drafting again (3 drafting steps in a row) within 64 tokens
+    _, steps = simulate_policy(lambda i: 0.05 if i < 400 else 0.95, 800, CHEAP, seed=seed)
+    run, back_at = 0, None
+    for made, n in _from_token(steps, 400):
+        run = run + 1 if n else 0
+        if run == 3:
+            back_at = made - 400
+            break
+    assert back_at is not None and back_at <= 64, back_at
+
+
+def test_a_policy_object_rejects_what_it_cannot_use():
+    with pytest.raises(InvalidInputError):
+        DraftPolicy(0)
+    policy = DraftPolicy(6)
+    for bad in ([], [0.0, 1.0], [1.0] * 66):
+        with pytest.raises(InvalidInputError):
+            policy.set_costs(bad, 0.1, pin=True)
+    with pytest.raises(InvalidInputError):
+        policy.observe(2, 3, step_seconds=1.0, verify_seconds=1.0)
+    with pytest.raises(InvalidInputError):
+        policy.observe(7, 0, step_seconds=1.0, verify_seconds=1.0)

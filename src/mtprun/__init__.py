@@ -8,6 +8,7 @@ _EXPORTS = {
     "Engine": "engine",
     "ModelInfo": "engine",
     "choose_draft_length": "engine",
+    "DraftPolicy": "engine",
     "ChatSession": "session",
     "ChatTemplate": "chat",
     "ModelConfig": "config",

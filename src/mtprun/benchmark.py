@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from .config import GenerationConfig, SamplingConfig, SpecConfig
-from .engine import Engine
+from .engine import DraftPolicy, Engine
 from .errors import InvalidInputError, MtprunError
 from .events import Result
 
@@ -51,6 +51,8 @@ __all__ = [
     "read_prompt_file",
     "run_alternating",
     "setting_name",
+    "SimulatedMachine",
+    "simulate_policy",
     "spec_config",
     "summarize",
     "winner",
@@ -519,3 +521,53 @@ def winner(configs: Sequence[Configuration], summaries: Mapping[str, Summary]) -
     cands = [c for c in configs if c.kind != "llama.cpp" and c.name in summaries and summaries[c.name].n_runs
              and summaries[c.name].tps > 0]
     return max(cands, key=lambda c: summaries[c.name].tps) if cands else None
+
+
+# --- the policy on a simulated machine and text ------------------------------------------------
+# Wall-clock figures on a shared machine move by more than the few percent the policy's targets
+# allow. The policy alone, fed the times a machine model gives and the outcomes of a seeded text
+# model, makes the same choices deterministically: the controller's quality measured without noise
+# (the costs and acceptance are the model's; how real they are is for the wall-clock benchmark).
+
+
+@dataclass(frozen=True)
+class SimulatedMachine:
+    """Costs in units of a plain step: a target pass over k tokens costs 1 + slope * (k - 1), an
+    MTP-head decode ``head``; the first draft after plain steps also catches the head up on the
+    positions they skipped (up to ``catch_up_window``, costing ``catch_up`` for a full window)."""
+
+    slope: float
+    head: float = 0.15
+    catch_up: float = 0.0
+    catch_up_window: int = 32
+
+    def target(self, k: int) -> float:
+        return 1.0 + self.slope * (k - 1)
+
+
+def simulate_policy(acceptance_at: Callable[[int], float], n_tokens: int, machine: SimulatedMachine, *,
+                    seed: int = 0, fixed: int | None = None, ceiling: int = AUTO_N_MAX) -> tuple[float, list[tuple[int, int]]]:
+    """Generate ``n_tokens`` with the adaptive policy (or a fixed draft length) on ``machine``:
+    draft position i of a step starting at token t is accepted with probability
+    ``acceptance_at(t + i)``. Returns tokens per unit time (plain decoding: 1.0) and the steps
+    as (drafted, accepted)."""
+    import random
+
+    rng = random.Random(seed)
+    policy = DraftPolicy(ceiling)
+    made, time, plain_run, steps = 0, 0.0, 0, []
+    while made < n_tokens:
+        n = policy.next() if fixed is None else fixed
+        n_acc = 0
+        while n_acc < n and rng.random() < acceptance_at(made + n_acc):
+            n_acc += 1
+        verify = machine.target(n + 1)
+        catch_up = machine.catch_up * min(plain_run, machine.catch_up_window) / machine.catch_up_window if n else 0.0
+        step = verify + n * machine.head + catch_up
+        policy.observe(n, n_acc, step_seconds=step, verify_seconds=verify, head_decodes=0 if plain_run else n,
+                       head_seconds=n * machine.head + catch_up)
+        time += step
+        made += n_acc + 1
+        plain_run = plain_run + 1 if n == 0 else 0
+        steps.append((n, n_acc))
+    return made / time, steps

@@ -29,13 +29,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ._native import core
-from .config import SPLIT_MODES, GenerationConfig, ModelConfig, Placement
+from .config import AUTO_CEILING, SPLIT_MODES, GenerationConfig, ModelConfig, Placement
 from .errors import ContextOverflowError, DeviceError, EngineClosedError, InvalidInputError, ModelError, MtprunError
 from .events import GenerationStats, PolicyEstimates, Result, Step, StopReason, TokenPiece
 from .memory import DeviceUse, MeasuredMemory, device_usage, measured
 from .validate import MIN_CONTEXT, validate_file
 
-__all__ = ["Engine", "ModelInfo", "choose_draft_length"]
+__all__ = ["DraftPolicy", "Engine", "ModelInfo", "choose_draft_length"]
 
 def _error(exc: core.CoreError) -> MtprunError:
     """Map a native failure to the library's exception classes."""
@@ -358,6 +358,46 @@ def choose_draft_length(target_seconds: Sequence[float], head_seconds: float, ac
     tokens; ``acceptance[j-1]``: draft position j's acceptance given the previous ones)."""
     n = len(acceptance) if n_max is None else n_max
     return core.choose_draft_length([float(t) for t in target_seconds], float(head_seconds), [float(a) for a in acceptance], n)
+
+
+class DraftPolicy:
+    """The adaptive draft-length policy an engine runs (``--spec-draft-n-max auto``), on its own:
+    fed the times and outcomes of steps by hand, it makes the choices the engine's would. For
+    simulating a machine and a text (``mtprun.benchmark.simulate_policy``) and for tests of the
+    controller that must not depend on this machine's timing. Times in any one unit."""
+
+    def __init__(self, ceiling: int = AUTO_CEILING) -> None:
+        if not 1 <= ceiling <= 64:
+            raise InvalidInputError(f"the draft ceiling must be in 1..64, not {ceiling}")
+        self.ceiling = ceiling
+        self._p = core.Policy(ceiling)
+
+    def set_costs(self, target_seconds_by_batch: Sequence[float], head_seconds: float, *, pin: bool = False) -> None:
+        """As :meth:`Engine.set_policy_costs`."""
+        t = [float(x) for x in target_seconds_by_batch]
+        if not t or len(t) > 65 or not t[0] > 0 or not head_seconds >= 0:
+            raise InvalidInputError("policy costs: 1..65 target costs, the first > 0, and a head cost >= 0")
+        self._p.set_costs(t, float(head_seconds), pin)
+
+    def next(self) -> int:
+        """The number of tokens to draft in the next step (0: a plain step)."""
+        return self._p.next(self.ceiling)
+
+    def observe(self, n_drafted: int, n_accepted: int, *, step_seconds: float, verify_seconds: float,
+                head_decodes: int = 0, head_seconds: float = 0.0) -> None:
+        """What the step just taken did, as the engine reports it: it drafted ``n_drafted`` tokens
+        of which the first ``n_accepted`` were accepted, its target pass (over n_drafted + 1
+        tokens) took ``verify_seconds``, the whole step ``step_seconds``, its MTP-head work
+        ``head_seconds``: ``head_decodes`` decodes (give 0 when the draft also caught the head up
+        on the positions of the plain steps before it: that time is not one decode's each)."""
+        if not 0 <= n_accepted <= n_drafted <= self.ceiling:
+            raise InvalidInputError(f"a step drafts 0..{self.ceiling} tokens and accepts at most those")
+        self._p.observe(int(n_drafted), int(n_accepted), float(step_seconds), float(verify_seconds),
+                        int(head_decodes), float(head_seconds))
+
+    def estimates(self) -> PolicyEstimates:
+        """What the policy currently believes (as ``GenerationStats.policy``)."""
+        return _from_native(PolicyEstimates, self._p.estimate(self.ceiling))
 
 
 def _interruptible(fn, *args, cancel):
