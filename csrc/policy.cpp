@@ -106,12 +106,16 @@ static void window_add(std::vector<double> & w, double t) {
     w.push_back(t);
 }
 
+// the lower median: timing noise only adds (a preempted pass), so of two measurements the smaller
+// is the better estimate (the upper one made a batch size drafted rarely, with few measurements,
+// look dearer than the sizes drafted often, and so drafted more rarely still)
 static double window_median(std::vector<double> w) {
     if (w.empty()) {
         return -1;
     }
-    std::nth_element(w.begin(), w.begin() + w.size() / 2, w.end());
-    return w[w.size() / 2];
+    const size_t mid = (w.size() - 1) / 2;
+    std::nth_element(w.begin(), w.begin() + mid, w.end());
+    return w[mid];
 }
 
 // a measurement t of something estimated at `est` (load units; < 0: none yet): update the load
