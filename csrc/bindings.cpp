@@ -351,8 +351,8 @@ NB_MODULE(_core, m) {
                  mtp_policy_init(*p, cap);
              }, "cap"_a)
         .def("set_costs", [](mtp_policy & p, const std::vector<double> & t_target, double t_head, bool pin) {
-                 if (t_target.empty() || t_target.size() > 65 || !(t_target[0] > 0) || !(t_head >= 0)) {
-                     throw nb::value_error("t_target: 1..65 costs, the first > 0; t_head >= 0");
+                 if (!mtp_policy_costs_valid(t_target, t_head)) {
+                     throw nb::value_error("the policy's costs must be positive");
                  }
                  mtp_policy_set_costs(p, t_target, t_head, pin);
              }, "t_target"_a, "t_head"_a, "pin"_a)

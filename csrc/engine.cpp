@@ -790,8 +790,7 @@ mtp_status mtp_set_policy_costs(mtp_engine * e, const std::vector<double> & t_ta
         err = "the policy's costs cannot change during a generation";
         return MTP_ERR_STATE;
     }
-    if (t_target.empty() || !(t_head >= 0) ||
-        std::any_of(t_target.begin(), t_target.end(), [](double t) { return !(t > 0) || !std::isfinite(t); })) {
+    if (!mtp_policy_costs_valid(t_target, t_head)) {
         err = "the policy's costs must be positive";
         return MTP_ERR_INVALID;
     }

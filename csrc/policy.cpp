@@ -99,6 +99,11 @@ void mtp_policy_set_costs(mtp_policy & p, const std::vector<double> & t_target, 
     p.pinned = pin;
 }
 
+bool mtp_policy_costs_valid(const std::vector<double> & t_target, double t_head) {
+    return !t_target.empty() && t_head >= 0 && std::isfinite(t_head) &&
+           std::all_of(t_target.begin(), t_target.end(), [](double t) { return t > 0 && std::isfinite(t); });
+}
+
 static void window_add(std::vector<double> & w, double t) {
     if (w.size() >= T_WINDOW) {
         w.erase(w.begin());
@@ -129,7 +134,7 @@ static double normalize(mtp_policy & p, double t, double est) {
 }
 
 // the first pass over a new batch size also builds and allocates its graph: that one is not counted
-void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t) {
+static void observe_target(mtp_policy & p, int32_t k, double t) {
     if (p.pinned || k < 1 || k > (int32_t) p.t_tgt.size() || !(t > 0)) {
         return;
     }
@@ -139,14 +144,14 @@ void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t) {
     }
 }
 
-void mtp_policy_observe_head(mtp_policy & p, int32_t n_decodes, double t) {
+static void observe_head(mtp_policy & p, int32_t n_decodes, double t) {
     if (!p.pinned && n_decodes > 0 && t > 0 && p.n_head++ > 0) {
         window_add(p.w_head, normalize(p, t / n_decodes, p.t_head));
         p.t_head = window_median(p.w_head);
     }
 }
 
-void mtp_policy_observe_fixed(mtp_policy & p, double t) {
+static void observe_fixed(mtp_policy & p, double t) {
     if (!p.pinned && t >= 0) {
         window_add(p.w_fixed, t / p.load);
         p.t_fixed = window_median(p.w_fixed);
@@ -188,20 +193,7 @@ static bool drafting_within_reach(const mtp_policy & p) {
     return drafting_pays_at(est, std::min(1.0, est.acceptance_by_position[0] + REACH_MARGIN), p.cap);
 }
 
-void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
-                        int32_t n_head_decodes, double t_head) {
-    mtp_policy_observe_target(p, n_drafted + 1, t_verify);
-    if (n_head_decodes > 0) {
-        mtp_policy_observe_head(p, n_head_decodes, t_head);
-    }
-    if (!p.pinned && p.probing && t_step > 0) {
-        window_add(p.w_probe, t_step / p.load);
-    }
-    mtp_policy_observe_draft(p, n_drafted, n_acc);
-    mtp_policy_observe_fixed(p, std::max(0.0, t_step - t_verify - t_head));
-}
-
-void mtp_policy_observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) {
+static void observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) {
     // position j was tried when 1..j-1 were accepted
     const int32_t n = std::min(n_drafted, (int32_t) p.acc_w.size());
     // a change of text (prose -> code, the end of a repetitive stretch): outcomes the estimates
@@ -255,12 +247,25 @@ void mtp_policy_observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) 
     // beyond expectation -> look again sooner, if drafting is within reach of what was just seen
     if (p.probing && n_drafted >= 1) {
         p.probing = false;
-        if (n_acc == 0 || !accepted_beyond_expectation) {
+        if (!accepted_beyond_expectation) { // (a rejected probe is not)
             p.probe_interval *= 2;
         } else if (drafting_within_reach(p)) {
             p.probe_interval /= 2;
         }
     }
+}
+
+void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
+                        int32_t n_head_decodes, double t_head) {
+    observe_target(p, n_drafted + 1, t_verify);
+    if (n_head_decodes > 0) {
+        observe_head(p, n_head_decodes, t_head);
+    }
+    if (!p.pinned && p.probing && t_step > 0) {
+        window_add(p.w_probe, t_step / p.load);
+    }
+    observe_draft(p, n_drafted, n_acc);
+    observe_fixed(p, std::max(0.0, t_step - t_verify - t_head));
 }
 
 mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
@@ -334,10 +339,9 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         return 0;
     }
     const mtp_policy_estimates est = mtp_policy_estimate(p, n_max);
-    int32_t best = mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, est.acceptance_by_position, n_max);
-    if (p.plain_mode) { // leaving plain mode: judged with position 1's prior at this text's longer run
-        best = mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, acceptance(p, n_max, slow_acceptance(p)), n_max);
-    }
+    // (leaving plain mode is judged with position 1's prior at this text's longer run)
+    const int32_t best = mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds,
+                                           p.plain_mode ? acceptance(p, n_max, slow_acceptance(p)) : est.acceptance_by_position, n_max);
     p.plain_mode = best == 0;
     int32_t n = best;
     if (best == 0) {

@@ -68,23 +68,17 @@ void mtp_policy_init(mtp_policy & p, int32_t cap);
 // now on (the timing observations are ignored, acceptance is still learnt: for tests); without, a
 // starting estimate (a prior) that each batch size's and the head's own measurements replace
 void mtp_policy_set_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head, bool pin);
+// whether costs can be given to mtp_policy_set_costs: at least one, all positive and finite, t_head >= 0
+bool mtp_policy_costs_valid(const std::vector<double> & t_target, double t_head);
 
 // the length to draft next: the best by the current estimates, or an exploring choice
 int32_t mtp_policy_next(mtp_policy & p, int32_t n_max);
 
-// measurements: a target pass over k tokens took t seconds; n_decodes head decodes took t seconds
-// (while drafting: not a first draft after plain steps, whose first batch catches up on them);
-// a step drafted n tokens of which the first n_acc were accepted; the step's remaining time
-void mtp_policy_observe_target(mtp_policy & p, int32_t k, double t);
-void mtp_policy_observe_head  (mtp_policy & p, int32_t n_decodes, double t);
-void mtp_policy_observe_draft (mtp_policy & p, int32_t n_drafted, int32_t n_acc);
-void mtp_policy_observe_fixed (mtp_policy & p, double t);
-
-// one step, all of the above in the order the estimates need: it drafted n_drafted tokens of which
-// the first n_acc were accepted; its target pass (over n_drafted + 1 tokens) took t_verify, the
-// whole step t_step, its head decodes t_head, of which n_head_decodes can be counted as one decode
-// each (0 after plain steps, when the first batch also catches the head up; the probe's whole
-// time still teaches what a probe costs)
+// what one step measured: it drafted n_drafted tokens of which the first n_acc were accepted; its
+// target pass (over n_drafted + 1 tokens) took t_verify, the whole step t_step, its head decodes
+// t_head, of which n_head_decodes can be counted as one decode each (0 after plain steps, when the
+// first batch also catches the head up; the probe's whole time still teaches what a probe costs).
+// The first pass over a new batch size also builds its graph: that one is not counted.
 void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
                         int32_t n_head_decodes, double t_head);
 

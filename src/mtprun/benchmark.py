@@ -19,6 +19,7 @@ Typical use::
 from __future__ import annotations
 
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -551,8 +552,6 @@ def simulate_policy(acceptance_at: Callable[[int], float], n_tokens: int, machin
     draft position i of a step starting at token t is accepted with probability
     ``acceptance_at(t + i)``. Returns tokens per unit time (plain decoding: 1.0) and the steps
     as (drafted, accepted)."""
-    import random
-
     rng = random.Random(seed)
     policy = DraftPolicy(ceiling)
     made, time, plain_run, steps = 0, 0.0, 0, []

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ._native import core
-from .config import AUTO_CEILING, SPLIT_MODES, GenerationConfig, ModelConfig, Placement
+from .config import AUTO_CEILING, SPLIT_MODES, GenerationConfig, ModelConfig, Placement, PolicyCosts
 from .errors import ContextOverflowError, DeviceError, EngineClosedError, InvalidInputError, ModelError, MtprunError
 from .events import GenerationStats, PolicyEstimates, Result, Step, StopReason, TokenPiece
 from .memory import DeviceUse, MeasuredMemory, device_usage, measured
@@ -373,11 +373,12 @@ class DraftPolicy:
         self._p = core.Policy(ceiling)
 
     def set_costs(self, target_seconds_by_batch: Sequence[float], head_seconds: float, *, pin: bool = False) -> None:
-        """As :meth:`Engine.set_policy_costs`."""
-        t = [float(x) for x in target_seconds_by_batch]
-        if not t or len(t) > 65 or not t[0] > 0 or not head_seconds >= 0:
-            raise InvalidInputError("policy costs: 1..65 target costs, the first > 0, and a head cost >= 0")
-        self._p.set_costs(t, float(head_seconds), pin)
+        """As :meth:`Engine.set_policy_costs` (checked as :class:`~mtprun.config.PolicyCosts`; at
+        most one cost per batch size a 64-token ceiling allows)."""
+        costs = PolicyCosts(target_seconds_by_batch, head_seconds)
+        if len(costs.target_seconds_by_batch) > 65:
+            raise InvalidInputError("policy costs: at most 65 target costs (batch sizes 1..65)")
+        self._p.set_costs([float(t) for t in costs.target_seconds_by_batch], float(costs.head_seconds), pin)
 
     def next(self) -> int:
         """The number of tokens to draft in the next step (0: a plain step)."""
