@@ -393,6 +393,8 @@ class DraftPolicy:
         on the positions of the plain steps before it: that time is not one decode's each)."""
         if not 0 <= n_accepted <= n_drafted <= self.ceiling:
             raise InvalidInputError(f"a step drafts 0..{self.ceiling} tokens and accepts at most those")
+        if head_decodes < 0:
+            raise InvalidInputError(f"a step makes 0 or more head decodes, not {head_decodes}")
         self._p.observe(int(n_drafted), int(n_accepted), float(step_seconds), float(verify_seconds),
                         int(head_decodes), float(head_seconds))
 
