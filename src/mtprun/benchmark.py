@@ -18,6 +18,7 @@ Typical use::
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -533,38 +534,57 @@ def winner(configs: Sequence[Configuration], summaries: Mapping[str, Summary]) -
 
 @dataclass(frozen=True)
 class SimulatedMachine:
-    """Costs in units of a plain step: a target pass over k tokens costs 1 + slope * (k - 1), an
-    MTP-head decode ``head``; the first draft after plain steps also catches the head up on the
-    positions they skipped (up to ``catch_up_window``, costing ``catch_up`` for a full window)."""
+    """Costs in units of a plain step: a target pass over k tokens costs ``costs[k - 1]`` when
+    given (the last step repeats beyond), else 1 + slope * (k - 1); an MTP-head decode ``head``;
+    the first draft after plain steps also catches the head up on the positions they skipped (up
+    to ``catch_up_window``, costing ``catch_up`` for a full window). With ``noise`` > 0 every
+    timing (each pass, the head's decodes) is multiplied by exp(N(0, noise)), independently: a
+    shared machine's pass-to-pass jitter, which the policy must average out."""
 
-    slope: float
+    slope: float = 0.0
     head: float = 0.15
     catch_up: float = 0.0
     catch_up_window: int = 32
+    costs: tuple[float, ...] = ()
+    noise: float = 0.0
 
     def target(self, k: int) -> float:
-        return 1.0 + self.slope * (k - 1)
+        c = self.costs
+        if not c:
+            return 1.0 + self.slope * (k - 1)
+        if k <= len(c):
+            return c[k - 1]
+        step = c[-1] - c[-2] if len(c) >= 2 else 0.0
+        return c[-1] + step * (k - len(c))
 
 
 def simulate_policy(acceptance_at: Callable[[int], float], n_tokens: int, machine: SimulatedMachine, *,
-                    seed: int = 0, fixed: int | None = None, ceiling: int = AUTO_N_MAX) -> tuple[float, list[tuple[int, int]]]:
+                    seed: int = 0, fixed: int | None = None, ceiling: int = AUTO_N_MAX,
+                    policy: DraftPolicy | None = None) -> tuple[float, list[tuple[int, int]]]:
     """Generate ``n_tokens`` with the adaptive policy (or a fixed draft length) on ``machine``:
     draft position i of a step starting at token t is accepted with probability
-    ``acceptance_at(t + i)``. Returns tokens per unit time (plain decoding: 1.0) and the steps
-    as (drafted, accepted)."""
+    ``acceptance_at(t + i)``. Returns tokens per unit time (plain decoding without noise: 1.0)
+    and the steps as (drafted, accepted). ``policy``: the policy to use (and leave with what it
+    learnt), else a new one with ``ceiling``."""
     rng = random.Random(seed)
-    policy = DraftPolicy(ceiling)
+    jitter_rng = random.Random(f"noise-{seed}")  # the texts' draws do not depend on the noise
+
+    def jitter() -> float:
+        return math.exp(jitter_rng.gauss(0.0, machine.noise)) if machine.noise > 0 else 1.0
+
+    policy = policy if policy is not None else DraftPolicy(ceiling)
     made, time, plain_run, steps = 0, 0.0, 0, []
     while made < n_tokens:
         n = policy.next() if fixed is None else fixed
         n_acc = 0
         while n_acc < n and rng.random() < acceptance_at(made + n_acc):
             n_acc += 1
-        verify = machine.target(n + 1)
+        verify = machine.target(n + 1) * jitter()
         catch_up = machine.catch_up * min(plain_run, machine.catch_up_window) / machine.catch_up_window if n else 0.0
-        step = verify + n * machine.head + catch_up
+        head = (n * machine.head + catch_up) * jitter()
+        step = verify + head
         policy.observe(n, n_acc, step_seconds=step, verify_seconds=verify, head_decodes=0 if plain_run else n,
-                       head_seconds=n * machine.head + catch_up)
+                       head_seconds=head)
         time += step
         made += n_acc + 1
         plain_run = plain_run + 1 if n == 0 else 0
