@@ -4,8 +4,22 @@
 #include <algorithm>
 #include <cmath>
 
-// measured times: the median of the last T_WINDOW measurements (a preempted decode on a busy
-// machine does not move it; a lasting change of load does within half a window)
+// the costs' Kalman filter (on log seconds). A measurement's own noise (a pass's jitter on a shared
+// machine: ~0.1-0.2 here); a measurement further than KF_CLIP standard deviations from what was
+// expected counts as that far (a preempted pass moves the estimates a little, not all the way).
+// Per step the speed may move by KF_Q_SPEED (a lasting change of load is followed within a few
+// steps), the shape by KF_Q_SHAPE (a shape that changes, e.g. when another process takes a core,
+// is relearnt over a few hundred steps). Unmeasured: the speed is anything, the shape within a
+// factor ~e of the prior shape (T_PRIOR_SLOPE); given costs (mtp_policy_set_costs) within ~1.6x.
+static constexpr double KF_R             = 0.15 * 0.15;
+static constexpr double KF_CLIP          = 2.0;
+static constexpr double KF_Q_SPEED       = 0.05 * 0.05;
+static constexpr double KF_Q_SHAPE       = 0.01 * 0.01;
+static constexpr double KF_SPEED_PRIOR_V = 25.0;
+static constexpr double KF_SHAPE_PRIOR_V = 1.0;
+static constexpr double KF_GIVEN_V       = 0.5 * 0.5;
+// other per-step times (the probe steps', the time outside the decodes): the median of the last
+// T_WINDOW measurements, in units of the speed
 static constexpr size_t T_WINDOW = 7;
 // acceptance: observations fade with the text generated since (per token, not per observation:
 // plain stretches observe only the occasional probe, and a change of text must still show within
@@ -66,12 +80,71 @@ static bool drafting_pays_at(const mtp_policy_estimates & est, double a, int32_t
     return mtp_policy_best_n(est.target_seconds_by_batch, est.head_seconds, std::vector<double>(n_max, a), n_max) > 0;
 }
 
+// the filter's state: [log load, log t_tgt[k-1] for k = 2..cap+1, log t_head]
+static int32_t kf_dim(const mtp_policy & p) { return (int32_t) p.t_tgt.size() + 1; }
+static int32_t kf_head(const mtp_policy & p) { return (int32_t) p.t_tgt.size(); }
+
+static void kf_reset(mtp_policy & p) {
+    const int32_t d = kf_dim(p);
+    p.kf_m.assign(d, 0.0);
+    p.kf_P.assign((size_t) d * d, 0.0);
+    p.kf_P[0] = KF_SPEED_PRIOR_V;
+    for (int32_t i = 1; i < d; ++i) {
+        p.kf_m[i] = i == kf_head(p) ? std::log(T_HEAD_PRIOR) : std::log(1.0 + T_PRIOR_SLOPE * i);
+        p.kf_P[(size_t) i * d + i] = KF_SHAPE_PRIOR_V;
+    }
+    p.load = 1;
+}
+
+// the shape and speed the state says, for the sizes (and the head) that have been measured or given
+static void kf_publish(mtp_policy & p) {
+    p.load = std::exp(p.kf_m[0]);
+    for (size_t k = 1; k <= p.t_tgt.size(); ++k) {
+        if (p.t_tgt[k - 1] > 0) {
+            p.t_tgt[k - 1] = k == 1 ? 1.0 : std::exp(p.kf_m[k - 1]);
+        }
+    }
+    if (p.t_head > 0) {
+        p.t_head = std::exp(p.kf_m[kf_head(p)]);
+    }
+}
+
+// a step's time passes: the speed and (slightly) the shape may have moved
+static void kf_predict(mtp_policy & p) {
+    const int32_t d = kf_dim(p);
+    p.kf_P[0] += KF_Q_SPEED;
+    for (int32_t i = 1; i < d; ++i) {
+        p.kf_P[(size_t) i * d + i] += KF_Q_SHAPE;
+    }
+}
+
+// a measured time t of the speed times shape entry j (0: a one-token pass, whose shape is 1)
+static void kf_update(mtp_policy & p, int32_t j, double t) {
+    const int32_t d = kf_dim(p);
+    auto P = [&](int32_t a, int32_t b) -> double & { return p.kf_P[(size_t) a * d + b]; };
+    std::vector<double> ph(d);
+    for (int32_t i = 0; i < d; ++i) {
+        ph[i] = P(i, 0) + (j > 0 ? P(i, j) : 0.0);
+    }
+    const double s = ph[0] + (j > 0 ? ph[j] : 0.0) + KF_R;
+    const double lim = KF_CLIP * std::sqrt(s);
+    const double innov = std::clamp(std::log(t) - p.kf_m[0] - (j > 0 ? p.kf_m[j] : 0.0), -lim, lim);
+    for (int32_t i = 0; i < d; ++i) {
+        p.kf_m[i] += ph[i] / s * innov;
+    }
+    for (int32_t a = 0; a < d; ++a) {
+        for (int32_t b = 0; b < d; ++b) {
+            P(a, b) -= ph[a] * ph[b] / s;
+        }
+    }
+}
+
 void mtp_policy_init(mtp_policy & p, int32_t cap) {
     p = mtp_policy();
     p.cap = cap;
     p.t_tgt.assign(cap + 1, -1.0);
     p.n_tgt.assign(cap + 1, 0);
-    p.w_tgt.assign(cap + 1, {});
+    kf_reset(p);
     p.acc_w.assign(cap, 0.0);
     p.try_w.assign(cap, 0.0);
     p.acc_at.assign(cap, 0);
@@ -80,22 +153,29 @@ void mtp_policy_init(mtp_policy & p, int32_t cap) {
 
 void mtp_policy_set_costs(mtp_policy & p, const std::vector<double> & t_target, double t_head, bool pin) {
     const size_t n = t_target.size();
+    const int32_t d = kf_dim(p);
+    const double t1 = t_target[0];
+    // a prior (the next measurements of each size mostly replace it), in units of a one-token pass
+    std::fill(p.kf_P.begin(), p.kf_P.end(), 0.0);
+    p.kf_m[0] = std::log(t1);
     for (size_t k = 0; k < p.t_tgt.size(); ++k) {
         const double step = n >= 2 ? t_target[n - 1] - t_target[n - 2] : 0.0;
-        p.t_tgt[k] = k < n ? t_target[k] : t_target[n - 1] + step * (double) (k + 1 - n);
-        p.w_tgt[k].clear(); // a prior: the next measurement of this size replaces it
+        p.t_tgt[k] = std::max(1e-9, k < n ? t_target[k] : t_target[n - 1] + step * (double) (k + 1 - n)) / t1;
+        p.kf_m[k] = k == 0 ? p.kf_m[0] : std::log(p.t_tgt[k]);
+        p.kf_P[k * d + k] = KF_GIVEN_V;
         if (pin) {
             p.n_tgt[k] = 1;
         }
     }
-    p.t_head = t_head;
-    p.w_head.clear();
+    p.t_tgt[0] = 1.0;
+    p.t_head = t_head / t1;
+    p.kf_m[kf_head(p)] = std::log(std::max(1e-9, p.t_head));
+    p.kf_P[(size_t) kf_head(p) * d + kf_head(p)] = KF_GIVEN_V;
     if (pin) {
         p.n_head  = 1;
         p.t_fixed = 0;
     }
-    p.load = 1; // the given costs are in seconds: measurements from here are compared to them
-    p.w_load.clear();
+    p.load = t1; // the given costs are in seconds: measurements from here are compared to them
     p.pinned = pin;
 }
 
@@ -123,31 +203,23 @@ static double window_median(std::vector<double> w) {
     return w[mid];
 }
 
-// a measurement t of something estimated at `est` (load units; < 0: none yet): update the load
-// from their ratio and return t in load units
-static double normalize(mtp_policy & p, double t, double est) {
-    if (est > 0) {
-        window_add(p.w_load, t / est);
-        p.load = std::max(1e-6, window_median(p.w_load));
-    }
-    return t / p.load;
-}
-
 // the first pass over a new batch size also builds and allocates its graph: that one is not counted
 static void observe_target(mtp_policy & p, int32_t k, double t) {
-    if (p.pinned || k < 1 || k > (int32_t) p.t_tgt.size() || !(t > 0)) {
+    if (p.pinned || k < 1 || k > (int32_t) p.t_tgt.size() || !(t > 0) || !std::isfinite(t)) {
         return;
     }
     if (p.n_tgt[k - 1]++ > 0) {
-        window_add(p.w_tgt[k - 1], normalize(p, t, p.t_tgt[k - 1]));
-        p.t_tgt[k - 1] = window_median(p.w_tgt[k - 1]);
+        kf_update(p, k - 1, t);
+        p.t_tgt[k - 1] = 1; // measured: published from the state
+        kf_publish(p);
     }
 }
 
 static void observe_head(mtp_policy & p, int32_t n_decodes, double t) {
-    if (!p.pinned && n_decodes > 0 && t > 0 && p.n_head++ > 0) {
-        window_add(p.w_head, normalize(p, t / n_decodes, p.t_head));
-        p.t_head = window_median(p.w_head);
+    if (!p.pinned && n_decodes > 0 && t > 0 && std::isfinite(t) && p.n_head++ > 0) {
+        kf_update(p, kf_head(p), t / n_decodes);
+        p.t_head = 1;
+        kf_publish(p);
     }
 }
 
@@ -247,16 +319,21 @@ static void observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) {
     // beyond expectation -> look again sooner, if drafting is within reach of what was just seen
     if (p.probing && n_drafted >= 1) {
         p.probing = false;
-        if (!accepted_beyond_expectation) { // (a rejected probe is not)
+        if (accepted_beyond_expectation) {
+            if (drafting_within_reach(p)) {
+                p.probe_interval /= 2;
+            }
+        } else if (n_acc == 0 || !drafting_pays_at(mtp_policy_estimate(p, p.cap), slow_acceptance(p), p.cap)) {
             p.probe_interval *= 2;
-        } else if (drafting_within_reach(p)) {
-            p.probe_interval /= 2;
         }
     }
 }
 
 void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
                         int32_t n_head_decodes, double t_head) {
+    if (!p.pinned) {
+        kf_predict(p);
+    }
     observe_target(p, n_drafted + 1, t_verify);
     if (n_head_decodes > 0) {
         observe_head(p, n_head_decodes, t_head);
@@ -280,6 +357,32 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
             seen.push_back(k);
         }
     }
+    // a pass over more tokens never costs less: the measured sizes' estimates pooled where they are
+    // not (pool-adjacent-violators, weighted by measurement count; a size measured once or twice
+    // otherwise decides alone whether drafting one token more is cheap)
+    std::vector<double> tv(p.t_tgt.size(), -1.0);
+    {
+        std::vector<double> val, wt;
+        std::vector<size_t> len;
+        for (int32_t k : seen) {
+            val.push_back(p.t_tgt[k - 1]);
+            wt.push_back(std::max(1, p.n_tgt[k - 1]));
+            len.push_back(1);
+            while (val.size() >= 2 && val[val.size() - 2] > val.back()) {
+                const size_t b = val.size() - 1;
+                val[b - 1] = (val[b - 1] * wt[b - 1] + val[b] * wt[b]) / (wt[b - 1] + wt[b]);
+                wt[b - 1] += wt[b];
+                len[b - 1] += len[b];
+                val.pop_back(); wt.pop_back(); len.pop_back();
+            }
+        }
+        size_t s = 0;
+        for (size_t b = 0; b < val.size(); ++b) {
+            for (size_t i = 0; i < len[b]; ++i) {
+                tv[seen[s++] - 1] = val[b];
+            }
+        }
+    }
     auto prior = [](int32_t k) { return 1.0 + T_PRIOR_SLOPE * (k - 1); };
     if (seen.empty()) {
         for (int32_t k = 1; k <= nk; ++k) {
@@ -287,14 +390,14 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
         }
     } else {
         const int32_t lo = seen.front(), hi = seen.back();
-        const double t_lo = p.t_tgt[lo - 1], t_hi = p.t_tgt[hi - 1];
+        const double t_lo = tv[lo - 1], t_hi = tv[hi - 1];
         // slope beyond the largest measured size: the prior's, or the two largest sizes' when that
         // is less (optimistic, so that a longer draft is tried and measured rather than ruled out
         // by a guess; one measurement corrects it)
         double slope = T_PRIOR_SLOPE * t_lo / prior(lo);
         if (seen.size() >= 2) {
             const int32_t k2 = seen[seen.size() - 2];
-            slope = std::clamp((t_hi - p.t_tgt[k2 - 1]) / (hi - k2), 0.0, slope);
+            slope = std::clamp((t_hi - tv[k2 - 1]) / (hi - k2), 0.0, slope);
         }
         size_t s = 0;
         for (int32_t k = 1; k <= nk; ++k) {
@@ -309,10 +412,10 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
                 }
                 const int32_t a = seen[s];
                 if (a == k) {
-                    t = p.t_tgt[k - 1];
+                    t = tv[k - 1];
                 } else {
                     const int32_t b = seen[s + 1];
-                    t = p.t_tgt[a - 1] + (p.t_tgt[b - 1] - p.t_tgt[a - 1]) * (k - a) / (double) (b - a);
+                    t = tv[a - 1] + (tv[b - 1] - tv[a - 1]) * (k - a) / (double) (b - a);
                 }
             }
             e.target_seconds_by_batch[k - 1] = t;
@@ -360,7 +463,7 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         // often probes are accepted
         // (once the 2-token cost rests on several measurements, or was given: one preempted
         // probe must not stop the probing that would correct it)
-        const bool t2_known = p.w_tgt.size() > 1 && (p.w_tgt[1].size() >= T_WINDOW / 2 + 1 || (p.w_tgt[1].empty() && p.t_tgt[1] > 0));
+        const bool t2_known = p.t_tgt.size() > 1 && p.t_tgt[1] > 0 && (p.pinned || p.n_tgt[1] == 0 || p.n_tgt[1] > (int32_t) T_WINDOW / 2 + 1);
         if (t2_known && !drafting_pays_at(est, 1.0, n_max)) {
             p.probe_interval = probe_max;
         }

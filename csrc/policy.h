@@ -28,18 +28,20 @@ struct mtp_policy_estimates {
 struct mtp_policy {
     int32_t cap = 0;                  // the largest n any generation may ask for
 
-    // times are kept in units of the machine's current speed: each measurement is divided by
-    // `load`, the median ratio of the latest measurements (any batch size, the head) to their
-    // estimates, so that costs measured at different times compare as if measured together (a
-    // machine that gets busy or idle moves `load`, not the ratios between batch sizes)
+    // the costs: a target pass over k tokens takes load * t_tgt[k-1], a head decode load * t_head,
+    // where `load` is the machine's current speed (how long a one-token pass takes now) and
+    // t_tgt / t_head are the cost curve's shape (t_tgt[0] = 1). Both are estimated together by a
+    // Kalman filter on the logarithms of the measured times (kf_m, kf_P; see policy.cpp): the speed
+    // moves from step to step (a machine that gets busy or idle), the shape barely, so timing noise
+    // averages out in the shape, and measurements taken at different speeds compare as if taken
+    // together. State: [log load, log t_tgt[1..cap], log t_head].
     double  load = 1;
-    std::vector<double> w_load;
-    std::vector<double>  t_tgt;       // target pass time by k (index k-1), in load units; < 0: not measured
+    std::vector<double>  kf_m;        // the state's mean
+    std::vector<double>  kf_P;        // its covariance (row-major, kf_m.size() squared)
+    std::vector<double>  t_tgt;       // the shape by k (index k-1); < 0: not measured
     std::vector<int32_t> n_tgt;       // measurements by k
-    std::vector<std::vector<double>> w_tgt; // the latest measurements by k
-    double  t_head    = -1;           // head decode time; < 0: not measured
+    double  t_head    = -1;           // head decode, the shape; < 0: not measured
     int32_t n_head    = 0;            // head measurements
-    std::vector<double> w_head;
     double  t_fixed   = 0;            // per-step time outside the decodes (sampling, Python)
     bool    pinned    = false;        // costs fixed by mtp_policy_set_costs(pin): timings are not observed
     std::vector<double> w_fixed;
