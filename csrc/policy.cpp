@@ -136,6 +136,7 @@ static void kf_update(mtp_policy & p, int32_t j, double t) {
         for (int32_t b = 0; b < d; ++b) {
             P(a, b) -= ph[a] * ph[b] / s;
         }
+        P(a, a) = std::max(P(a, a), 1e-12); // (rounding over a very long run must not make it negative)
     }
 }
 
