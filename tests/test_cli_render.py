@@ -120,6 +120,16 @@ def test_stats_line_shows_tokens_speed_acceptance_tokens_per_pass_and_positions(
     assert "stopped: token limit" in format_stats_line(stats(), "length")
 
 
+def test_stats_line_leaves_out_draft_positions_never_drafted():
+    # auto with a ceiling of 6 that drafted at most 2: positions 3-6 were never tried, not rejected
+    line = format_stats_line(stats(adaptive=True, n_max=6, steps_by_draft_length=(4, 6, 6, 0, 0, 0, 0),
+                                   drafted_by_position=(12, 6, 0, 0, 0, 0), accepted_by_position=(11, 3, 0, 0, 0, 0)))
+    assert line.split("by position ")[1].split(" |")[0] == "92% 50%"
+    none = format_stats_line(stats(adaptive=True, n_max=6, n_drafted=0, n_accepted=0, steps_by_draft_length=(12, 0, 0, 0, 0, 0, 0),
+                                   drafted_by_position=(0,) * 6, accepted_by_position=(0,) * 6))
+    assert "by position - |" in none
+
+
 def test_stats_line_says_auto_and_the_mean_draft_length():
     line = format_stats_line(stats(adaptive=True, n_max=6, steps_by_draft_length=(4, 2, 0, 6, 0, 0, 0)))
     assert "(75%), auto, mean draft 1.7, " in line  # (2*1 + 6*3) / 12 steps
