@@ -18,6 +18,8 @@ static constexpr double KF_Q_SHAPE       = 0.01 * 0.01;
 static constexpr double KF_SPEED_PRIOR_V = 25.0;
 static constexpr double KF_SHAPE_PRIOR_V = 1.0;
 static constexpr double KF_GIVEN_V       = 0.5 * 0.5;
+// a batch size's cost counts as known after this many (counted) measurements
+static constexpr int32_t T_KNOWN_AFTER   = 4;
 // other per-step times (the probe steps', the time outside the decodes): the median of the last
 // T_WINDOW measurements, in units of the speed
 static constexpr size_t T_WINDOW = 7;
@@ -346,6 +348,34 @@ void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double
     observe_fixed(p, std::max(0.0, t_step - t_verify - t_head));
 }
 
+// a pass over more tokens never costs less: the estimates of the sizes in `seen` (ascending), pooled
+// where they are not (pool-adjacent-violators, weighted by measurement count; a size measured once
+// or twice otherwise decides alone whether drafting one token more is cheap); indexed as t_tgt
+static std::vector<double> nondecreasing(const mtp_policy & p, const std::vector<int32_t> & seen) {
+    std::vector<double> val, wt;
+    std::vector<size_t> len;
+    for (int32_t k : seen) {
+        val.push_back(p.t_tgt[k - 1]);
+        wt.push_back(std::max(1, p.n_tgt[k - 1]));
+        len.push_back(1);
+        while (val.size() >= 2 && val[val.size() - 2] > val.back()) {
+            const size_t b = val.size() - 1;
+            val[b - 1] = (val[b - 1] * wt[b - 1] + val[b] * wt[b]) / (wt[b - 1] + wt[b]);
+            wt[b - 1] += wt[b];
+            len[b - 1] += len[b];
+            val.pop_back(); wt.pop_back(); len.pop_back();
+        }
+    }
+    std::vector<double> tv(p.t_tgt.size(), -1.0);
+    size_t s = 0;
+    for (size_t b = 0; b < val.size(); ++b) {
+        for (size_t i = 0; i < len[b]; ++i) {
+            tv[seen[s++] - 1] = val[b];
+        }
+    }
+    return tv;
+}
+
 mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
     mtp_policy_estimates e;
     const int32_t nk = n_max + 1;
@@ -358,32 +388,7 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
             seen.push_back(k);
         }
     }
-    // a pass over more tokens never costs less: the measured sizes' estimates pooled where they are
-    // not (pool-adjacent-violators, weighted by measurement count; a size measured once or twice
-    // otherwise decides alone whether drafting one token more is cheap)
-    std::vector<double> tv(p.t_tgt.size(), -1.0);
-    {
-        std::vector<double> val, wt;
-        std::vector<size_t> len;
-        for (int32_t k : seen) {
-            val.push_back(p.t_tgt[k - 1]);
-            wt.push_back(std::max(1, p.n_tgt[k - 1]));
-            len.push_back(1);
-            while (val.size() >= 2 && val[val.size() - 2] > val.back()) {
-                const size_t b = val.size() - 1;
-                val[b - 1] = (val[b - 1] * wt[b - 1] + val[b] * wt[b]) / (wt[b - 1] + wt[b]);
-                wt[b - 1] += wt[b];
-                len[b - 1] += len[b];
-                val.pop_back(); wt.pop_back(); len.pop_back();
-            }
-        }
-        size_t s = 0;
-        for (size_t b = 0; b < val.size(); ++b) {
-            for (size_t i = 0; i < len[b]; ++i) {
-                tv[seen[s++] - 1] = val[b];
-            }
-        }
-    }
+    const std::vector<double> tv = nondecreasing(p, seen);
     auto prior = [](int32_t k) { return 1.0 + T_PRIOR_SLOPE * (k - 1); };
     if (seen.empty()) {
         for (int32_t k = 1; k <= nk; ++k) {
@@ -464,7 +469,7 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         // often probes are accepted
         // (once the 2-token cost rests on several measurements, or was given: one preempted
         // probe must not stop the probing that would correct it)
-        const bool t2_known = p.t_tgt.size() > 1 && p.t_tgt[1] > 0 && (p.pinned || p.n_tgt[1] == 0 || p.n_tgt[1] > (int32_t) T_WINDOW / 2 + 1);
+        const bool t2_known = p.t_tgt.size() > 1 && p.t_tgt[1] > 0 && (p.pinned || p.n_tgt[1] == 0 || p.n_tgt[1] - 1 >= T_KNOWN_AFTER);
         if (t2_known && !drafting_pays_at(est, 1.0, n_max)) {
             p.probe_interval = probe_max;
         }

@@ -305,7 +305,7 @@ def format_stats_line(stats: Any, stop_reason: str | None = None) -> str:
     prompt = f"prompt {new} new tokens, {stats.prompt_tps:.1f} tok/s" if new > 0 else "prompt cached"
     if stats.mtp:
         # (positions never drafted, e.g. past what auto chose, are left out rather than shown as 0%)
-        by_pos = " ".join(_pct(a / d) for a, d in zip(stats.accepted_by_position, stats.drafted_by_position) if d) or "-"
+        by_pos = " ".join(_pct(a) for a, d in zip(stats.acceptance_by_position, stats.drafted_by_position) if d) or "-"
         length = f"auto, mean draft {stats.mean_draft_length:.1f}" if stats.adaptive else f"draft {stats.n_max}"
         spec = (
             f"MTP {stats.n_accepted}/{stats.n_drafted} drafts accepted ({_pct(stats.acceptance)}), {length}, "
