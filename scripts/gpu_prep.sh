@@ -25,6 +25,13 @@ say "llama-cpp-python $VERSION sdist"
 "$PY" -m pip download -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -d "$DIR/tmp"
 tar -xzf "$DIR/tmp/llama_cpp_python-$VERSION.tar.gz" -C "$DIR/tmp"
 SRC="$DIR/tmp/llama_cpp_python-$VERSION"
+# the commit llama.cpp's and ggml's builds read from git: without the history they say "unknown",
+# so the trimmed copy states it ("-trimmed": not the pip build's own string, whose ggml says -dirty)
+COMMIT="$(git -C "$SRC/vendor/llama.cpp" rev-parse --short HEAD)-trimmed"
+sed -i "s/^set(GGML_BUILD_COMMIT \"unknown\")/set(GGML_BUILD_COMMIT \"$COMMIT\")/; s/^    set(GGML_BUILD_COMMIT \"unknown\")/    set(GGML_BUILD_COMMIT \"$COMMIT\")/" \
+    "$SRC/vendor/llama.cpp/ggml/CMakeLists.txt"
+sed -i "s/^set(BUILD_COMMIT \"unknown\")/set(BUILD_COMMIT \"$COMMIT\")/" "$SRC/vendor/llama.cpp/cmake/build-info.cmake"
+grep -q "\"$COMMIT\"" "$SRC/vendor/llama.cpp/ggml/CMakeLists.txt" || { say "could not set the build commit"; exit 1; }
 # what a build of the Python package (LLAMA_STANDALONE off: no tests, tools, examples) never reads,
 # and the git history the sdist carries (38 MB)
 rm -rf "$SRC/vendor/llama.cpp/"{models,docs,benches,tests,examples,media,gguf-py,scripts,conversion} \
