@@ -28,8 +28,7 @@ SRC="$DIR/tmp/llama_cpp_python-$VERSION"
 # the commit llama.cpp's and ggml's builds read from git: without the history they say "unknown",
 # so the trimmed copy states it ("-trimmed": not the pip build's own string, whose ggml says -dirty)
 COMMIT="$(git -C "$SRC/vendor/llama.cpp" rev-parse --short HEAD)-trimmed"
-sed -i "s/^set(GGML_BUILD_COMMIT \"unknown\")/set(GGML_BUILD_COMMIT \"$COMMIT\")/; s/^    set(GGML_BUILD_COMMIT \"unknown\")/    set(GGML_BUILD_COMMIT \"$COMMIT\")/" \
-    "$SRC/vendor/llama.cpp/ggml/CMakeLists.txt"
+sed -i "s/^\( *\)set(GGML_BUILD_COMMIT \"unknown\")/\1set(GGML_BUILD_COMMIT \"$COMMIT\")/" "$SRC/vendor/llama.cpp/ggml/CMakeLists.txt"
 sed -i "s/^set(BUILD_COMMIT \"unknown\")/set(BUILD_COMMIT \"$COMMIT\")/" "$SRC/vendor/llama.cpp/cmake/build-info.cmake"
 grep -q "\"$COMMIT\"" "$SRC/vendor/llama.cpp/ggml/CMakeLists.txt" || { say "could not set the build commit"; exit 1; }
 # what a build of the Python package (LLAMA_STANDALONE off: no tests, tools, examples) never reads,
