@@ -124,16 +124,30 @@ llama_token mtp_sampler_argmax(mtp_sampler & s, const float * logits_in, float *
     return best;
 }
 
+// sort the first m of v (by p descending, then id: one strict order, so every prefix is the same
+// whatever m); the rest stay in no particular order
+static void sort_prefix(std::vector<mtp_candidate> & v, size_t m) {
+    auto before = [](const mtp_candidate & a, const mtp_candidate & b) { return a.p > b.p || (a.p == b.p && a.id < b.id); };
+    m = std::min(m, v.size());
+    if (m == v.size()) {
+        std::sort(v.begin(), v.end(), before);
+    } else {
+        std::partial_sort(v.begin(), v.begin() + m, v.end(), before);
+    }
+}
+
 void mtp_sampler_dist(mtp_sampler & s, const float * logits_in, std::vector<mtp_candidate> & out) {
     const float * logits = penalized(s, logits_in);
     const mtp_sampling_params & p = s.params;
+    const bool top_p = p.top_p < 1.0f;
+    const bool min_p = p.min_p > 0.0f;
 
-    // top-k (by logit), kept in out as (id, logit) sorted descending
+    // the pool: the top-k (by logit), or the whole vocabulary; its largest logit
     const int32_t k = p.top_k > 0 ? std::min(p.top_k, s.n_vocab) : s.n_vocab;
     out.clear();
-    auto by_logit = [](const mtp_candidate & a, const mtp_candidate & b) { return a.p > b.p; };
     if (k < s.n_vocab) {
         // min-heap of the k largest (front is the smallest kept)
+        auto by_logit = [](const mtp_candidate & a, const mtp_candidate & b) { return a.p > b.p; };
         out.reserve(k);
         for (int32_t i = 0; i < s.n_vocab; ++i) {
             const float v = logits[i];
@@ -146,56 +160,83 @@ void mtp_sampler_dist(mtp_sampler & s, const float * logits_in, std::vector<mtp_
                 std::push_heap(out.begin(), out.end(), by_logit);
             }
         }
-    } else {
-        out.resize(s.n_vocab);
+    }
+    const bool whole = out.empty();
+    float l_max = -INFINITY;
+    double sum = 0.0; // (exponentials in float as llama.cpp's softmax, summed in double)
+    if (whole) {
         for (int32_t i = 0; i < s.n_vocab; ++i) {
-            out[i] = { i, logits[i] };
+            l_max = std::max(l_max, logits[i]);
         }
-    }
-    std::sort(out.begin(), out.end(), [](const mtp_candidate & a, const mtp_candidate & b) {
-        return a.p > b.p || (a.p == b.p && a.id < b.id);
-    });
-
-    // top-p and min-p on the softmax at temperature 1 (as llama.cpp: they precede temperature)
-    const float l_max = out[0].p;
-    size_t n_keep = out.size();
-    if (p.top_p < 1.0f || p.min_p > 0.0f) {
-        double sum = 0.0;
+        if (top_p) {
+            for (int32_t i = 0; i < s.n_vocab; ++i) {
+                sum += std::exp(logits[i] - l_max);
+            }
+        }
+    } else {
         for (const auto & c : out) {
-            sum += std::exp((double) c.p - l_max);
+            l_max = std::max(l_max, c.p);
         }
-        if (p.top_p < 1.0f) {
-            double cum = 0.0;
-            for (size_t i = 0; i < out.size(); ++i) {
-                cum += std::exp((double) out[i].p - l_max) / sum;
-                if (cum >= p.top_p) {
-                    n_keep = i + 1;
-                    break;
-                }
-            }
-        }
-        if (p.min_p > 0.0f) {
-            // keep tokens whose probability is at least min_p times the top one's
-            const double l_min = l_max + std::log((double) p.min_p);
-            size_t n = 1;
-            while (n < n_keep && out[n].p >= l_min) {
-                ++n;
-            }
-            n_keep = n;
+        for (const auto & c : out) {
+            sum += top_p ? std::exp(c.p - l_max) : 0.0f;
         }
     }
-    out.resize(n_keep);
+
+    // top-p and min-p on the pool's softmax at temperature 1 (as llama.cpp: they precede
+    // temperature). Both keep a prefix of the pool sorted by logit, so only that prefix is sorted:
+    // min-p keeps the tokens whose probability is at least min_p times the top one's, and top-p the
+    // shortest prefix whose mass reaches top_p (as llama.cpp: the first 256 sorted, all if short).
+    const double l_min = min_p ? l_max + std::log((double) p.min_p) : -INFINITY;
+    if (whole) {
+        out.reserve(s.n_vocab);
+        for (int32_t i = 0; i < s.n_vocab; ++i) {
+            if (!min_p || (double) logits[i] >= l_min) {
+                out.push_back({ i, logits[i] });
+            }
+        }
+    } else if (min_p) {
+        out.erase(std::remove_if(out.begin(), out.end(), [&](const mtp_candidate & c) { return (double) c.p < l_min; }), out.end());
+    }
+    if (out.empty()) { // no finite logit: token 0, as argmax would pick
+        out.push_back({ 0, 1.0f });
+        return;
+    }
+    size_t n_keep = out.size();
+    if (top_p) {
+        size_t m = std::min<size_t>(256, out.size());
+        sort_prefix(out, m);
+        double cum = 0.0;
+        for (size_t i = 0; i < out.size(); ++i) {
+            if (i == m) { // the sorted prefix holds less than top_p: sort the rest
+                m = out.size();
+                sort_prefix(out, m);
+            }
+            cum += std::exp(out[i].p - l_max) / sum;
+            if (cum >= p.top_p) {
+                n_keep = i + 1;
+                break;
+            }
+        }
+        out.resize(n_keep);
+    } else if (out.size() < (size_t) s.n_vocab) {
+        sort_prefix(out, out.size());
+    } else {
+        // nothing filtered: no order is needed but the top token's, first
+        const auto top = std::find_if(out.begin(), out.end(), [&](const mtp_candidate & c) { return c.p == l_max; });
+        if (top != out.end()) {
+            std::iter_swap(out.begin(), top);
+        }
+    }
 
     // temperature, then normalise
-    const double inv_t = p.temperature > 0.0f ? 1.0 / p.temperature : 1.0;
-    double sum = 0.0;
+    const float inv_t = p.temperature > 0.0f ? 1.0f / p.temperature : 1.0f;
+    double z = 0.0;
     for (auto & c : out) {
-        const double e = std::exp(((double) c.p - l_max) * inv_t);
-        c.p = (float) e;
-        sum += e;
+        c.p = std::exp((c.p - l_max) * inv_t);
+        z += c.p;
     }
     for (auto & c : out) {
-        c.p = (float) (c.p / sum);
+        c.p = (float) (c.p / z);
     }
 }
 

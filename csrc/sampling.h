@@ -38,7 +38,8 @@ bool mtp_sampler_greedy(const mtp_sampler & s);
 // argmax of the penalized logits; if p_top is given, also the top token's softmax probability
 llama_token mtp_sampler_argmax(mtp_sampler & s, const float * logits, float * p_top);
 
-// the full sampling distribution (sorted by p, summing to 1) of the penalized, filtered logits
+// the sampling distribution (summing to 1) of the penalized, filtered logits: sorted by p when a
+// filter (top-k, top-p, min-p) cut it; over the whole vocabulary only the most probable is put first
 void mtp_sampler_dist(mtp_sampler & s, const float * logits, std::vector<mtp_candidate> & out);
 
 // draw from a distribution

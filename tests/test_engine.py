@@ -210,13 +210,31 @@ def chi2_sf(x: float, df: int) -> float:
 EOG = -1  # one category for every end-of-generation token (the engine does not emit which)
 
 
-def exact_dist(logits: np.ndarray, temperature: float, eog_ids) -> dict[int, float]:
-    """Plain sampling's exact distribution (whole vocabulary, softmax at the temperature)."""
-    z = logits.astype(np.float64) / temperature
+def exact_dist(logits: np.ndarray, temperature: float, eog_ids, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> dict[int, float]:
+    """Plain sampling's exact distribution: llama.cpp's default chain, written out plainly: top-k
+    by logit, then top-p (the shortest prefix by probability at temperature 1 whose mass reaches
+    top_p) and min-p (probability at least min_p times the top one's), then the softmax at the
+    temperature over what is left. Ties are broken by token id."""
+    logits = logits.astype(np.float64)
+    order = np.lexsort((np.arange(len(logits)), -logits))  # by logit descending, then id
+    if top_k > 0:
+        order = order[:top_k]
+    kept = len(order)
+    if top_p < 1.0 or min_p > 0.0:
+        q = np.exp(logits[order] - logits[order[0]])
+        q /= q.sum()
+        if top_p < 1.0:
+            kept = min(kept, int(np.searchsorted(np.cumsum(q), top_p)) + 1)
+        if min_p > 0.0:
+            kept = min(kept, int(np.sum(q >= min_p * q[0])))
+    order = order[:kept]
+    z = logits[order] / temperature
     p = np.exp(z - z.max())
     p /= p.sum()
-    out = {i: float(q) for i, q in enumerate(p) if i not in eog_ids}
-    out[EOG] = float(sum(p[i] for i in eog_ids))
+    full = dict.fromkeys(range(len(logits)), 0.0)
+    full.update({int(i): float(x) for i, x in zip(order, p)})
+    out = {i: q for i, q in full.items() if i not in eog_ids}
+    out[EOG] = float(sum(full[i] for i in eog_ids))
     return out
 
 
@@ -273,6 +291,50 @@ def test_sampling_has_the_target_distribution(synth_model, arch, mode, temp, spe
     assert goodness_of_fit(first, p1) > 0.001
     if len(second) >= 200:
         assert goodness_of_fit(second, p2) > 0.001
+
+
+def cut_filters(logits: np.ndarray, top_k: int, n_top_p: int, n_min_p: int) -> dict:
+    """Filter values that keep exactly n_top_p / n_min_p tokens of the pool (the top_k, or the
+    whole vocabulary) on these logits: each threshold halfway between two tokens' values."""
+    pool = np.sort(logits.astype(np.float64))[::-1][: top_k if top_k > 0 else None]
+    q = np.exp(pool - pool[0])
+    q /= q.sum()
+    c = np.cumsum(q)
+    return dict(top_k=top_k,
+                top_p=float((c[n_top_p - 2] + c[n_top_p - 1]) / 2) if n_top_p else 1.0,
+                min_p=float(math.sqrt(q[n_min_p - 1] * q[n_min_p]) / q[0]) if n_min_p else 0.0)
+
+
+@pytest.mark.parametrize(
+    "cut,kept",
+    [((0, 12, 0), 12), ((0, 0, 6), 6), ((0, 12, 6), 6), ((20, 8, 0), 8), ((5, 0, 0), 5)],
+    ids=["top_p", "min_p", "top_p+min_p", "top_k+top_p", "top_k"],
+)
+@pytest.mark.parametrize("spec", [True, False])
+def test_filtered_sampling_has_the_filtered_distribution(synth_model, cut, kept, spec):
+    """With top-k / top-p / min-p cutting the vocabulary, sampled tokens never leave the kept set
+    and follow its renormalised distribution at the temperature (chi-square at 0.001), with MTP
+    speculation and without; top-p and min-p are computed on the pool's softmax at temperature 1
+    (llama.cpp's order). The cuts are placed where they keep a known number of tokens."""
+    model = synth_model(arch="qwen35", mode="random", agree=0.5)
+    eog = set(model.eog_ids)
+    temp, n = 4.0, 1200
+    with open_engine(model, n_ctx=256) as eng, open_engine(model, n_ctx=256, mtp=False) as ref:
+        prompt = eng.tokenize(PROMPTS[0])
+        run(ref, prompt, greedy(0, spec=False))
+        logits = np.array(ref.next_logits())
+        filters = cut_filters(logits, *cut)
+        p1 = exact_dist(logits, temp, eog, **filters)
+        support = {t for t, q in p1.items() if q > 0}
+        assert len(support) == kept
+        first, _, accepted, drafted, _ = sample_first_two(eng, prompt, -2, (
+            GenerationConfig(max_tokens=2, sampling=SamplingConfig(temperature=temp, seed=seed, **filters),
+                             spec=SpecConfig(enabled=spec, n_max=3, adaptive=False))
+            for seed in range(n)))
+    if spec:
+        assert 0 < accepted < drafted  # the first token was a verified draft, accepted or resampled
+    assert set(first) <= support
+    assert goodness_of_fit(first, p1) > 0.001
 
 
 def test_same_seed_gives_the_same_sample(synth_model):
