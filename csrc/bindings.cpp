@@ -337,7 +337,8 @@ NB_MODULE(_core, m) {
     nb::class_<mtp_policy_estimates>(m, "PolicyEstimates", "The draft-length policy's estimates (policy.h; Python: PolicyEstimates).")
         .def_ro("acceptance_by_position", &mtp_policy_estimates::acceptance_by_position)
         .def_ro("target_seconds_by_batch", &mtp_policy_estimates::target_seconds_by_batch)
-        .def_ro("head_seconds", &mtp_policy_estimates::head_seconds);
+        .def_ro("head_seconds", &mtp_policy_estimates::head_seconds)
+        .def_ro("token_seconds", &mtp_policy_estimates::token_seconds);
 
     // the policy on its own, fed by hand: for tests of the controller that must not depend on timing
     nb::class_<mtp_policy>(m, "Policy",
@@ -359,12 +360,12 @@ NB_MODULE(_core, m) {
         .def("next", [](mtp_policy & p, int32_t n_max) { return mtp_policy_next(p, n_max); }, "n_max"_a,
              "The length to draft next (0: a plain step).")
         .def("observe", [](mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
-                           int32_t n_head_decodes, double t_head) {
+                           int32_t n_head_decodes, double t_head, double t_choose) {
                  if (n_drafted < 0 || n_drafted > p.cap || n_acc < 0 || n_acc > n_drafted || n_head_decodes < 0) {
                      throw nb::value_error("a step drafts 0..cap tokens and accepts at most those");
                  }
-                 mtp_policy_observe(p, n_drafted, n_acc, t_step, t_verify, n_head_decodes, t_head);
-             }, "n_drafted"_a, "n_accepted"_a, "t_step"_a, "t_verify"_a, "n_head_decodes"_a, "t_head"_a,
+                 mtp_policy_observe(p, n_drafted, n_acc, t_step, t_verify, n_head_decodes, t_head, t_choose);
+             }, "n_drafted"_a, "n_accepted"_a, "t_step"_a, "t_verify"_a, "n_head_decodes"_a, "t_head"_a, "t_choose"_a = 0.0,
              "One step's measurements, as the engine reports them (policy.h mtp_policy_observe).")
         .def("estimate", [](const mtp_policy & p, int32_t n_max) { return mtp_policy_estimate(p, std::max(1, std::min(n_max, p.cap))); },
              "n_max"_a);

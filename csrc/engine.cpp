@@ -682,7 +682,8 @@ static void account(mtp_engine * e, int32_t n_draft, int32_t n_acc, double t_ver
     }
     // (a draft after a plain stretch catches the head up on it first: not one decode's time each)
     const bool head_alone = d.n_caught <= e->gen.spec.n_max + 1;
-    mtp_policy_observe(e->policy, n_draft, n_acc, t_step, t_verify, head_alone ? d.n_decodes : 0, d.t_decode + d.t_choose);
+    mtp_policy_observe(e->policy, n_draft, n_acc, t_step, t_verify, head_alone ? d.n_decodes : 0, d.t_decode + d.t_choose,
+                       t_accept);
 }
 
 mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {

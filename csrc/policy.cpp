@@ -177,6 +177,7 @@ void mtp_policy_set_costs(mtp_policy & p, const std::vector<double> & t_target, 
     if (pin) {
         p.n_head  = 1;
         p.t_fixed = 0;
+        p.t_token = 0;
     }
     p.load = t1; // the given costs are in seconds: measurements from here are compared to them
     p.pinned = pin;
@@ -230,6 +231,15 @@ static void observe_fixed(mtp_policy & p, double t) {
     if (!p.pinned && t >= 0) {
         window_add(p.w_fixed, t / p.load);
         p.t_fixed = window_median(p.w_fixed);
+    }
+}
+
+// choosing the step's tokens from the verify rows: one row per token emitted (a step that emits
+// three tokens reads three rows, a plain step one), so it is a cost per token, not per step
+static void observe_token(mtp_policy & p, int32_t n_tokens, double t) {
+    if (!p.pinned && n_tokens > 0 && t >= 0 && std::isfinite(t)) {
+        window_add(p.w_token, t / n_tokens / p.load);
+        p.t_token = window_median(p.w_token);
     }
 }
 
@@ -333,7 +343,7 @@ static void observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) {
 }
 
 void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
-                        int32_t n_head_decodes, double t_head) {
+                        int32_t n_head_decodes, double t_head, double t_choose) {
     if (!p.pinned) {
         kf_predict(p);
     }
@@ -345,7 +355,9 @@ void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double
         window_add(p.w_probe, t_step / p.load);
     }
     observe_draft(p, n_drafted, n_acc);
-    observe_fixed(p, std::max(0.0, t_step - t_verify - t_head));
+    t_choose = std::isfinite(t_choose) ? std::max(0.0, t_choose) : 0.0;
+    observe_token(p, n_acc + 1, t_choose);
+    observe_fixed(p, std::max(0.0, t_step - t_verify - t_head - t_choose));
 }
 
 // a pass over more tokens never costs less: the estimates of the sizes in `seen` (ascending), pooled
@@ -437,6 +449,7 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
         t *= p.load;
     }
     e.head_seconds *= p.load;
+    e.token_seconds = p.t_token * p.load;
 
     e.acceptance_by_position = acceptance(p, n_max, ACC_PRIOR);
     return e;
@@ -460,7 +473,7 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         // plain stretch included, else as the estimates say)
         const double t_probe = p.w_probe.empty() ? est.target_seconds_by_batch[std::min(1, n_max)] + est.head_seconds
                                                  : window_median(p.w_probe) * p.load;
-        const double extra = t_probe - est.target_seconds_by_batch[0];
+        const double extra = t_probe - est.target_seconds_by_batch[0] - est.token_seconds;
         const int32_t probe_max = std::clamp((int32_t) std::ceil(extra / (PROBE_OVERHEAD * est.target_seconds_by_batch[0])), PROBE_MAX_LO, PROBE_MAX_HI);
         p.probe_interval = std::clamp(p.probe_interval, PROBE_MIN, probe_max);
         // when drafting could not pay even if every draft were accepted (a verify batch costs

@@ -537,9 +537,11 @@ class SimulatedMachine:
     """Costs in units of a plain step: a target pass over k tokens costs ``costs[k - 1]`` when
     given (the last step repeats beyond), else 1 + slope * (k - 1); an MTP-head decode ``head``;
     the first draft after plain steps also catches the head up on the positions they skipped (up
-    to ``catch_up_window``, costing ``catch_up`` for a full window). With ``noise`` > 0 every
-    timing (each pass, the head's decodes) is multiplied by exp(N(0, noise)), independently: a
-    shared machine's pass-to-pass jitter, which the policy must average out."""
+    to ``catch_up_window``, costing ``catch_up`` for a full window); choosing each token a step
+    emits from the verify pass's logits costs ``token`` (sampling a row: a plain step costs
+    1 + token). With ``noise`` > 0 every timing (each pass, the head's decodes, the choice) is
+    multiplied by exp(N(0, noise)), independently: a shared machine's pass-to-pass jitter, which
+    the policy must average out."""
 
     slope: float = 0.0
     head: float = 0.15
@@ -547,6 +549,7 @@ class SimulatedMachine:
     catch_up_window: int = 32
     costs: tuple[float, ...] = ()
     noise: float = 0.0
+    token: float = 0.0
 
     def target(self, k: int) -> float:
         c = self.costs
@@ -563,7 +566,7 @@ def simulate_policy(acceptance_at: Callable[[int], float], n_tokens: int, machin
                     policy: DraftPolicy | None = None) -> tuple[float, list[tuple[int, int]]]:
     """Generate ``n_tokens`` with the adaptive policy (or a fixed draft length) on ``machine``:
     draft position i of a step starting at token t is accepted with probability
-    ``acceptance_at(t + i)``. Returns tokens per unit time (plain decoding without noise: 1.0)
+    ``acceptance_at(t + i)``. Returns tokens per unit time (plain decoding without noise: 1 / (1 + token))
     and the steps as (drafted, accepted). ``policy``: the policy to use (and leave with what it
     learnt), else a new one with ``ceiling``."""
     rng = random.Random(seed)
@@ -582,9 +585,10 @@ def simulate_policy(acceptance_at: Callable[[int], float], n_tokens: int, machin
         verify = machine.target(n + 1) * jitter()
         catch_up = machine.catch_up * min(plain_run, machine.catch_up_window) / machine.catch_up_window if n else 0.0
         head = (n * machine.head + catch_up) * jitter()
-        step = verify + head
+        choose = (n_acc + 1) * machine.token * jitter() if machine.token else 0.0
+        step = verify + head + choose
         policy.observe(n, n_acc, step_seconds=step, verify_seconds=verify, head_decodes=0 if plain_run else n,
-                       head_seconds=head)
+                       head_seconds=head, choose_seconds=choose)
         time += step
         made += n_acc + 1
         plain_run = plain_run + 1 if n == 0 else 0

@@ -47,12 +47,14 @@ class PolicyEstimates:
     acceptance_by_position: tuple[float, ...]  # draft position 1, 2, ..., given the earlier ones
     target_seconds_by_batch: tuple[float, ...]  # a target pass over 1, 2, ... tokens (incl. per-step overhead)
     head_seconds: float  # one MTP-head decode
+    token_seconds: float = 0.0  # choosing one emitted token from the verify pass's logits (sampling)
 
     def as_dict(self) -> dict:
         return {
             "acceptance_by_position": list(self.acceptance_by_position),
             "target_seconds_by_batch": list(self.target_seconds_by_batch),
             "head_seconds": self.head_seconds,
+            "token_seconds": self.token_seconds,
         }
 
 
