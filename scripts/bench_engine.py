@@ -21,6 +21,7 @@ Models are built once into ``--cache`` ($MTPRUN_BENCH_CACHE, else $MTPRUN_CACHE/
     python scripts/bench_engine.py --quant f16,Q8_0,Q4_K_M --agree 0.3,0.5,0.7,0.9 --phases \\
         --reps 3 --tokens 128 --json bench.json                     # the full figures
     python scripts/bench_engine.py --preset tiny --agree 0.7 --n-max 1,2 --reps 1 --tokens 32   # smoke
+    python scripts/bench_engine.py --preset tiny --vocab 248320 --temp 0.8 --top-k 0 --agree 0.7   # sampling a large vocabulary
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from mtprun import ModelConfig
+from mtprun import ModelConfig, SamplingConfig
 from mtprun import benchmark as bm
 from mtprun.engine import Engine
 from mtprun.errors import MtprunError
@@ -78,11 +79,13 @@ def default_cache() -> Path:
     return Path.home() / ".cache" / "mtprun" / "bench"
 
 
-def build_model(cache: Path, arch: str, preset: str, quant: str, agree: float, phases) -> tuple[Path, Path | None, int]:
+def build_model(cache: Path, arch: str, preset: str, quant: str, agree: float, phases, vocab: int | None = None) -> tuple[Path, Path | None, int]:
     """The cell's model in the cache (written once; the key is the whole spec), its drafter
     sidecar if it has one, and its cycle length."""
     # tiny (smoke runs): widened so that K-quants' 256-value blocks fit every row
     shape = dict(BENCH_SHAPE) if preset == "bench" else {"n_embd": 512, "n_ff": 512, "draft_n_embd": 256}
+    if vocab is not None:
+        shape["n_vocab"] = vocab
     if quant not in ("f16", "f32"):
         shape.update(dtype="f16", quant=quant)
     elif quant == "f32":
@@ -151,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--preset", default="bench", choices=["bench", "tiny"])
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default the preset's; Qwen3.5's is 248320)")
+    ap.add_argument("--temp", type=float, default=0.0, help="sample at this temperature (default 0: greedy; llama.cpp's loop is then skipped)")
+    ap.add_argument("--top-k", type=int, default=40, help="with --temp: top-k (0: off; default 40)")
+    ap.add_argument("--top-p", type=float, default=0.95, help="with --temp: top-p (1: off; default 0.95)")
+    ap.add_argument("--min-p", type=float, default=0.05, help="with --temp: min-p (0: off; default 0.05)")
     ap.add_argument("--cache", type=Path, default=None, help="where the models are built (see above)")
     ap.add_argument("--ref-bin", type=Path, default=os.environ.get("MTPRUN_LLAMA_REF_BIN"))
     ap.add_argument("--json", type=Path, metavar="OUT", help="write every figure to OUT")
@@ -167,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--reps, --tokens and --threads must be at least 1, --prompts within 1..3")
     try:
         phases = parse_agree_phases(args.phase_spec) if args.phases else None
+        sampling = SamplingConfig(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, seed=0)
     except MtprunError as exc:
         ap.error(str(exc))
     cache = args.cache or default_cache()
@@ -176,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"cannot create the cache directory {cache}: {exc.strerror}")
     ref = args.ref_bin if args.ref_bin and (Path(args.ref_bin) / "llama-speculative-simple").is_file() else None
 
-    configs = bm.configurations(args.n_max, auto=not args.no_auto, reference=ref is not None and not args.no_ref)
+    greedy = args.temp <= 0  # llama.cpp's loop is run greedy only (its sampler draws other numbers)
+    configs = bm.configurations(args.n_max, auto=not args.no_auto, reference=ref is not None and not args.no_ref and greedy)
     texts = PROMPTS[: args.prompts]
-    print(f"# mtprun bench: {args.arch}, {args.tokens} tokens greedy x {len(texts)} prompts, {args.threads} threads, "
+    how = "greedy" if greedy else f"sampled (temp {args.temp:g}, top-k {args.top_k}, top-p {args.top_p:g}, min-p {args.min_p:g})"
+    print(f"# mtprun bench: {args.arch}, {args.tokens} tokens {how} x {len(texts)} prompts, {args.threads} threads, "
           f"ctx {args.ctx}, {args.reps} reps alternating (medians), flash attention off; {platform.machine()} "
           f"{os.cpu_count()} CPUs" + (f"; llama.cpp reference {ref}" if ref else "; no llama.cpp reference binary"))
     if not args.no_auto and not bm.adaptive_available():
@@ -194,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     for quant, agree, cell in cells:
         try:
             path, draft, cycle = build_model(cache, args.arch, args.preset, quant, agree if agree is not None else 1.0,
-                                      phases if agree is None else None)
+                                             phases if agree is None else None, args.vocab)
         except MtprunError as exc:
             print(f"error: {cell}: {exc}", file=sys.stderr)
             return 2
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 if c.kind == "llama.cpp":
                     return bm.measure_reference(ref, path, texts, c.n_max, n_tokens, draft=draft,
                                                 threads=args.threads, n_ctx=args.ctx)
-                return bm.measure_engine(plain_eng if c.kind == "plain" else mtp_eng, prompts, c, n_tokens)
+                return bm.measure_engine(plain_eng if c.kind == "plain" else mtp_eng, prompts, c, n_tokens, sampling)
 
             try:
                 runs = bm.run_alternating(configs, measure, args.reps)

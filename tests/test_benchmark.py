@@ -177,12 +177,25 @@ def test_bench_script_smoke_run_writes_every_figure(tmp_path):
     assert "## targets" in out.stdout and "x plain" in out.stdout
 
 
+def test_bench_script_samples_when_asked(tmp_path):
+    out = _script("--preset", "tiny", "--agree", "0.7", "--n-max", "1", "--no-auto", "--reps", "1", "--tokens", "8",
+                  "--prompts", "1", "--threads", "1", "--temp", "0.8", "--top-k", "0", "--cache", str(tmp_path / "c"),
+                  "--json", "b.json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "sampled (temp 0.8, top-k 0, top-p 0.95, min-p 0.05)" in out.stdout
+    cell = json.loads((tmp_path / "b.json").read_text())["cells"]["f16 agree 0.7"]
+    assert set(cell["configurations"]) == {"plain", "n=1"}  # llama.cpp's loop runs greedy only: not measured
+    assert cell["runs"]["n=1"][0]["sample_seconds"] > 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--quant", "Q9"], "unknown --quant"),
     (["--agree", "1.5"], "--agree values"),
     (["--agree", "x"], "comma-separated"),
     (["--n-max", "0"], "--n-max values"),
     (["--phases", "--phase-spec", "40"], "agree phases must look like"),
+    (["--temp", "-1"], "temperature must be"),
+    (["--temp", "0.8", "--top-p", "0"], "top-p must be"),
 ])
 def test_bench_script_bad_options_get_one_line(tmp_path, args, message):
     out = _script(*args, "--cache", str(tmp_path / "c"), cwd=tmp_path)
