@@ -117,7 +117,7 @@ llama_token mtp_sampler_argmax(mtp_sampler & s, const float * logits_in, float *
     if (p_top) {
         double sum = 0.0;
         for (int32_t i = 0; i < s.n_vocab; ++i) {
-            sum += std::exp((double) logits[i] - best_v);
+            sum += std::exp(logits[i] - best_v); // (float exponentials, as in mtp_sampler_dist)
         }
         *p_top = (float) (1.0 / sum);
     }
@@ -163,23 +163,46 @@ void mtp_sampler_dist(mtp_sampler & s, const float * logits_in, std::vector<mtp_
     }
     const bool whole = out.empty();
     float l_max = -INFINITY;
-    double sum = 0.0; // (exponentials in float as llama.cpp's softmax, summed in double)
     if (whole) {
         for (int32_t i = 0; i < s.n_vocab; ++i) {
             l_max = std::max(l_max, logits[i]);
-        }
-        if (top_p) {
-            for (int32_t i = 0; i < s.n_vocab; ++i) {
-                sum += std::exp(logits[i] - l_max);
-            }
         }
     } else {
         for (const auto & c : out) {
             l_max = std::max(l_max, c.p);
         }
-        for (const auto & c : out) {
-            sum += top_p ? std::exp(c.p - l_max) : 0.0f;
+    }
+    // the pool's softmax denominator at temperature 1, for top-p (exponentials in float as
+    // llama.cpp's softmax, summed in double); a NaN logit weighs nothing, as -inf: the sum is taken
+    // again without it, and the filter below leaves it out
+    auto pool_sum = [&](bool skip_nan) {
+        double sum = 0.0;
+        const int32_t n = whole ? s.n_vocab : (int32_t) out.size();
+        for (int32_t i = 0; i < n; ++i) {
+            const float l = whole ? logits[i] : out[i].p;
+            if (!skip_nan || l == l) {
+                sum += std::exp(l - l_max);
+            }
         }
+        return sum;
+    };
+    double sum = top_p ? pool_sum(false) : 0.0;
+    if (std::isnan(sum)) {
+        sum = pool_sum(true);
+    }
+
+    if (!std::isfinite(l_max)) {
+        // no finite logit on top (a broken model): +inf takes all the mass (the first such token
+        // by id), else token 0, as argmax would pick
+        llama_token id = 0;
+        for (int32_t i = 0; i < s.n_vocab && l_max > 0; ++i) {
+            if (logits[i] == l_max) {
+                id = i;
+                break;
+            }
+        }
+        out.assign(1, { id, 1.0f });
+        return;
     }
 
     // top-p and min-p on the pool's softmax at temperature 1 (as llama.cpp: they precede
@@ -190,14 +213,14 @@ void mtp_sampler_dist(mtp_sampler & s, const float * logits_in, std::vector<mtp_
     if (whole) {
         out.reserve(s.n_vocab);
         for (int32_t i = 0; i < s.n_vocab; ++i) {
-            if (!min_p || (double) logits[i] >= l_min) {
+            if ((double) logits[i] >= l_min) {
                 out.push_back({ i, logits[i] });
             }
         }
-    } else if (min_p) {
-        out.erase(std::remove_if(out.begin(), out.end(), [&](const mtp_candidate & c) { return (double) c.p < l_min; }), out.end());
+    } else {
+        out.erase(std::remove_if(out.begin(), out.end(), [&](const mtp_candidate & c) { return !((double) c.p >= l_min); }), out.end());
     }
-    if (out.empty()) { // no finite logit: token 0, as argmax would pick
+    if (out.empty()) { // (NaN logits only in the top-k, or min_p above 1, which the Python side refuses)
         out.push_back({ 0, 1.0f });
         return;
     }
@@ -229,7 +252,8 @@ void mtp_sampler_dist(mtp_sampler & s, const float * logits_in, std::vector<mtp_
     }
 
     // temperature, then normalise
-    const float inv_t = p.temperature > 0.0f ? 1.0f / p.temperature : 1.0f;
+    // (1 / a denormal temperature overflows a float: 0 * inf would make the top token's weight NaN)
+    const float inv_t = p.temperature > 0.0f ? (float) std::min(1.0 / p.temperature, 1e30) : 1.0f;
     double z = 0.0;
     for (auto & c : out) {
         c.p = std::exp((c.p - l_max) * inv_t);
