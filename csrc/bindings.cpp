@@ -360,12 +360,13 @@ NB_MODULE(_core, m) {
         .def("next", [](mtp_policy & p, int32_t n_max) { return mtp_policy_next(p, n_max); }, "n_max"_a,
              "The length to draft next (0: a plain step).")
         .def("observe", [](mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
-                           int32_t n_head_decodes, double t_head, double t_choose) {
-                 if (n_drafted < 0 || n_drafted > p.cap || n_acc < 0 || n_acc > n_drafted || n_head_decodes < 0) {
+                           int32_t n_head_decodes, double t_head, double t_choose, double t_caller, int32_t n_caller_tokens) {
+                 if (n_drafted < 0 || n_drafted > p.cap || n_acc < 0 || n_acc > n_drafted || n_head_decodes < 0 || n_caller_tokens < 0) {
                      throw nb::value_error("a step drafts 0..cap tokens and accepts at most those");
                  }
-                 mtp_policy_observe(p, n_drafted, n_acc, t_step, t_verify, n_head_decodes, t_head, t_choose);
+                 mtp_policy_observe(p, n_drafted, n_acc, t_step, t_verify, n_head_decodes, t_head, t_choose, t_caller, n_caller_tokens);
              }, "n_drafted"_a, "n_accepted"_a, "t_step"_a, "t_verify"_a, "n_head_decodes"_a, "t_head"_a, "t_choose"_a = 0.0,
+             "t_caller"_a = 0.0, "n_caller_tokens"_a = 0,
              "One step's measurements, as the engine reports them (policy.h mtp_policy_observe).")
         .def("estimate", [](const mtp_policy & p, int32_t n_max) { return mtp_policy_estimate(p, std::max(1, std::min(n_max, p.cap))); },
              "n_max"_a);

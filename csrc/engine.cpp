@@ -82,6 +82,7 @@ struct mtp_engine {
     clock_type::time_point t_gen_start;
     clock_type::time_point t_step_end; // when the last step returned (the caller's time follows)
     bool             stepped = false;  // a step of this generation has returned
+    int32_t          n_stepped_tokens = 0; // how many tokens it returned (the caller's time since is theirs)
 
     // scratch
     mtp_draft_out draft;
@@ -661,9 +662,10 @@ static mtp_status roll_back(mtp_engine * e, const mtp_step_result & out, int32_t
     return e->stats.mtp ? mtp_drafter_accept(e->drafter, e->cache, drafted, err) : MTP_OK;
 }
 
-// statistics and the policy's measurements of one step
+// statistics and the policy's measurements of one step (t_step includes t_between, the caller's
+// time since the previous step)
 static void account(mtp_engine * e, int32_t n_draft, int32_t n_acc, double t_verify, double t_step,
-                    double t_accept) {
+                    double t_accept, double t_between) {
     mtp_stats & s = e->stats;
     const mtp_draft_out & d = e->draft;
     for (int32_t i = 0; i < n_draft; ++i) {
@@ -683,7 +685,7 @@ static void account(mtp_engine * e, int32_t n_draft, int32_t n_acc, double t_ver
     // (a draft after a plain stretch catches the head up on it first: not one decode's time each)
     const bool head_alone = d.n_caught <= e->gen.spec.n_max + 1;
     mtp_policy_observe(e->policy, n_draft, n_acc, t_step, t_verify, head_alone ? d.n_decodes : 0, d.t_decode + d.t_choose,
-                       t_accept);
+                       t_accept, t_between, e->stepped ? e->n_stepped_tokens : 0);
 }
 
 mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
@@ -754,7 +756,7 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
     out.n_drafted  = n_draft;
     out.n_accepted = n_acc;
     e->stats.n_generated += (int32_t) out.tokens.size();
-    account(e, n_draft, n_acc, t_verify, seconds_since(t_step0) + t_between, t_accept);
+    account(e, n_draft, n_acc, t_verify, seconds_since(t_step0) + t_between, t_accept, t_between);
 
     if (stop != MTP_STOP_NONE) {
         finish(e, out, stop);
@@ -762,6 +764,7 @@ mtp_status mtp_step(mtp_engine * e, mtp_step_result & out, std::string & err) {
         finish(e, out, MTP_STOP_LENGTH);
     }
     e->stepped    = true;
+    e->n_stepped_tokens = (int32_t) out.tokens.size();
     e->t_step_end = clock_type::now();
     return MTP_OK;
 }

@@ -178,6 +178,7 @@ void mtp_policy_set_costs(mtp_policy & p, const std::vector<double> & t_target, 
         p.n_head  = 1;
         p.t_fixed = 0;
         p.t_token = 0;
+        p.t_call_step = p.t_call_token = 0;
     }
     p.load = t1; // the given costs are in seconds: measurements from here are compared to them
     p.pinned = pin;
@@ -241,6 +242,21 @@ static void observe_token(mtp_policy & p, int32_t n_tokens, double t) {
         window_add(p.w_token, t / n_tokens / p.load);
         p.t_token = window_median(p.w_token);
     }
+}
+
+// the caller's time after a step that emitted k tokens: a per-step part and a per-token part, each
+// a lower median (robust to a preempted caller), told apart by the steps that emitted one token
+static void observe_caller(mtp_policy & p, int32_t k, double t) {
+    if (p.pinned || k < 1 || !(t >= 0) || !std::isfinite(t)) {
+        return;
+    }
+    if (k == 1) {
+        window_add(p.w_call1, t / p.load);
+    } else if (!p.w_call1.empty()) {
+        window_add(p.w_call_tok, std::max(0.0, (t / p.load - window_median(p.w_call1)) / (k - 1)));
+    }
+    p.t_call_token = p.w_call_tok.empty() ? 0.0 : window_median(p.w_call_tok);
+    p.t_call_step  = p.w_call1.empty() ? 0.0 : std::max(0.0, window_median(p.w_call1) - p.t_call_token);
 }
 
 // conditional acceptance by draft position 1..n_max: the fading counts, position 1's prior `prior`
@@ -343,7 +359,7 @@ static void observe_draft(mtp_policy & p, int32_t n_drafted, int32_t n_acc) {
 }
 
 void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
-                        int32_t n_head_decodes, double t_head, double t_choose) {
+                        int32_t n_head_decodes, double t_head, double t_choose, double t_caller, int32_t n_caller_tokens) {
     if (!p.pinned) {
         kf_predict(p);
     }
@@ -356,8 +372,10 @@ void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double
     }
     observe_draft(p, n_drafted, n_acc);
     t_choose = std::isfinite(t_choose) ? std::max(0.0, t_choose) : 0.0;
+    t_caller = std::isfinite(t_caller) ? std::max(0.0, t_caller) : 0.0;
     observe_token(p, n_acc + 1, t_choose);
-    observe_fixed(p, std::max(0.0, t_step - t_verify - t_head - t_choose));
+    observe_caller(p, n_caller_tokens, t_caller);
+    observe_fixed(p, std::max(0.0, t_step - t_verify - t_head - t_choose - t_caller));
 }
 
 // a pass over more tokens never costs less: the estimates of the sizes in `seen` (ascending), pooled
@@ -439,17 +457,19 @@ mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max) {
             e.target_seconds_by_batch[k - 1] = t;
         }
     }
-    // the per-step time outside the decodes is paid by every step, plain or not
+    // the per-step time outside the decodes (the engine's and the caller's) is paid by every step,
+    // plain or not
+    const double t_step_other = p.t_fixed + p.t_call_step;
     for (double & t : e.target_seconds_by_batch) {
-        t += p.t_fixed;
+        t += t_step_other;
     }
-    e.head_seconds = p.t_head >= 0 ? p.t_head : T_HEAD_PRIOR * (e.target_seconds_by_batch[0] - p.t_fixed);
+    e.head_seconds = p.t_head >= 0 ? p.t_head : T_HEAD_PRIOR * (e.target_seconds_by_batch[0] - t_step_other);
     // in seconds at the machine's current speed (the choice only depends on their ratios)
     for (double & t : e.target_seconds_by_batch) {
         t *= p.load;
     }
     e.head_seconds *= p.load;
-    e.token_seconds = p.t_token * p.load;
+    e.token_seconds = (p.t_token + p.t_call_token) * p.load;
 
     e.acceptance_by_position = acceptance(p, n_max, ACC_PRIOR);
     return e;

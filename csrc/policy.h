@@ -6,9 +6,10 @@
 // where a_j is the acceptance of draft position j given that positions 1..j-1 were accepted,
 // t_head the cost of one MTP-head decode and t_target(k) that of a target pass over k tokens plus
 // whatever else every step costs. Choosing the step's tokens from the verify pass's logits costs
-// t_token per token emitted (a row is sampled per token, up to the first rejected draft): the step
-// costs C(n) + E(n) * t_token, whose rate E / (C + E * t_token) is largest where E / C is, so the
-// choice leaves it out; it must only not be counted as a cost per step (it is measured apart).
+// t_token per token emitted (a row is sampled per token, up to the first rejected draft), and so
+// does much of the caller's work between steps (printing them): the step costs C(n) + E(n) * t_token,
+// whose rate E / (C + E * t_token) is largest where E / C is, so the choice leaves it out; it must
+// only not be counted as a cost per step (it is measured apart).
 // The policy picks the n in 0..n_max with the largest E(n) / C(n). Its inputs are measurements
 // of earlier steps only: the choice never depends on the current step's random draws, so
 // speculation stays lossless whatever it picks.
@@ -26,7 +27,8 @@ struct mtp_policy_estimates {
     std::vector<double> acceptance_by_position;  // by draft position 1..cap, conditional on the previous ones
     std::vector<double> target_seconds_by_batch; // a target pass over k = 1..cap+1 tokens
     double              head_seconds = 0;        // one MTP-head decode (catch-up of pending positions included)
-    double              token_seconds = 0;       // choosing one emitted token from the verify pass's logits
+    double              token_seconds = 0;       // per token emitted: choosing it from the verify pass's
+                                                 // logits, and the caller's time handing it on
 };
 
 // running estimates, carried across the generations of one engine
@@ -47,11 +49,17 @@ struct mtp_policy {
     std::vector<int32_t> n_tgt;       // measurements by k
     double  t_head    = -1;           // head decode, the shape; < 0: not measured
     int32_t n_head    = 0;            // head measurements
-    double  t_fixed   = 0;            // per-step time outside the decodes and the token choice (Python)
+    double  t_fixed   = 0;            // the engine's own per-step time outside the decodes and the token choice
     double  t_token   = 0;            // choosing one emitted token (sampling the verify pass's rows)
+    // the caller's time between steps, handing the previous step's k tokens on (a terminal renders
+    // each): t_call_step + k * t_call_token, from the times after 1-token steps (w_call1) and
+    // what k-token steps add per token beyond those (w_call_tok)
+    double  t_call_step = 0, t_call_token = 0;
     bool    pinned    = false;        // costs fixed by mtp_policy_set_costs(pin): timings are not observed
     std::vector<double> w_fixed;
     std::vector<double> w_token;
+    std::vector<double> w_call1;
+    std::vector<double> w_call_tok;
     std::vector<double>  acc_w;       // decayed accepted counts by draft position
     std::vector<double>  try_w;       // decayed tried counts by draft position
     std::vector<int64_t> acc_at;      // n_tokens when each position's counts were last decayed
@@ -87,10 +95,12 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max);
 // target pass (over n_drafted + 1 tokens) took t_verify, the whole step t_step, its head decodes
 // t_head, of which n_head_decodes can be counted as one decode each (0 after plain steps, when the
 // first batch also catches the head up; the probe's whole time still teaches what a probe costs),
-// and choosing its n_acc + 1 tokens from the verify pass's rows t_choose.
+// choosing its n_acc + 1 tokens from the verify pass's rows t_choose, and of t_step, t_caller was
+// the caller's time since the previous step, which had emitted n_caller_tokens (0: no previous step).
 // The first pass over a new batch size also builds its graph: that one is not counted.
 void mtp_policy_observe(mtp_policy & p, int32_t n_drafted, int32_t n_acc, double t_step, double t_verify,
-                        int32_t n_head_decodes, double t_head, double t_choose = 0);
+                        int32_t n_head_decodes, double t_head, double t_choose = 0, double t_caller = 0,
+                        int32_t n_caller_tokens = 0);
 
 // the estimates the choice uses, for statistics (n_max entries of acceptance, n_max+1 of t_target)
 mtp_policy_estimates mtp_policy_estimate(const mtp_policy & p, int32_t n_max);

@@ -5,7 +5,8 @@ Wall-clock benchmarks on a shared machine move by more than the 3% issue 15's ta
 scripts/bench_engine.py). This runs the engine's own policy (mtprun.DraftPolicy) against a
 machine model (a target pass over k tokens costs 1 + slope*(k-1) plain steps, or a measured
 curve; a head decode 0.15; the first draft after plain steps catches the head up; with --token,
-choosing each emitted token costs that much (sampling a row of the verify pass); every timing
+choosing each emitted token costs that much (sampling a row of the verify pass), with
+--caller-token the caller's time between steps costs that much per token it hands on; every timing
 multiplied by exp(N(0, noise)), as a shared machine's passes vary) and a seeded text model (each
 draft position accepted with the text's agreement at that token), deterministically:
 
@@ -49,16 +50,18 @@ def main() -> None:
     ap.add_argument("--token", type=float, default=0.0,
                     help="cost of choosing each emitted token from the verify pass's logits, in plain steps (sampling a "
                          "large vocabulary on a fast GPU: ~0.05; default 0)")
+    ap.add_argument("--caller-token", type=float, default=0.0,
+                    help="the caller's time per token between steps (printing each token), in plain steps (default 0)")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     texts = [(f"{a}", (lambda i, a=a: a)) for a in (0.1, 0.3, 0.5, 0.7, 0.9)] + [("phases", phases)]
     rows = []
     if not 0 <= args.noise <= 2:
         ap.error("--noise must be in 0..2")
-    if not 0 <= args.token <= 10:
-        ap.error("--token must be in 0..10")
+    if not 0 <= args.token <= 10 or not 0 <= args.caller_token <= 10:
+        ap.error("--token and --caller-token must be in 0..10")
     for mname, machine in MACHINES.items():
-        machine = dataclasses.replace(machine, noise=args.noise, token=args.token)
+        machine = dataclasses.replace(machine, noise=args.noise, token=args.token, caller_token=args.caller_token)
         for tname, text in texts:
             def rate(fixed=None):
                 runs = [simulate_policy(text, args.tokens, machine, seed=s, fixed=fixed) for s in range(args.seeds)]
@@ -77,7 +80,7 @@ def main() -> None:
         for m, t, a, n, b, r, d in rows:
             print(f"| {m} | {t} | {a:.3f} | {n} | {b:.3f} | {r:.3f} | {d:.0f} |")
     else:
-        print(f"{args.tokens} tokens x {args.seeds} seeds, noise {args.noise}, token choice {args.token}")
+        print(f"{args.tokens} tokens x {args.seeds} seeds, noise {args.noise}, token choice {args.token}, caller per token {args.caller_token}")
         for m, t, a, n, b, r, d in rows:
             print(f"  {m:7s} {t:7s} auto/plain {a:6.3f}  best n={n} {b:6.3f}  auto/best {r:6.3f}  drafting steps/1000 {d:5.0f}")
 

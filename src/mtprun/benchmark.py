@@ -539,9 +539,10 @@ class SimulatedMachine:
     the first draft after plain steps also catches the head up on the positions they skipped (up
     to ``catch_up_window``, costing ``catch_up`` for a full window); choosing each token a step
     emits from the verify pass's logits costs ``token`` (sampling a row: a plain step costs
-    1 + token). With ``noise`` > 0 every timing (each pass, the head's decodes, the choice) is
-    multiplied by exp(N(0, noise)), independently: a shared machine's pass-to-pass jitter, which
-    the policy must average out."""
+    1 + token), and the caller's time after a step that emitted k tokens (handing them on, e.g.
+    printing them) ``caller_step + k * caller_token``. With ``noise`` > 0 every timing (each pass,
+    the head's decodes, the choice, the caller's) is multiplied by exp(N(0, noise)), independently:
+    a shared machine's pass-to-pass jitter, which the policy must average out."""
 
     slope: float = 0.0
     head: float = 0.15
@@ -550,6 +551,8 @@ class SimulatedMachine:
     costs: tuple[float, ...] = ()
     noise: float = 0.0
     token: float = 0.0
+    caller_step: float = 0.0
+    caller_token: float = 0.0
 
     def target(self, k: int) -> float:
         c = self.costs
@@ -566,7 +569,8 @@ def simulate_policy(acceptance_at: Callable[[int], float], n_tokens: int, machin
                     policy: DraftPolicy | None = None) -> tuple[float, list[tuple[int, int]]]:
     """Generate ``n_tokens`` with the adaptive policy (or a fixed draft length) on ``machine``:
     draft position i of a step starting at token t is accepted with probability
-    ``acceptance_at(t + i)``. Returns tokens per unit time (plain decoding without noise: 1 / (1 + token))
+    ``acceptance_at(t + i)``. Returns tokens per unit time (plain decoding without noise or the
+    per-token and caller's costs: 1.0)
     and the steps as (drafted, accepted). ``policy``: the policy to use (and leave with what it
     learnt), else a new one with ``ceiling``."""
     rng = random.Random(seed)
@@ -576,7 +580,7 @@ def simulate_policy(acceptance_at: Callable[[int], float], n_tokens: int, machin
         return math.exp(jitter_rng.gauss(0.0, machine.noise)) if machine.noise > 0 else 1.0
 
     policy = policy if policy is not None else DraftPolicy(ceiling)
-    made, time, plain_run, steps = 0, 0.0, 0, []
+    made, time, plain_run, steps, last_k = 0, 0.0, 0, [], 0
     while made < n_tokens:
         n = policy.next() if fixed is None else fixed
         n_acc = 0
@@ -586,9 +590,12 @@ def simulate_policy(acceptance_at: Callable[[int], float], n_tokens: int, machin
         catch_up = machine.catch_up * min(plain_run, machine.catch_up_window) / machine.catch_up_window if n else 0.0
         head = (n * machine.head + catch_up) * jitter()
         choose = (n_acc + 1) * machine.token * jitter() if machine.token else 0.0
-        step = verify + head + choose
+        has_caller = last_k and (machine.caller_step or machine.caller_token)
+        caller = (machine.caller_step + last_k * machine.caller_token) * jitter() if has_caller else 0.0
+        step = verify + head + choose + caller
         policy.observe(n, n_acc, step_seconds=step, verify_seconds=verify, head_decodes=0 if plain_run else n,
-                       head_seconds=head, choose_seconds=choose)
+                       head_seconds=head, choose_seconds=choose, caller_seconds=caller, caller_tokens=last_k)
+        last_k = n_acc + 1
         time += step
         made += n_acc + 1
         plain_run = plain_run + 1 if n == 0 else 0

@@ -385,19 +385,22 @@ class DraftPolicy:
         return self._p.next(self.ceiling)
 
     def observe(self, n_drafted: int, n_accepted: int, *, step_seconds: float, verify_seconds: float,
-                head_decodes: int = 0, head_seconds: float = 0.0, choose_seconds: float = 0.0) -> None:
+                head_decodes: int = 0, head_seconds: float = 0.0, choose_seconds: float = 0.0,
+                caller_seconds: float = 0.0, caller_tokens: int = 0) -> None:
         """What the step just taken did, as the engine reports it: it drafted ``n_drafted`` tokens
         of which the first ``n_accepted`` were accepted, its target pass (over n_drafted + 1
         tokens) took ``verify_seconds``, the whole step ``step_seconds``, its MTP-head work
         ``head_seconds``: ``head_decodes`` decodes (give 0 when the draft also caught the head up
-        on the positions of the plain steps before it: that time is not one decode's each), and
-        choosing its n_accepted + 1 tokens from the verify pass's logits ``choose_seconds``."""
+        on the positions of the plain steps before it: that time is not one decode's each),
+        choosing its n_accepted + 1 tokens from the verify pass's logits ``choose_seconds``, and
+        ``caller_seconds`` of ``step_seconds`` were the caller's, handing on the ``caller_tokens``
+        tokens of the step before (0: this is a generation's first step)."""
         if not 0 <= n_accepted <= n_drafted <= self.ceiling:
             raise InvalidInputError(f"a step drafts 0..{self.ceiling} tokens and accepts at most those")
-        if head_decodes < 0:
-            raise InvalidInputError(f"a step makes 0 or more head decodes, not {head_decodes}")
+        if head_decodes < 0 or caller_tokens < 0:
+            raise InvalidInputError("a step makes 0 or more head decodes, after a step of 0 or more tokens")
         self._p.observe(int(n_drafted), int(n_accepted), float(step_seconds), float(verify_seconds),
-                        int(head_decodes), float(head_seconds), float(choose_seconds))
+                        int(head_decodes), float(head_seconds), float(choose_seconds), float(caller_seconds), int(caller_tokens))
 
     def estimates(self) -> PolicyEstimates:
         """What the policy currently believes (as ``GenerationStats.policy``)."""

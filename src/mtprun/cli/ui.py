@@ -350,7 +350,7 @@ def stats_rows(stats: Any, stop_reason: str | None = None) -> list[tuple[str, st
                 ("policy: acceptance", " ".join(_pct(a) for a in pol.acceptance_by_position)),
                 ("policy: target ms", " ".join(f"{k}:{1e3 * t:.2f}" for k, t in enumerate(pol.target_seconds_by_batch, start=1))),
                 ("policy: head ms", f"{1e3 * pol.head_seconds:.2f} per draft token"),
-                ("policy: choice ms", f"{1e3 * pol.token_seconds:.3f} per token emitted"),
+                ("policy: per-token ms", f"{1e3 * pol.token_seconds:.3f} (choosing it, handing it on)"),
             ]
     else:
         rows.append(("target passes", str(stats.n_target_passes)))
