@@ -493,8 +493,9 @@ int32_t mtp_policy_next(mtp_policy & p, int32_t n_max) {
         // plain stretch included, else as the estimates say)
         const double t_probe = p.w_probe.empty() ? est.target_seconds_by_batch[std::min(1, n_max)] + est.head_seconds
                                                  : window_median(p.w_probe) * p.load;
-        const double extra = t_probe - est.target_seconds_by_batch[0] - est.token_seconds;
-        const int32_t probe_max = std::clamp((int32_t) std::ceil(extra / (PROBE_OVERHEAD * est.target_seconds_by_batch[0])), PROBE_MAX_LO, PROBE_MAX_HI);
+        const double t_plain = est.target_seconds_by_batch[0] + est.token_seconds; // a plain step, whole
+        const double extra = t_probe - t_plain;
+        const int32_t probe_max = std::clamp((int32_t) std::ceil(extra / (PROBE_OVERHEAD * t_plain)), PROBE_MAX_LO, PROBE_MAX_HI);
         p.probe_interval = std::clamp(p.probe_interval, PROBE_MIN, probe_max);
         // when drafting could not pay even if every draft were accepted (a verify batch costs
         // several single-token passes, as in ggml's CPU kernels for some quantizations), a probe
