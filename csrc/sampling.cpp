@@ -107,8 +107,8 @@ static const float * penalized(mtp_sampler & s, const float * logits) {
 llama_token mtp_sampler_argmax(mtp_sampler & s, const float * logits_in, float * p_top) {
     const float * logits = penalized(s, logits_in);
     llama_token best = 0;
-    float best_v = logits[0];
-    for (int32_t i = 1; i < s.n_vocab; ++i) {
+    float best_v = -INFINITY; // (not logits[0]: a NaN there would never be beaten)
+    for (int32_t i = 0; i < s.n_vocab; ++i) {
         if (logits[i] > best_v) {
             best_v = logits[i];
             best = i;

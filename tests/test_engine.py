@@ -10,8 +10,10 @@ token equality with plain decoding, never "mostly equal".
 from __future__ import annotations
 
 import math
+import struct
 import threading
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -335,6 +337,50 @@ def test_filtered_sampling_has_the_filtered_distribution(synth_model, cut, kept,
         assert 0 < accepted < drafted  # the first token was a verified draft, accepted or resampled
     assert set(first) <= support
     assert goodness_of_fit(first, p1) > 0.001
+
+
+def poison_logits(model, tokens, path):
+    """A copy of the model whose output head gives NaN logits for ``tokens`` (a NaN weight in each
+    one's row of output.weight, which the MTP head shares): what a broken quantization can give."""
+    from gguf import GGUFReader
+
+    data = bytearray(Path(model.model_path).read_bytes())
+    out = next(t for t in GGUFReader(model.model_path).tensors if t.name == "output.weight")
+    assert out.tensor_type.name == "F32"
+    n_embd = int(out.shape[0])
+    for t in tokens:
+        struct.pack_into("<f", data, int(out.data_offset) + 4 * n_embd * t, float("nan"))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("spec", [True, False])
+def test_nan_logits_are_never_chosen(synth_model, tmp_path, spec):
+    """A token whose logit is NaN weighs nothing: greedy decoding goes on as if it were not there
+    (token 0's included, where a running maximum starts), and sampling, with filters and without,
+    never draws it (one NaN used to make every probability NaN)."""
+    model = synth_model(arch="qwen35", mode="random", agree=0.5)
+    with open_engine(model, n_ctx=256) as eng:
+        prompt = eng.tokenize(PROMPTS[0])
+        clean = run(eng, prompt, greedy(24, spec=spec)).tokens
+        sampled = Counter()
+        for seed in range(30):
+            sampled.update(run(eng, prompt, GenerationConfig(max_tokens=6, sampling=SamplingConfig(temperature=4.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
+                                                             spec=SpecConfig(enabled=spec, n_max=3, adaptive=False))).tokens)
+    likely = [t for t, _ in sampled.most_common() if t not in clean and t != 0][:3]  # drawn often, never greedy's
+    assert likely
+    poisoned = poison_logits(model, [0, *likely], tmp_path / "nan.gguf")
+    with Engine(ModelConfig(path=poisoned, n_ctx=256, flash_attn=False, n_threads=1)) as eng:
+        assert run(eng, prompt, greedy(24, spec=spec)).tokens == clean
+        for filters in (dict(top_k=0, top_p=1.0, min_p=0.0), dict(top_k=0, top_p=0.95, min_p=0.0), dict(top_k=40, top_p=0.95, min_p=0.01)):
+            drawn, first = Counter(), Counter()
+            for seed in range(30):
+                toks = run(eng, prompt, GenerationConfig(max_tokens=6, sampling=SamplingConfig(temperature=4.0, seed=seed, **filters),
+                                                         spec=SpecConfig(enabled=spec, n_max=3, adaptive=False))).tokens
+                drawn.update(toks)
+                first[toks[0]] += 1
+            assert not set(drawn) & {0, *likely}, filters
+            assert len(first) > 3, filters  # still a distribution: the seed decides, not a stuck draw
 
 
 def test_same_seed_gives_the_same_sample(synth_model):
